@@ -1,0 +1,432 @@
+"""Finding and reading run folders, and deciding which *setting* each run belongs to.
+
+A run folder is any folder under the sweep folder that holds a ``config.yaml`` (see
+docs/design.md, "run folder"). Hidden folders (``.hydra``, ``.git``...) are skipped and the
+search does not descend into a run folder once found (its ``checkpoints/``, ``tb/`` are not
+runs).
+
+A *setting* is everything but the seed; concretely the key is
+
+    (label, components, images per normalization group, images per device,
+     world size, solver.ims_per_batch, solver.max_iter)
+
+where ``label`` is the norm preset name (``norm.name``) when the per-component norms agree
+with it, else a derived ``backbone/fpn/head`` label such as ``affine/gn/gn+pn`` (see
+:func:`assign_labels` and docs/sweeps.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+COMPONENTS = ("backbone", "fpn", "head")
+
+# Keys of the "final" metrics record that the summary aggregates (in table order).
+METRICS = (
+    "AP",
+    "AP50",
+    "label_recall",
+    "label_precision",
+    "box_recall",
+    "box_precision",
+    "ims_per_sec",
+    "peak_mem_mb",
+)
+
+# Keys that may legitimately differ between the runs of one setting (paths, names, the seed).
+_IGNORED_CONFIG_KEY = re.compile(
+    r"(^|\.)(seed|hydra|name|run_name|out|output|output_dir|out_dir|dir|run_dir|path|root|"
+    r"timestamp|time|date|job|job_id|job_num|id|resume|tag|tags|notes|wandb|experiment)$"
+)
+
+
+@dataclass
+class Run:
+    """Everything the report needs from one run folder."""
+
+    run_dir: Path
+    rel_dir: str
+    state: str  # "done" | "failed" | "running" | "unknown" | "unreadable"
+    error: str | None = None
+    config: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    seed: int | None = None
+    norm_name: str | None = None
+    components: tuple = ()  # ((norm, ws), (norm, ws), (norm, ws, pn)) backbone/fpn/head
+    ims_per_device: int | None = None
+    bn_group_size: int | None = None
+    ims_per_group: int | None = None
+    world_size: int = 1
+    ims_per_batch: int | None = None
+    max_iter: int | None = None
+    final: dict | None = None
+    train: list = field(default_factory=list)  # [(iter, loss)]
+    last_iter: int | None = None
+    label: str | None = None  # filled by assign_labels
+    notes: list = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        return batch_mode(self.ims_per_device, self.bn_group_size, self.world_size)
+
+    @property
+    def setting_key(self) -> tuple:
+        return (
+            self.label or "",
+            self.components,
+            _sort_int(self.ims_per_group),
+            _sort_int(self.ims_per_device),
+            self.world_size,
+            _sort_int(self.ims_per_batch),
+            _sort_int(self.max_iter),
+        )
+
+
+def _sort_int(v: int | None) -> int:
+    return -1 if v is None else int(v)
+
+
+# --------------------------------------------------------------------------------------------
+# discovery and reading
+# --------------------------------------------------------------------------------------------
+
+
+def find_run_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
+    """All run folders under ``sweep_dir`` (including itself), sorted, without nested ones."""
+    root = Path(sweep_dir)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if "config.yaml" in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a run's sub-folders are not runs
+    return sorted(found)
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    cur = cfg
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def _as_int(v: Any) -> int | None:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(f):
+        return None
+    return int(f)
+
+
+def _as_float(v: Any) -> float:
+    if v is None or isinstance(v, bool):
+        return math.nan
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f if math.isfinite(f) else math.nan
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        return None
+    return obj if isinstance(obj, dict) else {"_value": obj}
+
+
+def read_metrics(path: Path) -> tuple[list[tuple[int, float]], list[dict], dict | None, int]:
+    """(train [(iter, loss)], eval records, last final record, number of unreadable lines)."""
+    train: list[tuple[int, float]] = []
+    evals: list[dict] = []
+    final: dict | None = None
+    bad = 0
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return train, evals, final, 0
+    with f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1  # e.g. a half-written last line of a running job
+                continue
+            if not isinstance(rec, dict):
+                bad += 1
+                continue
+            kind = rec.get("type")
+            if kind == "train":
+                it = _as_int(rec.get("iter"))
+                if it is not None:
+                    train.append((it, _as_float(rec.get("loss"))))
+            elif kind == "eval":
+                evals.append(rec)
+            elif kind == "final":
+                final = rec
+    return train, evals, final, bad
+
+
+def normalize_norm(norm: Any, ws: Any) -> tuple[str, bool]:
+    """``("gn_ws", False) -> ("gn", True)``; null/empty -> ``"none"``."""
+    name = "none" if norm in (None, "", False) else str(norm).strip().lower()
+    use_ws = bool(ws) if ws is not None else False
+    if name.endswith("_ws"):
+        name, use_ws = name[: -len("_ws")] or "none", True
+    return name, use_ws
+
+
+def _components(cfg: dict) -> tuple:
+    comps = []
+    for c in COMPONENTS:
+        norm, ws = normalize_norm(_get(cfg, f"model.{c}.norm"), _get(cfg, f"model.{c}.ws"))
+        comps.append((norm, ws))
+    act = str(_get(cfg, "model.head.act", "relu") or "relu").lower()
+    pn = act.startswith("pn")
+    comps[2] = (comps[2][0], comps[2][1], pn)
+    return tuple(comps)
+
+
+def batch_mode(ims_per_device: int | None, bn_group_size: int | None, world_size: int) -> str:
+    emulated = bn_group_size is not None and ims_per_device is not None and bn_group_size < ims_per_device
+    real = world_size > 1
+    if real and emulated:
+        return "real processes + emulated"
+    if real:
+        return "real processes"
+    if emulated:
+        return "emulated"
+    return "single process"
+
+
+def images_per_group(components: tuple, ims_per_device: int | None, bn_group_size: int | None,
+                     world_size: int) -> int | None:
+    """The batch axis: bn_group_size if set, else the device batch (times the world size for
+    SyncBN, whose statistics span all processes)."""
+    if bn_group_size is not None:
+        return bn_group_size
+    if ims_per_device is None:
+        return None
+    if any(c[0] == "syncbn" for c in components) and world_size > 1:
+        return ims_per_device * world_size
+    return ims_per_device
+
+
+def load_run(run_dir: Path, sweep_dir: Path) -> Run:
+    try:
+        rel = run_dir.relative_to(sweep_dir).as_posix() or "."
+    except ValueError:
+        rel = str(run_dir)
+    run = Run(run_dir=run_dir, rel_dir=rel, state="unknown")
+
+    try:
+        with open(run_dir / "config.yaml", encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+        if not isinstance(cfg, dict):
+            raise ValueError("config.yaml is not a mapping")
+    except Exception as e:  # noqa: BLE001 - any unreadable config is reported, not raised
+        run.state = "unreadable"
+        run.error = f"config.yaml: {type(e).__name__}: {e}"
+        return run
+    run.config = cfg
+
+    try:
+        run.env = _read_json(run_dir / "env.json") or {}
+    except Exception as e:  # noqa: BLE001
+        run.env = {}
+        run.notes.append(f"env.json unreadable ({type(e).__name__})")
+    ws = _as_int(run.env.get("world_size"))
+    if ws is None:
+        ws = _as_int(_get(cfg, "world_size")) or 1
+        run.notes.append("world size not in env.json: assumed %d" % ws)
+    run.world_size = max(1, ws)
+
+    run.seed = _as_int(_get(cfg, "seed"))
+    name = _get(cfg, "norm.name")
+    run.norm_name = None if name in (None, "") else str(name)
+    run.components = _components(cfg)
+    run.ims_per_batch = _as_int(_get(cfg, "solver.ims_per_batch"))
+    run.max_iter = _as_int(_get(cfg, "solver.max_iter"))
+    run.ims_per_device = _as_int(_get(cfg, "data.ims_per_device"))
+    if run.ims_per_device is None and run.ims_per_batch is not None:
+        run.ims_per_device = run.ims_per_batch // run.world_size
+        run.notes.append("data.ims_per_device missing: solver.ims_per_batch / world size used")
+    run.bn_group_size = _as_int(_get(cfg, "data.bn_group_size"))
+    if run.bn_group_size is not None and run.bn_group_size <= 0:
+        run.bn_group_size = None
+    run.ims_per_group = images_per_group(run.components, run.ims_per_device, run.bn_group_size,
+                                         run.world_size)
+
+    try:
+        status = _read_json(run_dir / "status.json")
+    except Exception as e:  # noqa: BLE001
+        status = {"state": "unknown", "error": f"status.json unreadable: {type(e).__name__}: {e}"}
+    if status is None:
+        run.state, run.error = "unknown", "no status.json (never started?)"
+    else:
+        st = str(status.get("state") or "unknown").lower()
+        run.state = st if st in ("done", "failed", "running") else "unknown"
+        err = status.get("error")
+        run.error = None if err in (None, "") else str(err)
+
+    try:
+        run.train, _evals, run.final, bad = read_metrics(run_dir / "metrics.jsonl")
+    except Exception as e:  # noqa: BLE001
+        run.train, run.final, bad = [], None, 0
+        run.notes.append(f"metrics.jsonl unreadable ({type(e).__name__}: {e})")
+    if bad:
+        run.notes.append(f"{bad} unreadable line(s) in metrics.jsonl")
+    iters = [it for it, _ in run.train]
+    if run.final is not None and _as_int(run.final.get("iter")) is not None:
+        iters.append(_as_int(run.final.get("iter")))
+    run.last_iter = max(iters) if iters else None
+    if run.state == "unknown" and status is None and run.final is not None:
+        run.error = "no status.json, although metrics.jsonl has a final record"
+    return run
+
+
+def metric_values(run: Run) -> dict[str, float]:
+    fin = run.final or {}
+    return {k: _as_float(fin.get(k)) for k in METRICS}
+
+
+# --------------------------------------------------------------------------------------------
+# labels
+# --------------------------------------------------------------------------------------------
+
+# Name tokens that stand for a norm, and which component norms satisfy them. "bn" is also
+# satisfied by "affine" (Detectron's frozen BN is an AffineChannel).
+_TOKEN_TO_NORMS = {
+    "affine": {"affine"},
+    "frozenbn": {"affine"},
+    "frozen": {"affine"},
+    "bn": {"bn", "affine"},
+    "syncbn": {"syncbn"},
+    "gn": {"gn"},
+    "ln": {"ln"},
+    "in": {"in"},
+}
+# Component norms that may go unnamed in a label: no norm, and the frozen-BN default.
+_IMPLICIT_NORMS = {"none", "affine"}
+
+
+def component_label(components: tuple) -> str:
+    """``affine/gn/gn+ws+pn`` -- backbone/fpn/head; ``+ws`` weight standardization,
+    ``+pn`` a PN activation in the head."""
+    parts = []
+    for i, comp in enumerate(components):
+        s = comp[0]
+        if comp[1]:
+            s += "+ws"
+        if i == 2 and len(comp) > 2 and comp[2]:
+            s += "+pn"
+        parts.append(s)
+    return "/".join(parts)
+
+
+def label_matches(name: str, components: tuple) -> bool:
+    """Whether the preset name ``name`` is a fair description of ``components``."""
+    tokens = [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+    if not tokens:
+        return False
+    used = {c[0] for c in components}
+    # every norm the name mentions is used somewhere
+    for t in tokens:
+        if t in _TOKEN_TO_NORMS and not (_TOKEN_TO_NORMS[t] & used):
+            return False
+    # every norm used (other than none / the frozen-BN default) is mentioned
+    mentioned = set().union(*(_TOKEN_TO_NORMS[t] for t in tokens if t in _TOKEN_TO_NORMS)) \
+        if any(t in _TOKEN_TO_NORMS for t in tokens) else set()
+    for n in used - _IMPLICIT_NORMS:
+        if n not in mentioned:
+            return False
+    # "ws" in the name <=> some component uses WS; same for "pn" and the head activation
+    if ("ws" in tokens) != any(c[1] for c in components):
+        return False
+    has_pn = len(components) > 2 and len(components[2]) > 2 and bool(components[2][2])
+    if any(t.startswith("pn") for t in tokens) != has_pn:
+        return False
+    # "fpn" / "head" in the name: that component has a norm
+    if "fpn" in tokens and components[1][0] == "none":
+        return False
+    if "head" in tokens and components[2][0] == "none":
+        return False
+    return True
+
+
+def assign_labels(runs: Iterable[Run]) -> None:
+    """Set ``run.label`` for every readable run (deterministic; see docs/sweeps.md).
+
+    The preset name is kept when it matches the components (:func:`label_matches`) and all
+    runs carrying that name in the sweep share one component set; otherwise the derived
+    ``backbone/fpn/head`` label is used.
+    """
+    runs = [r for r in runs if r.state != "unreadable"]
+    comps_by_name: dict[str, set] = {}
+    for r in runs:
+        if r.norm_name:
+            comps_by_name.setdefault(r.norm_name, set()).add(r.components)
+    for r in runs:
+        derived = component_label(r.components)
+        if r.norm_name and len(comps_by_name[r.norm_name]) == 1 and label_matches(r.norm_name, r.components):
+            r.label = r.norm_name
+        else:
+            r.label = derived
+            if r.norm_name and r.norm_name != derived:
+                why = ("several component sets share this name"
+                       if len(comps_by_name[r.norm_name]) > 1 else "components do not match the name")
+                r.notes.append(f"norm.name {r.norm_name!r} relabelled {derived!r}: {why}")
+
+
+def config_differences(runs: list[Run]) -> list[str]:
+    """Flattened config keys (other than seeds, names and paths) that differ among ``runs``."""
+    if len(runs) < 2:
+        return []
+    flats = [_flatten(r.config) for r in runs]
+    keys = sorted(set().union(*flats))
+    out = []
+    for k in keys:
+        if _IGNORED_CONFIG_KEY.search(k):
+            continue
+        vals = {json.dumps(f.get(k, "<missing>"), sort_keys=True, default=str) for f in flats}
+        if len(vals) > 1:
+            out.append(k)
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(_flatten(v, key))
+            else:
+                out[key] = v
+    return out
+
+
+def collect_runs(sweep_dir: str | os.PathLike) -> list[Run]:
+    sweep = Path(sweep_dir)
+    runs = [load_run(d, sweep) for d in find_run_dirs(sweep)]
+    assign_labels(runs)
+    return runs

@@ -1,0 +1,183 @@
+"""``write_sweep_report``: run folders -> summary tables, figures and a written comparison.
+
+Outputs (in ``out_dir``, default the sweep folder): ``summary.csv``, ``summary.md`` (ends with
+the comparison), ``summary.json``, ``runs.csv`` (one row per run folder, any state),
+``comparison.md``, ``ap_vs_batch.png``, ``label_pr_bars.png``, ``loss_curves.png`` and
+``figures.json``. See docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .collect import METRICS, Run, collect_runs
+from .compare import compare, comparison_markdown
+from .figures import plot_ap_vs_batch, plot_label_pr_bars, plot_loss_curves
+from .summary import (aggregate, problem_table_md, run_record, settings_table_md,
+                      write_runs_csv, write_summary_csv)
+
+OUTPUT_FILES = ("summary.csv", "summary.md", "summary.json", "runs.csv", "comparison.md",
+                "ap_vs_batch.png", "label_pr_bars.png", "loss_curves.png", "figures.json")
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf -> None, tuples -> lists, paths -> str (summary.json is strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(obj), f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def split_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """done (with a final record) / failed / unfinished (running, unknown) / excluded."""
+    parts: dict[str, list[Run]] = {"done": [], "failed": [], "unfinished": [], "excluded": []}
+    for r in runs:
+        if r.state == "done" and r.final is not None:
+            parts["done"].append(r)
+        elif r.state == "done":
+            r.error = r.error or "state is done but metrics.jsonl has no final record"
+            parts["excluded"].append(r)
+        elif r.state == "failed":
+            parts["failed"].append(r)
+        elif r.state in ("running", "unknown"):
+            parts["unfinished"].append(r)
+        else:  # unreadable config
+            parts["excluded"].append(r)
+    return parts
+
+
+def _summary_md(sweep_dir: Path, runs: list[Run], parts: dict, rows: list[dict], comparison: str,
+                figures: dict) -> str:
+    lines = [f"# Sweep report: `{sweep_dir}`", ""]
+    lines.append(
+        f"{len(runs)} run folder(s): {len(parts['done'])} done, {len(parts['failed'])} failed, "
+        f"{len(parts['unfinished'])} running or not started, {len(parts['excluded'])} excluded; "
+        f"{len(rows)} setting(s)."
+    )
+    lines += ["", "## Settings (mean ± std over seeds)", "",
+              "Std is the sample standard deviation over seeds (ddof=1); n/a with one seed. "
+              "*img/group* is the batch axis: images per normalization group (bn_group_size if "
+              "set, else images per device; SyncBN across processes: images per device × world "
+              "size). *emulated*: one process computes norm statistics over sub-groups of its "
+              "batch; *real processes*: world size > 1.", ""]
+    lines.append(settings_table_md(rows) if rows else "No finished runs.")
+    lines += ["", "## Failed runs", ""]
+    lines.append(problem_table_md(parts["failed"], with_progress=True) if parts["failed"] else "None.")
+    lines += ["", "## Unfinished runs (running or never started)", ""]
+    lines.append(problem_table_md(parts["unfinished"], with_progress=True) if parts["unfinished"] else "None.")
+    if parts["excluded"]:
+        lines += ["", "## Excluded runs", ""]
+        lines.append(problem_table_md(parts["excluded"]))
+    notes = []
+    for row in rows:
+        notes += [f"{row['setting']} @ {row['ims_per_group']} img/group ({row['mode']}): {n}" for n in row["notes"]]
+    seen = set()
+    for r in runs:
+        for n in r.notes:
+            if n.startswith("norm.name"):
+                if n not in seen:
+                    seen.add(n)
+                    notes.append(n)
+            else:
+                notes.append(f"`{r.rel_dir}`: {n}")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "## Figures", ""]
+    for key, fig in figures.items():
+        lines.append(f"- [{fig['title']}]({fig['file']}): {len(fig['series'])} series")
+    lines += ["", "---", "", comparison]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                       quiet: bool = False) -> dict:
+    """Read every run folder under ``sweep_dir`` and write the study's tables and figures.
+
+    Returns the content of ``summary.json`` (rows, failed/unfinished/excluded runs,
+    comparisons, figures) plus ``"outputs"``: the written file paths.
+    """
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"sweep folder not found: {sweep}")
+    out = Path(out_dir) if out_dir is not None else sweep
+    out.mkdir(parents=True, exist_ok=True)
+
+    runs = collect_runs(sweep)
+    parts = split_runs(runs)
+    rows = aggregate(parts["done"])
+    comparisons = compare(rows)
+    comparison = comparison_markdown(rows, comparisons)
+
+    figures = {
+        "ap_vs_batch": plot_ap_vs_batch(rows, out / "ap_vs_batch.png"),
+        "label_pr_bars": plot_label_pr_bars(rows, out / "label_pr_bars.png"),
+        "loss_curves": plot_loss_curves(runs, out / "loss_curves.png"),
+    }
+    _write_json(figures, out / "figures.json")
+
+    write_summary_csv(rows, out / "summary.csv")
+    write_runs_csv(runs, out / "runs.csv")
+    (out / "comparison.md").write_text(comparison, encoding="utf-8")
+    (out / "summary.md").write_text(_summary_md(sweep, runs, parts, rows, comparison, figures), encoding="utf-8")
+
+    result = {
+        "sweep_dir": str(sweep),
+        "counts": {k: len(v) for k, v in parts.items()} | {"runs": len(runs), "settings": len(rows)},
+        "metrics": list(METRICS),
+        "rows": rows,
+        "failed": [run_record(r) for r in parts["failed"]],
+        "unfinished": [run_record(r) for r in parts["unfinished"]],
+        "excluded": [run_record(r) for r in parts["excluded"]],
+        "comparisons": comparisons,
+        "figures": figures,
+    }
+    _write_json(result, out / "summary.json")
+    result = _jsonable(result)
+    result["outputs"] = {name: str(out / name) for name in OUTPUT_FILES}
+    if not quiet:
+        c = result["counts"]
+        print(f"[sweep_report] {c['runs']} run(s) under {sweep}: {c['done']} done, {c['failed']} failed, "
+              f"{c['unfinished']} unfinished, {c['excluded']} excluded -> {c['settings']} setting(s); "
+              f"wrote summary.md, summary.csv, comparison.md and 3 figures to {out}", flush=True)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="sweep_report",
+        description="Summarize a sweep of gn-detect run folders: tables, figures, written comparison.")
+    p.add_argument("sweep_dir", help="folder holding the run folders (searched recursively for config.yaml)")
+    p.add_argument("--out", default=None, help="where to write the report (default: the sweep folder)")
+    p.add_argument("--quiet", action="store_true", help="no summary line on stdout")
+    args = p.parse_args(argv)
+    try:
+        res = write_sweep_report(args.sweep_dir, args.out, quiet=args.quiet)
+    except FileNotFoundError as e:
+        print(f"sweep_report: {e}", file=sys.stderr)
+        return 2
+    return 0 if res["counts"]["runs"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Aggregating finished runs into one row per setting, and writing the tables."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .collect import METRICS, Run, component_label, config_differences, metric_values
+
+METRIC_TITLES = {
+    "AP": "AP",
+    "AP50": "AP50",
+    "label_recall": "label R",
+    "label_precision": "label P",
+    "box_recall": "box R",
+    "box_precision": "box P",
+    "ims_per_sec": "img/s",
+    "peak_mem_mb": "peak MB",
+}
+
+ROW_INFO_COLUMNS = (
+    "setting",
+    "norm_name",
+    "components",
+    "ims_per_group",
+    "ims_per_device",
+    "bn_group_size",
+    "world_size",
+    "ims_per_batch",
+    "max_iter",
+    "mode",
+    "n",
+    "seeds",
+)
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std with ddof=1, count) over the finite values; NaN where undefined."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = int(arr.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(arr.mean())
+    std = float(arr.std(ddof=1)) if n >= 2 else math.nan
+    return mean, std, n
+
+
+def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[r.setting_key].append(r)
+    return dict(sorted(groups.items(), key=lambda kv: kv[0][:1] + kv[0][2:] + (str(kv[0][1]),)))
+
+
+def aggregate(done_runs: list[Run]) -> list[dict[str, Any]]:
+    """One dict per setting (sorted by label, then the batch axis, then world size ...)."""
+    rows = []
+    for key, runs in group_runs(done_runs).items():
+        runs = sorted(runs, key=lambda r: (r.seed if r.seed is not None else -1, r.rel_dir))
+        first = runs[0]
+        row: dict[str, Any] = {
+            "setting": first.label,
+            "norm_name": first.norm_name,
+            "components": component_label(first.components),
+            "ims_per_group": first.ims_per_group,
+            "ims_per_device": first.ims_per_device,
+            "bn_group_size": first.bn_group_size,
+            "world_size": first.world_size,
+            "ims_per_batch": first.ims_per_batch,
+            "max_iter": first.max_iter,
+            "mode": first.mode,
+            "n": len(runs),
+            "seeds": [r.seed for r in runs],
+            "run_dirs": [r.rel_dir for r in runs],
+        }
+        notes = []
+        vals = [metric_values(r) for r in runs]
+        for m in METRICS:
+            mean, std, k = mean_std([v[m] for v in vals])
+            row[f"{m}_mean"] = mean
+            row[f"{m}_std"] = std
+            row[f"{m}_n"] = k
+            if k < len(runs):
+                notes.append(f"{m} missing for {len(runs) - k} of {len(runs)} runs")
+        seeds = [r.seed for r in runs]
+        dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
+        if dup:
+            notes.append("seed(s) %s appear more than once" % ", ".join(map(str, dup)))
+        if any(s is None for s in seeds):
+            notes.append("run(s) without a seed in config.yaml")
+        diff = config_differences(runs)
+        if diff:
+            shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+            notes.append(f"config differs between seeds in: {shown}")
+        row["notes"] = notes
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(v: Any) -> str:
+    """Human formatting: n/a for missing, 4 significant digits, whole numbers above 1000."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(v):
+            return "n/a"
+        if abs(v) >= 1000:
+            return f"{v:.0f}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def fmt_mean_std(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{fmt(mean)} ± {fmt(std)}"
+
+
+def _csv_value(v: Any) -> Any:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else "n/a"
+    if isinstance(v, (list, tuple)):
+        return " ".join("n/a" if x is None else str(x) for x in v)
+    return v
+
+
+def csv_columns() -> list[str]:
+    cols = list(ROW_INFO_COLUMNS)
+    for m in METRICS:
+        cols += [f"{m}_mean", f"{m}_std"]
+    return cols + ["notes"]
+
+
+def write_summary_csv(rows: list[dict], path: Path) -> None:
+    cols = csv_columns()
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for row in rows:
+            w.writerow([_csv_value("; ".join(row["notes"]) if c == "notes" else row.get(c)) for c in cols])
+
+
+RUN_CSV_COLUMNS = ("run_dir", "state", "setting", "seed", "ims_per_group", "ims_per_device",
+                   "world_size", "mode", "last_iter", "max_iter") + METRICS + ("error",)
+
+
+def run_record(r: Run) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "run_dir": r.rel_dir,
+        "state": r.state,
+        "setting": r.label,
+        "components": component_label(r.components) if r.components else None,
+        "seed": r.seed,
+        "ims_per_group": r.ims_per_group,
+        "ims_per_device": r.ims_per_device,
+        "bn_group_size": r.bn_group_size,
+        "world_size": r.world_size,
+        "mode": r.mode if r.state != "unreadable" else None,
+        "last_iter": r.last_iter,
+        "max_iter": r.max_iter,
+        "error": r.error,
+        "notes": list(r.notes),
+    }
+    rec.update(metric_values(r) if r.final is not None else {m: math.nan for m in METRICS})
+    return rec
+
+
+def write_runs_csv(runs: list[Run], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(RUN_CSV_COLUMNS)
+        for r in runs:
+            rec = run_record(r)
+            w.writerow([_csv_value(rec.get(c)) for c in RUN_CSV_COLUMNS])
+
+
+def md_escape(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def short_error(err: str | None, limit: int = 200) -> str:
+    """The last non-empty line of an error (tracebacks end with the exception), shortened."""
+    if not err:
+        return "n/a"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    s = lines[-1] if lines else str(err)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def md_table(header: list[str], body: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(md_escape(h) for h in header) + " |",
+           "|" + "|".join("---" for _ in header) + "|"]
+    for line in body:
+        out.append("| " + " | ".join(md_escape(c) for c in line) + " |")
+    return "\n".join(out)
+
+
+def settings_table_md(rows: list[dict]) -> str:
+    header = ["setting", "backbone/fpn/head", "img/group", "img/device", "world size", "mode", "n",
+              "seeds"] + [METRIC_TITLES[m] for m in METRICS]
+    body = []
+    for row in rows:
+        line = [row["setting"], row["components"], fmt(row["ims_per_group"]), fmt(row["ims_per_device"]),
+                row["world_size"], row["mode"], row["n"],
+                " ".join("n/a" if s is None else str(s) for s in row["seeds"])]
+        for m in METRICS:
+            cell = fmt_mean_std(row[f"{m}_mean"], row[f"{m}_std"])
+            if 0 < row[f"{m}_n"] < row["n"]:
+                cell += f" (n={row[f'{m}_n']})"
+            line.append(cell)
+        body.append(line)
+    return md_table(header, body)
+
+
+def problem_table_md(runs: list[Run], with_progress: bool = False) -> str:
+    header = ["setting", "img/group", "world size", "seed", "run folder", "state"]
+    header += ["progress"] if with_progress else []
+    header += ["error"]
+    body = []
+    for r in runs:
+        line = [r.label or "n/a", fmt(r.ims_per_group), fmt(r.world_size) if r.state != "unreadable" else "n/a",
+                fmt(r.seed), f"`{r.rel_dir}`", r.state]
+        if with_progress:
+            last = "?" if r.last_iter is None else str(r.last_iter)
+            total = "?" if r.max_iter is None else str(r.max_iter)
+            line.append(f"iter {last}/{total}")
+        line.append(short_error(r.error))
+        body.append(line)
+    return md_table(header, body)

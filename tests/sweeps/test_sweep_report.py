@@ -1,0 +1,198 @@
+"""End-to-end tests of the sweep report on fabricated run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gn_detect.sweeps import write_sweep_report
+from gn_detect.sweeps.report import main
+
+from .fabricate import make_config, write_run
+
+REPO = Path(__file__).resolve().parents[2]
+METRICS = ("AP", "AP50", "label_recall", "label_precision", "box_recall", "box_precision",
+           "ims_per_sec", "peak_mem_mb")
+IMS_PER_DEVICE = 8  # x=2 is emulated with bn_group_size=2, x=8 uses the whole device batch
+
+# AP per (norm, images per norm group) for seeds 0 and 1: at x=2 gn beats bn by far more than the
+# seed spread; at x=8 the two are within the spread.
+AP = {
+    ("bn", 2): [30.0, 31.0],
+    ("gn", 2): [40.0, 40.6],
+    ("bn", 8): [39.0, 40.0],
+    ("gn", 8): [39.4, 40.2],
+}
+
+
+def final_metrics(norm: str, x: int, seed: int) -> dict:
+    ap = AP[(norm, x)][seed]
+    m = {
+        "AP": ap,
+        "AP50": ap + 18.0 + 0.3 * seed,
+        "AP75": ap + 2.0,
+        "label_precision": 0.60 + ap / 200 + 0.01 * seed,
+        "label_recall": 0.50 + ap / 100 - 0.02 * seed,
+        "label_f1": 0.55,
+        "box_precision": 0.40 + ap / 300 + 0.005 * seed,
+        "box_recall": 0.45 + ap / 250,
+        "box_f1": 0.4,
+        "ims_per_sec": (12.0 if norm == "bn" else 9.0) + seed * 0.5 + x / 10,
+        "peak_mem_mb": 1500.0 + 10 * x + 3 * seed,
+    }
+    if (norm, x, seed) == ("gn", 8, 1):
+        m["peak_mem_mb"] = None  # reported as null
+    if (norm, x, seed) == ("bn", 2, 0):
+        del m["box_precision"]  # key missing altogether
+    return m
+
+
+def expected(norm: str, x: int, metric: str) -> tuple[float, float, int]:
+    vals = [final_metrics(norm, x, s).get(metric) for s in (0, 1)]
+    vals = np.array([v for v in vals if v is not None], dtype=float)
+    std = float(np.std(vals, ddof=1)) if vals.size >= 2 else math.nan
+    return float(np.mean(vals)), std, int(vals.size)
+
+
+def build_sweep(root: Path) -> Path:
+    sweep = root / "multirun" / "2024-01-01" / "12-00-00"
+    job = 0
+    for norm in ("bn", "gn"):
+        for x in (2, 8):
+            for seed in (0, 1):
+                cfg = make_config(norm, seed, IMS_PER_DEVICE, bn_group_size=x if x < IMS_PER_DEVICE else None)
+                write_run(sweep / str(job), cfg, final=final_metrics(norm, x, seed))
+                job += 1
+    write_run(sweep / str(job), make_config("gn", 2, IMS_PER_DEVICE), state="failed",
+              error="Traceback (most recent call last):\n  File x\nRuntimeError: loss is NaN at iter 40",
+              train_iters=(0, 20, 40))
+    job += 1
+    write_run(sweep / str(job), make_config("bn", 2, IMS_PER_DEVICE, bn_group_size=2), state="running",
+              train_iters=(0, 20), extra_lines=['{"type": "train", "iter": 4'])  # half-written line
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    sweep = build_sweep(root)
+    out = root / "report"
+    res = write_sweep_report(sweep, out, quiet=True)
+    return sweep, out, res
+
+
+def _num(s: str) -> float:
+    return math.nan if s in ("", "n/a") else float(s)
+
+
+def test_summary_csv_means_and_stds(report):
+    _, out, _ = report
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {(r["setting"], int(r["ims_per_group"])) for r in rows} == set(AP)
+    for r in rows:
+        norm, x = r["setting"], int(r["ims_per_group"])
+        assert int(r["n"]) == 2
+        assert r["seeds"] == "0 1"
+        assert r["mode"] == ("emulated" if x < IMS_PER_DEVICE else "single process")
+        assert int(r["ims_per_device"]) == IMS_PER_DEVICE and int(r["world_size"]) == 1
+        for m in METRICS:
+            mean, std, n = expected(norm, x, m)
+            assert _num(r[f"{m}_mean"]) == pytest.approx(mean, rel=1e-12), (norm, x, m)
+            if n >= 2:
+                assert _num(r[f"{m}_std"]) == pytest.approx(std, rel=1e-12), (norm, x, m)
+            else:
+                assert r[f"{m}_std"] == "n/a", (norm, x, m)
+    gn8 = next(r for r in rows if (r["setting"], r["ims_per_group"]) == ("gn", "8"))
+    assert "peak_mem_mb missing for 1 of 2 runs" in gn8["notes"]
+
+
+def test_summary_json_matches_csv(report):
+    _, out, res = report
+    data = json.loads((out / "summary.json").read_text())
+    assert data["counts"] == {"done": 8, "failed": 1, "unfinished": 1, "excluded": 0, "runs": 10, "settings": 4}
+    assert res["counts"] == data["counts"]
+    row = next(r for r in data["rows"] if r["setting"] == "bn" and r["ims_per_group"] == 2)
+    mean, std, _ = expected("bn", 2, "AP")
+    assert row["AP_mean"] == pytest.approx(mean) and row["AP_std"] == pytest.approx(std)
+    assert row["box_precision_std"] is None  # one value: no std (JSON null, not NaN)
+    for name in res["outputs"]:
+        assert (out / name).is_file(), name
+
+
+def test_failed_and_running_runs_are_listed(report):
+    _, out, res = report
+    assert [(f["setting"], f["seed"], f["state"]) for f in res["failed"]] == [("gn", 2, "failed")]
+    assert "loss is NaN" in res["failed"][0]["error"]
+    assert [(u["setting"], u["seed"], u["state"]) for u in res["unfinished"]] == [("bn", 2, "running")]
+    md = (out / "summary.md").read_text()
+    failed_section = md.split("## Failed runs")[1].split("##")[0]
+    assert "RuntimeError: loss is NaN at iter 40" in failed_section
+    assert "`8`" in failed_section  # the run folder
+    unfinished = md.split("## Unfinished runs")[1].split("##")[0]
+    assert "`9`" in unfinished and "running" in unfinished and "iter 20/100" in unfinished
+    runs_csv = list(csv.DictReader(open(out / "runs.csv", newline="")))
+    assert sorted(r["state"] for r in runs_csv) == ["done"] * 8 + ["failed", "running"]
+
+
+def test_figures_and_series(report):
+    _, out, _ = report
+    for name in ("ap_vs_batch.png", "label_pr_bars.png", "loss_curves.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    figs = json.loads((out / "figures.json").read_text())
+    ap = figs["ap_vs_batch"]["series"]
+    assert sorted(s["name"] for s in ap) == ["bn", "gn"]
+    for s in ap:
+        assert s["points"] == 2 and s["x"] == [2, 8]
+        assert s["mean"] == pytest.approx([np.mean(AP[(s["name"], 2)]), np.mean(AP[(s["name"], 8)])])
+    bars = figs["label_pr_bars"]["series"]
+    assert [s["name"] for s in bars] == ["label_precision", "label_recall"]
+    assert all(s["points"] == 4 for s in bars)
+    loss = figs["loss_curves"]["series"]
+    assert len(loss) == 10  # every run with training records, failed and running included
+    assert sorted(s["points"] for s in loss) == [2, 3] + [5] * 8
+
+
+def test_comparison_flags_large_not_small(report):
+    _, out, res = report
+    text = (out / "comparison.md").read_text()
+    assert "|mean_a - mean_b| > std_a + std_b" in text  # the rule is stated
+    ap_section = text.split("## AP")[1].split("## ")[0]
+    x2 = ap_section.split("**2 image(s) per normalization group**")[1].split("**8 image(s)")[0]
+    x8 = ap_section.split("**8 image(s) per normalization group**")[1]
+    assert "gn > bn: difference 9.8 exceeds the seed spread" in x2
+    assert "exceeds" not in x8 and "within the seed spread" in x8
+    verdicts = {(c["metric"], c["ims_per_group"]): c["verdict"] for c in res["comparisons"]}
+    assert verdicts[("AP", 2)] == "exceeds"
+    assert verdicts[("AP", 8)] == "within"
+    assert text.strip() in (out / "summary.md").read_text()
+
+
+def test_cli_subprocess(report, tmp_path):
+    sweep, _, _ = report
+    out = tmp_path / "cli_out"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "sweep_report.py"), str(sweep), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "10 run(s)" in proc.stdout and "8 done, 1 failed" in proc.stdout
+    assert (out / "summary.csv").is_file() and (out / "comparison.md").is_file()
+
+
+def test_cli_main_default_out_and_missing_folder(tmp_path, capsys):
+    sweep = tmp_path / "sw"
+    write_run(sweep / "a", make_config("gn", 0, 2), final=final_metrics("gn", 2, 0))
+    assert main([str(sweep)]) == 0
+    assert "1 run(s)" in capsys.readouterr().out
+    assert (sweep / "summary.md").is_file()  # default: into the sweep folder
+    assert main([str(tmp_path / "nope")]) == 2
+    # a second report over the same folder does not take its own outputs for runs
+    assert main([str(sweep), "--quiet"]) == 0
