@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any, Iterable
 
@@ -18,13 +19,14 @@ def to_coco_results(
     targets: list[dict[str, Any]],
     label_to_cat_id: list[int],
 ) -> list[dict[str, Any]]:
-    """Maps boxes back to the original image (divide by the resize scale) and labels to ids."""
+    """Maps boxes back to original image pixels and contiguous labels back to category ids."""
+    from gn_detect.data import boxes_to_original
+
     results = []
     for out, tgt in zip(outputs, targets):
         if len(out["boxes"]) == 0:
             continue
-        scale = float(tgt["scale"])
-        boxes = out["boxes"].float().cpu() / scale
+        boxes = boxes_to_original(out["boxes"].float().cpu(), tgt["size"], tgt["orig_size"])
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         image_id = int(tgt["image_id"])
         for box, score, label in zip(xywh, out["scores"].tolist(), out["labels"].tolist()):
@@ -55,7 +57,7 @@ def run_inference(
     start = time.perf_counter()
     n_images = 0
     iterator = loader
-    if progress and gdist.is_main_process():
+    if progress and gdist.is_main_process() and sys.stderr.isatty():
         try:
             from tqdm import tqdm
 

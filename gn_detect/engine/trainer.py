@@ -97,6 +97,16 @@ def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"solver.amp={setting!r}: use auto, bf16, fp16 or off")
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank says so: a decision one rank takes alone (skip a step,
+    stop) would leave the others waiting in DDP's gradient all-reduce."""
+    if gdist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -106,7 +116,11 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = None) -> dict[str, Any]:
-    """Runs (or resumes) one training run in ``run_dir``; returns the final metrics."""
+    """Runs (or resumes) one training run in ``run_dir``; returns the final metrics.
+
+    ``iter`` in metrics.jsonl is always the 0-based index of the last completed iteration;
+    checkpoints store the number of completed iterations (where the loop resumes).
+    """
     from gn_detect.data import build_dataset, build_test_loader, build_train_loader, write_skip_summary
     from gn_detect.modeling import build_model, norm_summary
 
@@ -208,7 +222,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     losses = ddp_model(images, image_sizes, targets)
                 loss = sum(losses.values())
-                if not torch.isfinite(loss):
+                if _any_rank(not bool(torch.isfinite(loss)), device):
                     if nonfinite == "skip":
                         skipped_steps += 1
                         log.warning("iteration %d: non-finite loss %s, step skipped (%d so far)",
@@ -226,31 +240,32 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = clip_gradients(model, float(clip)) if clip else None
+                lr_used = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
                 dt = time.perf_counter() - t0
                 if it >= timed_from:
                     train_time += dt
                     train_images += batch["ims_per_batch"]
-                scalars = {"loss": float(loss), **{k: float(v) for k, v in losses.items()},
-                           "lr": optimizer.param_groups[0]["lr"]}
+                scalars = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()},
+                           "lr": lr_used}
                 if grad_norm is not None:
                     scalars["grad_norm"] = float(grad_norm)
                 writer.train(it, max_iter, scalars)
                 it += 1
-                if stop.signum is not None:
+                if _any_rank(stop.signum is not None, device):
                     save("last", it)
                     if gdist.is_main_process():
-                        write_status(run_dir, "interrupted", iteration=it, signal=int(stop.signum),
-                                     error=f"stopped by signal {stop.signum} at iteration {it}; rerun to resume")
+                        write_status(run_dir, "interrupted", iteration=it,
+                                     error=f"stopped by a signal after {it} iterations; rerun the same command to resume")
                     writer.close()
-                    log.warning("stopped by signal %d at iteration %d; checkpoint saved", stop.signum, it)
+                    log.warning("stopped by a signal after %d iterations; checkpoint saved", it)
                     return {"interrupted": True, "iter": it}
                 if ckpt_period and it % ckpt_period == 0 and it < max_iter:
                     save("last", it)
                 if eval_period and it % eval_period == 0 and it < max_iter:
                     metrics = run_eval(it, final=False)
-                    writer.eval(it, metrics)
+                    writer.eval(it - 1, metrics)
                     ddp_model.train()
         save("last", it)
         checkpointer.save("model_final", it, model_only=True)
@@ -263,8 +278,8 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
             "skipped_steps": skipped_steps,
             "world_size": info.world_size,
         }
-        writer.eval(it, metrics)
-        writer.final(final, iter=it)
+        writer.eval(it - 1, metrics)
+        writer.final(final, iter=it - 1)
         writer.close()
         if gdist.is_main_process():
             write_status(run_dir, "done", iteration=it)

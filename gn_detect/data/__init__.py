@@ -1,0 +1,34 @@
+"""Data: COCO-format datasets, checks, transforms, batching, samplers, synthetic data, converters."""
+
+from .build import build_dataset, build_transform, resolve_path
+from .checks import (
+    SKIP_REASONS,
+    AnnotationFileError,
+    DataError,
+    EmptyDatasetError,
+    load_coco_json,
+    validate_coco,
+    write_skip_summary,
+)
+from .coco import CocoDetection
+from .collate import collate
+from .convert import ConversionError, voc_to_coco, write_coco, yolo_to_coco
+from .samplers import InferenceSampler, TrainBatchSampler, build_test_loader, build_train_loader
+from .synthetic import SHAPE_CLASSES, ensure_shapes_dataset
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DetectionTransform,
+    boxes_to_original,
+    denormalize,
+    normalize,
+)
+
+__all__ = [
+    "SKIP_REASONS", "SHAPE_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD",
+    "AnnotationFileError", "ConversionError", "DataError", "EmptyDatasetError",
+    "CocoDetection", "DetectionTransform", "InferenceSampler", "TrainBatchSampler",
+    "boxes_to_original", "build_dataset", "build_transform", "build_test_loader", "build_train_loader", "collate",
+    "denormalize", "ensure_shapes_dataset", "load_coco_json", "normalize", "resolve_path",
+    "validate_coco", "voc_to_coco", "write_coco", "write_skip_summary", "yolo_to_coco",
+]

@@ -1,0 +1,201 @@
+"""COCO-format detection dataset (images folder + instances json)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from .checks import (
+    EmptyDatasetError,
+    SkipLog,
+    load_coco_json,
+    to_rgb,
+    validate_coco,
+)
+from .transforms import DetectionTransform
+
+logger = logging.getLogger(__name__)
+
+# how many following items __getitem__ tries when an image fails to decode at run time
+# (only possible with verify_images=False, or if a file changes under a running job)
+_MAX_FALLBACKS = 8
+
+
+def _quiet_coco(dataset: dict[str, Any]) -> COCO:
+    # pycocotools prints "creating index..." to stdout; build it from the checked dict silently
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Detection dataset over an images folder and a COCO instances json.
+
+    Items are `(image, target)`: image float 3xHxW normalized (ImageNet mean/std), target
+    {boxes Nx4 xyxy resized pixels, labels int64 0..K-1, image_id, orig_size (h, w),
+    size (h, w), scale}. Crowd boxes are never in targets but stay in `.coco` for evaluation.
+
+    An index may also be `(index, seed)`: the item's random transform is then drawn from a
+    generator seeded with `seed` (the train batch sampler does this so that augmentation is
+    reproducible and resumable regardless of DataLoader workers).
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        ann_file: str | Path,
+        *,
+        transform: DetectionTransform | None = None,
+        filter_empty: bool = False,
+        verify_images: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
+        self.name = name or self.ann_file.stem
+        self.transform = transform or DetectionTransform(800, 1333, flip_prob=0.0)
+        self.filter_empty = filter_empty
+        self.verify_images = verify_images
+
+        data = load_coco_json(self.ann_file)
+        checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file))
+        self.skip_log: SkipLog = checked.skips
+
+        images, boxes, cat_ids = checked.images, checked.boxes, checked.cat_ids
+        if filter_empty:
+            keep = [i for i, b in enumerate(boxes) if len(b)]
+            for i, e in enumerate(images):
+                if not len(boxes[i]):
+                    self.skip_log.add("filtered_empty", e["id"])
+            images = [images[i] for i in keep]
+            boxes = [boxes[i] for i in keep]
+            cat_ids = [cat_ids[i] for i in keep]
+        if not images:
+            raise EmptyDatasetError(
+                f"{self.ann_file}: no images left to load (listed: {len(data['images'])}, "
+                f"skips: {self.skip_log.nonzero()}). Fix: check the json and images folder"
+                + ("; or set filter_empty=false" if filter_empty else "") + "."
+            )
+
+        # contiguous labels follow the sorted ids of ALL categories in the json, not only those
+        # present, so COCO's 1..90 map to 0..79 identically on every split
+        self.categories = checked.categories
+        self.label_to_cat_id: list[int] = [c["id"] for c in self.categories]
+        self.cat_id_to_label: dict[int, int] = {cid: i for i, cid in enumerate(self.label_to_cat_id)}
+        self.class_names: list[str] = [str(c.get("name", c["id"])) for c in self.categories]
+
+        self._images = images
+        self.image_ids: list[int] = [e["id"] for e in images]
+        self._boxes = boxes
+        self._labels = [np.asarray([self.cat_id_to_label[c] for c in ids], dtype=np.int64) for ids in cat_ids]
+        # width / height from the json: grouping needs no image decoding
+        self.aspect_ratios: np.ndarray = np.asarray([e["width"] / e["height"] for e in images], dtype=np.float64)
+
+        # .coco holds exactly the dataset's images and the checked annotations (crowd included,
+        # boxes clipped), so COCOeval sees the same ground truth the model was trained against
+        kept = set(self.image_ids)
+        clean = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+        clean["categories"] = self.categories
+        clean["images"] = images
+        clean["annotations"] = [a for a in checked.annotations if a["image_id"] in kept]
+        self.coco = _quiet_coco(clean)
+
+        self.skip_log.log(self.name)
+        logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
+                    sum(len(b) for b in boxes), self.num_classes, self.ann_file)
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_to_cat_id)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """reason -> count for every check (zeros included); see checks.SKIP_REASONS."""
+        return dict(self.skip_log.counts)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_info(self, index: int) -> dict[str, Any]:
+        return self._images[index]
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self._images[index]["file_name"]
+
+    def annotations(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes xyxy in original pixels, contiguous labels) without loading the image."""
+        return self._boxes[index], self._labels[index]
+
+    # ------------------------------------------------------------------ loading
+
+    def read_image(self, index: int) -> torch.Tensor:
+        """Decode image `index` as uint8 3xHxW RGB; raises OSError with the path on failure."""
+        path = self.image_path(index)
+        info = self._images[index]
+        with Image.open(path) as im:
+            im = to_rgb(im)
+            arr = np.asarray(im, dtype=np.uint8)
+        if arr.shape[:2] != (info["height"], info["width"]):
+            raise OSError(f"{path}: size {arr.shape[1]}x{arr.shape[0]} != json "
+                          f"{info['width']}x{info['height']}")
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
+        if isinstance(key, tuple):
+            index, seed = int(key[0]), int(key[1])
+            generator: torch.Generator | None = torch.Generator().manual_seed(seed)
+        else:
+            index, generator = int(key), None
+        if index < 0:
+            index += len(self)
+        for attempt in range(_MAX_FALLBACKS + 1):
+            try:
+                image = self.read_image(index)
+                break
+            except (OSError, SyntaxError, ValueError) as e:
+                # never crash mid-epoch: log and use the next image (deterministic choice)
+                if attempt == _MAX_FALLBACKS:
+                    raise RuntimeError(
+                        f"{self.name}: {_MAX_FALLBACKS + 1} images in a row failed to load, last: {e}. "
+                        f"Build the dataset with verify_images=True to find and skip them up front."
+                    ) from e
+                logger.warning("%s: cannot read %s (%s); using the next image instead",
+                               self.name, self.image_path(index), e)
+                index = (index + 1) % len(self)
+        return self._make_item(index, image, generator)
+
+    def _make_item(self, index: int, image: torch.Tensor,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        h, w = image.shape[-2:]
+        boxes = torch.from_numpy(self._boxes[index].copy())
+        labels = torch.from_numpy(self._labels[index].copy())
+        image, boxes, info = self.transform(image, boxes, generator)
+        target = {
+            "boxes": boxes,
+            "labels": labels,
+            "image_id": int(self.image_ids[index]),
+            "orig_size": (int(h), int(w)),
+            "size": info.size,
+            "scale": float(info.scale),
+            "flipped": info.flipped,
+        }
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"CocoDetection(name={self.name!r}, images={len(self)}, classes={self.num_classes}, "
+                f"transform={self.transform})")
+
+
+__all__ = ["CocoDetection"]

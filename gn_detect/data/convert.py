@@ -1,0 +1,219 @@
+"""Convert Pascal VOC (xml) and YOLO (txt) annotations to a COCO instances json.
+
+Conventions (see docs/data.md):
+* VOC boxes are 1-based inclusive pixel indices: xmin=1, xmax=W covers the whole width. COCO
+  boxes are 0-based continuous pixel edges, so x = xmin - 1, w = xmax - xmin + 1 (as
+  detectron2's VOC loader does). Integer VOC boxes therefore round-trip exactly.
+* VOC `difficult` objects: kept as normal annotations with an extra "difficult": 1 field by
+  default (detectron2 trains on them too); difficult="crowd" marks them iscrowd=1 so COCOeval
+  ignores them (close to VOC's evaluation), difficult="skip" drops them.
+* YOLO lines are `class cx cy w h` normalized to [0, 1]; image sizes come from the image
+  headers. A missing or empty label file means an image without objects. Segment lines
+  (`class x1 y1 x2 y2 ...`) are accepted and converted to their bounding box.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .checks import DataError, write_json_atomic
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ConversionError(DataError):
+    """A source annotation that cannot be converted; the message names the file (and line)."""
+
+
+def _coco_dict(images: list[dict[str, Any]], annotations: list[dict[str, Any]], names: Sequence[str],
+               description: str) -> dict[str, Any]:
+    return {
+        "info": {"description": description},
+        "licenses": [],
+        "categories": [{"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(names)],
+        "images": images,
+        "annotations": annotations,
+    }
+
+
+def read_names(path: str | Path) -> list[str]:
+    """Class names, one per line (classes.txt / obj.names); blank lines ignored."""
+    names = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    if not names:
+        raise ConversionError(f"{path}: no class names found")
+    return names
+
+
+# ----------------------------------------------------------------------------- VOC
+
+
+def _text(node: ET.Element, tag: str, file: Path) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None:
+        raise ConversionError(f"{file}: <{tag}> missing in <{node.tag}>")
+    return child.text.strip()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError) as e:
+        raise ConversionError(f"cannot read image size from {path}: {e}") from e
+
+
+def voc_to_coco(
+    xml_files: Sequence[str | Path] | str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    image_dir: str | Path | None = None,
+    difficult: str = "keep",
+) -> dict[str, Any]:
+    """VOC xml files (or a folder of them) -> COCO dict.
+
+    class_names fixes category ids (i -> id i + 1); default: sorted names found. image_dir is
+    only needed when an xml lacks <size>. Image ids are 1..N in sorted file-name order.
+    """
+    if difficult not in ("keep", "crowd", "skip"):
+        raise ValueError(f"difficult must be 'keep', 'crowd' or 'skip', got {difficult!r}")
+    if isinstance(xml_files, (str, Path)) and Path(xml_files).is_dir():
+        files = sorted(Path(xml_files).glob("*.xml"))
+    elif isinstance(xml_files, (str, Path)):
+        files = [Path(xml_files)]
+    else:
+        files = sorted(Path(f) for f in xml_files)
+    if not files:
+        raise ConversionError(f"no VOC xml files found in {xml_files}")
+
+    parsed: list[tuple[Path, ET.Element]] = []
+    for f in files:
+        try:
+            parsed.append((f, ET.parse(f).getroot()))
+        except (ET.ParseError, OSError) as e:
+            raise ConversionError(f"{f}: cannot parse VOC xml: {e}") from e
+    if class_names is None:
+        class_names = sorted({_text(o, "name", f) for f, r in parsed for o in r.iter("object")})
+    name_to_id = {n: i + 1 for i, n in enumerate(class_names)}
+
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id, (f, root) in enumerate(parsed, start=1):
+        file_name = _text(root, "filename", f)
+        size = root.find("size")
+        w = int(float(_text(size, "width", f))) if size is not None and size.find("width") is not None else 0
+        h = int(float(_text(size, "height", f))) if size is not None and size.find("height") is not None else 0
+        if w <= 0 or h <= 0:  # some VOC-style exporters write 0 or omit <size>
+            if image_dir is None:
+                raise ConversionError(f"{f}: no usable <size>; pass image_dir to read it from the image")
+            w, h = _image_size(Path(image_dir) / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+        for obj in root.iter("object"):
+            name = _text(obj, "name", f)
+            if name not in name_to_id:
+                raise ConversionError(f"{f}: class {name!r} not in class_names {list(class_names)}")
+            diff_node = obj.find("difficult")
+            is_difficult = diff_node is not None and (diff_node.text or "0").strip() not in ("0", "")
+            if is_difficult and difficult == "skip":
+                continue
+            bnd = obj.find("bndbox")
+            if bnd is None:
+                raise ConversionError(f"{f}: <object> {name!r} without <bndbox>")
+            try:
+                xmin, ymin, xmax, ymax = (float(_text(bnd, k, f)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except ValueError as e:
+                raise ConversionError(f"{f}: non-numeric <bndbox> for {name!r}: {e}") from e
+            # 1-based inclusive -> 0-based pixel edges
+            x, y, bw, bh = xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": name_to_id[name],
+                "bbox": [x, y, bw, bh],
+                "area": bw * bh,
+                "iscrowd": int(is_difficult and difficult == "crowd"),
+            }
+            if is_difficult:
+                ann["difficult"] = 1
+            annotations.append(ann)
+    return _coco_dict(images, annotations, class_names, "converted from Pascal VOC")
+
+
+# ----------------------------------------------------------------------------- YOLO
+
+
+def yolo_to_coco(
+    image_dir: str | Path,
+    label_dir: str | Path | None = None,
+    *,
+    class_names: Sequence[str] | str | Path,
+) -> dict[str, Any]:
+    """YOLO txt labels -> COCO dict.
+
+    image_dir: the images (sizes read from headers). label_dir: the txt files, same stems
+    (default: the `labels` folder next to an `images` folder, else image_dir itself).
+    class_names: list, or a path to classes.txt / obj.names (class i -> category id i + 1).
+    Image ids are 1..N in sorted file-name order; file_name is relative to image_dir.
+    """
+    image_dir = Path(image_dir)
+    if label_dir is None:
+        parts = image_dir.parts
+        label_dir = (Path(*[("labels" if p == "images" else p) for p in parts])
+                     if "images" in parts else image_dir)
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():  # else every image would silently become a background image
+        raise ConversionError(f"YOLO label folder not found: {label_dir} (pass label_dir / --labels)")
+    names = read_names(class_names) if isinstance(class_names, (str, Path)) else list(class_names)
+    files = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ConversionError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {image_dir}")
+
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id, p in enumerate(files, start=1):
+        rel = p.relative_to(image_dir)
+        W, H = _image_size(p)
+        images.append({"id": image_id, "file_name": rel.as_posix(), "width": W, "height": H})
+        txt = (label_dir / rel).with_suffix(".txt")
+        if not txt.is_file():
+            continue  # YOLO convention: no label file = background image
+        for lineno, line in enumerate(txt.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                cls = int(fields[0])
+                vals = [float(v) for v in fields[1:]]
+            except ValueError:
+                raise ConversionError(f"{txt}:{lineno}: not numbers: {line!r}") from None
+            if not 0 <= cls < len(names):
+                raise ConversionError(f"{txt}:{lineno}: class {cls} outside 0..{len(names) - 1} "
+                                      f"({len(names)} names)")
+            if len(vals) == 4:
+                cx, cy, bw, bh = vals
+                x, y, w, h = (cx - bw / 2) * W, (cy - bh / 2) * H, bw * W, bh * H
+            elif len(vals) >= 6 and len(vals) % 2 == 0:  # segment polygon: its bounding box
+                xs, ys = vals[0::2], vals[1::2]
+                x, y = min(xs) * W, min(ys) * H
+                w, h = (max(xs) - min(xs)) * W, (max(ys) - min(ys)) * H
+            else:
+                raise ConversionError(f"{txt}:{lineno}: expected 'class cx cy w h', got {len(fields)} fields")
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": cls + 1,
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            })
+    return _coco_dict(images, annotations, names, "converted from YOLO")
+
+
+def write_coco(data: dict[str, Any], path: str | Path) -> Path:
+    """Write a COCO dict atomically; returns the path."""
+    write_json_atomic(data, path)
+    return Path(path)

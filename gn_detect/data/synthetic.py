@@ -1,0 +1,317 @@
+"""'shapes': a small synthetic COCO-format detection dataset generated on disk.
+
+Coloured shapes (circle, square, triangle, star, cross, hexagon) of sizes from small to
+large, rotated, partly overlapping, on cluttered backgrounds (colour gradients, distractor
+lines and dots, pixel noise). Boxes are the exact pixel extents of each shape's visible
+mask, so they are tight by construction. Everything is a function of the seed: image i of a
+split only depends on (seed, split, i), never on how many images are generated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .checks import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "hexagon")
+GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets get regenerated
+META_FILE = "shapes_meta.json"
+# where build_dataset finds each split under the dataset root
+SHAPES_LAYOUT: dict[str, dict[str, str]] = {
+    "train": {"images": "train", "ann": "annotations/instances_train.json"},
+    "val": {"images": "val", "ann": "annotations/instances_val.json"},
+}
+_SPLIT_CODE = {"train": 1, "val": 2}
+
+# an earlier shape must keep this fraction of its area visible when later ones overlap it
+_MIN_VISIBLE = 0.6
+_PLACEMENT_TRIES = 25
+
+
+@dataclass
+class DrawnShape:
+    label: int  # 0-based index into the class list
+    mask: np.ndarray  # bool HxW, visible pixels (after occlusion by later shapes)
+    full_area: int
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Vertices of a shape of 'radius' r centred at (cx, cy), rotated by angle (radians)."""
+    if kind == "square":
+        pts = [(r * math.cos(a), r * math.sin(a)) for a in np.arange(4) * math.pi / 2 + math.pi / 4]
+    elif kind == "triangle":
+        pts = [(r * math.cos(a), r * math.sin(a)) for a in np.arange(3) * 2 * math.pi / 3 - math.pi / 2]
+    elif kind == "hexagon":
+        pts = [(r * math.cos(a), r * math.sin(a)) for a in np.arange(6) * math.pi / 3]
+    elif kind == "star":
+        pts = [((r if k % 2 == 0 else 0.45 * r) * math.cos(a), (r if k % 2 == 0 else 0.45 * r) * math.sin(a))
+               for k, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)]
+    elif kind == "cross":
+        t = 0.33 * r  # half the arm thickness
+        pts = [(t, r), (t, t), (r, t), (r, -t), (t, -t), (t, -r),
+               (-t, -r), (-t, -t), (-r, -t), (-r, t), (-t, t), (-t, r)]
+    else:
+        raise ValueError(kind)
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+def _shape_mask(kind: str, h: int, w: int, cx: float, cy: float, r: float, angle: float,
+                aspect: float) -> np.ndarray:
+    m = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(m)
+    if kind == "circle":  # an ellipse for aspect != 1
+        rx, ry = r * math.sqrt(aspect), r / math.sqrt(aspect)
+        d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    else:
+        d.polygon(_polygon(kind, cx, cy, r, angle), fill=255)
+    return np.asarray(m) > 0
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Linear colour gradient in a random direction, plus distractor lines and dots."""
+    c0, c1 = rng.uniform(20, 235, size=(2, 3))
+    theta = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = (xx * math.cos(theta) + yy * math.sin(theta))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+    img = (c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]).astype(np.uint8)
+    pil = Image.fromarray(img, "RGB")
+    d = ImageDraw.Draw(pil)
+    for _ in range(int(rng.integers(0, 6))):  # distractor lines
+        x0, x1 = rng.uniform(0, w, 2)
+        y0, y1 = rng.uniform(0, h, 2)
+        d.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+               width=int(rng.integers(1, 4)))
+    for _ in range(int(rng.integers(0, 12))):  # small dots, smaller than any shape
+        x, y, rad = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.5, 2.0)
+        d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return np.array(pil)
+
+
+def _shape_colour(rng: np.random.Generator, near: np.ndarray) -> np.ndarray:
+    """A saturated colour that differs clearly from the background colour `near`."""
+    best, best_d = None, -1.0
+    for _ in range(8):
+        hue = rng.uniform(0, 6)
+        sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)
+        i, f = int(hue) % 6, hue - int(hue)
+        p, q, t = val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))
+        rgb = [(val, t, p), (q, val, p), (p, val, t), (p, q, val), (t, p, val), (val, p, q)][i]
+        col = np.asarray(rgb) * 255.0
+        dist = float(np.abs(col - near).mean())
+        if dist > best_d:
+            best, best_d = col, dist
+        if dist > 60:
+            break
+    return np.asarray(best, dtype=np.float32)
+
+
+def render_image(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_classes: int = 5,
+    max_objects: int = 6,
+) -> tuple[np.ndarray, list[DrawnShape]]:
+    """Draw one image; returns (uint8 HxWx3, shapes with their visible masks)."""
+    img = _background(rng, height, width).astype(np.float32)
+    shapes: list[DrawnShape] = []
+    short = min(height, width)
+    n_obj = int(rng.integers(1, max_objects + 1))
+    for _ in range(n_obj):
+        label = int(rng.integers(0, num_classes))
+        kind = SHAPE_CLASSES[label]
+        for _try in range(_PLACEMENT_TRIES):
+            # log-uniform radius: from ~8 px to ~30% of the short side on 256 px images
+            r = float(math.exp(rng.uniform(math.log(0.035 * short), math.log(0.3 * short))))
+            r = max(r, 4.0)
+            aspect = float(math.exp(rng.uniform(-0.4, 0.4))) if kind == "circle" else 1.0
+            cx, cy = rng.uniform(r * 1.2, width - r * 1.2), rng.uniform(r * 1.2, height - r * 1.2)
+            angle = float(rng.uniform(0, 2 * math.pi))
+            mask = _shape_mask(kind, height, width, float(cx), float(cy), r, angle, aspect)
+            area = int(mask.sum())
+            if area < 16:
+                continue
+            # keep every earlier shape mostly visible, so its (visible) box is meaningful
+            if all((s.mask & ~mask).sum() >= _MIN_VISIBLE * s.full_area for s in shapes):
+                break
+        else:
+            continue  # no room: fewer objects in this image
+        colour = _shape_colour(rng, img[mask].mean(axis=0))
+        # a little shading so shapes are not flat blocks
+        shade = rng.uniform(0.85, 1.0, size=(1, 3)).astype(np.float32)
+        img[mask] = np.clip(colour * shade, 0, 255)
+        for s in shapes:
+            s.mask = s.mask & ~mask
+        shapes.append(DrawnShape(label, mask, area))
+    sigma = float(rng.uniform(0, 8))
+    img = img + rng.normal(0, sigma, size=img.shape).astype(np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8), shapes
+
+
+def mask_to_box(mask: np.ndarray) -> list[int]:
+    """Tight COCO [x, y, w, h] (pixel edges) of a boolean mask."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+
+
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_CODE.get(split, 99), int(index)]))
+
+
+def _image_hw(rng: np.random.Generator, image_size: int) -> tuple[int, int]:
+    # landscape, square and portrait images, so aspect-ratio grouping has something to group
+    short = int(round(image_size * 0.75))
+    return [(image_size, image_size), (short, image_size), (image_size, short)][int(rng.integers(0, 3))]
+
+
+def iter_split(split: str, num_images: int, *, image_size: int, seed: int, num_classes: int,
+               max_objects: int = 6) -> Iterator[tuple[int, np.ndarray, list[DrawnShape]]]:
+    for i in range(num_images):
+        rng = image_rng(seed, split, i)
+        h, w = _image_hw(rng, image_size)
+        img, shapes = render_image(rng, h, w, num_classes, max_objects)
+        yield i, img, shapes
+
+
+def generate_split(out_dir: Path, split: str, num_images: int, *, image_size: int, seed: int,
+                   num_classes: int, image_format: str = "jpg", max_objects: int = 6) -> dict[str, Any]:
+    """Write one split's images under out_dir/<images> and return its COCO dict."""
+    layout = SHAPES_LAYOUT[split]
+    img_dir = out_dir / layout["images"]
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for i, img, shapes in iter_split(split, num_images, image_size=image_size, seed=seed,
+                                     num_classes=num_classes, max_objects=max_objects):
+        image_id = i + 1
+        file_name = f"{image_id:06d}.{image_format}"
+        pil = Image.fromarray(img, "RGB")
+        if image_format == "jpg":
+            pil.save(img_dir / file_name, format="JPEG", quality=92)
+        else:
+            pil.save(img_dir / file_name, format="PNG", compress_level=1)
+        images.append({"id": image_id, "file_name": file_name, "height": int(img.shape[0]),
+                       "width": int(img.shape[1])})
+        for s in shapes:
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": s.label + 1,
+                "bbox": mask_to_box(s.mask),
+                "area": int(s.mask.sum()),
+                "iscrowd": 0,
+            })
+    return {
+        "info": {"description": f"gn_detect synthetic shapes ({split})", "version": str(GENERATOR_VERSION)},
+        "licenses": [],
+        "categories": [{"id": k + 1, "name": SHAPE_CLASSES[k], "supercategory": "shape"}
+                       for k in range(num_classes)],
+        "images": images,
+        "annotations": annotations,
+    }
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    # several ranks / jobs may call ensure_shapes_dataset at once: one generates, others wait
+    try:
+        import fcntl
+    except ImportError:  # non-POSIX: rely on the atomic rename alone
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_meta(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_shapes_dataset(
+    root: str | Path,
+    *,
+    num_train: int = 300,
+    num_val: int = 100,
+    image_size: int = 256,
+    seed: int = 0,
+    num_classes: int = 5,
+    image_format: str = "jpg",
+    max_objects: int = 6,
+) -> Path:
+    """Make sure `root` holds the shapes dataset for these parameters; return root.
+
+    Idempotent: if root/shapes_meta.json records the same parameters (and generator version)
+    nothing happens. Otherwise the dataset is generated in a temporary sibling folder and
+    renamed into place, so a killed generation never leaves a half dataset at `root`.
+    """
+    if not 1 <= num_classes <= len(SHAPE_CLASSES):
+        raise ValueError(f"num_classes must be in 1..{len(SHAPE_CLASSES)}, got {num_classes}")
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32, got {image_size}")
+    root = Path(root).absolute()
+    meta = {
+        "generator": "gn_detect.data.synthetic.shapes",
+        "version": GENERATOR_VERSION,
+        "params": {"num_train": int(num_train), "num_val": int(num_val), "image_size": int(image_size),
+                   "seed": int(seed), "num_classes": int(num_classes), "image_format": image_format,
+                   "max_objects": int(max_objects)},
+    }
+
+    def up_to_date() -> bool:
+        return _read_meta(root) == meta and all((root / v["ann"]).is_file() for v in SHAPES_LAYOUT.values())
+
+    if up_to_date():
+        return root
+    with _lock(root.parent / f".{root.name}.lock"):
+        if up_to_date():  # another process generated it while we waited
+            return root
+        if root.exists() and _read_meta(root) is None and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists, is not empty and is not a shapes dataset "
+                                  f"(no {META_FILE}); refusing to replace it. Choose another root.")
+        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            logger.info("generating shapes dataset at %s (%s)", root, meta["params"])
+            for split, n in (("train", num_train), ("val", num_val)):
+                coco = generate_split(tmp, split, n, image_size=image_size, seed=seed, num_classes=num_classes,
+                                      image_format=image_format, max_objects=max_objects)
+                write_json_atomic(coco, tmp / SHAPES_LAYOUT[split]["ann"])
+            write_json_atomic(meta, tmp / META_FILE, indent=2)  # last: marks the folder complete
+            old = None
+            if root.exists():  # stale parameters: move aside, swap in, then delete
+                old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(root, old)
+            os.rename(tmp, root)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return root

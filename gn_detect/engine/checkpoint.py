@@ -1,0 +1,307 @@
+"""Atomic checkpoints, RNG state capture and the trainer's :class:`Checkpointer`.
+
+File layout written by :class:`Checkpointer` (one dict, ``torch.save``)::
+
+    {"format": "gn_detect.checkpoint/1", "iteration": int, "model": state_dict,
+     "optimizer": ..., "scheduler": ..., "rng": rank-0 RNG state, "world_size": int,
+     "extra": {...}}
+
+plus, under DDP, ``<name>.rank<k>.rng.pth`` = ``{"iteration", "rng"}`` written by rank k > 0.
+
+``iteration`` is the number of iterations *completed*: a resumed loop starts at it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gn_detect.engine import dist as gdist
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "unwrap_model",
+    "Checkpointer",
+]
+
+FORMAT = "gn_detect.checkpoint/1"
+_TMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt, wrong format)."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory (same filesystem, so
+    ``os.replace`` is an atomic rename), are flushed and fsynced, then renamed over
+    ``path``. A crash or kill at any point leaves either the old file or the new one,
+    never a truncated one; the temporary file is removed when Python gets the chance.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt / SystemExit too: never leave partial temp files
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, weights_only: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint dict, with an error that names the file and what to do.
+
+    ``weights_only=False`` by default because our own files carry arbitrary ``extra`` state
+    (sampler, loss normalizer); pass True for files from elsewhere.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}. Check the path, or start without resuming "
+            "(no --resume / weights=null) to train from scratch."
+        )
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}). It is probably "
+            "truncated or corrupt (e.g. copied while being written). Delete or rename it to "
+            "train from scratch, or point to another checkpoint file."
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python ``random``, NumPy global, torch CPU and (if available) current-CUDA-device RNG.
+
+    NumPy's key is stored as a plain list, so the file does not pickle NumPy arrays (whose
+    pickles differ between NumPy 1 and 2). Only the *current* CUDA device is captured: under
+    DDP each rank owns one device, and touching the others would create contexts on them.
+    """
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, key.tolist(), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`; missing entries are left alone."""
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        kind, key, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+    if "torch" in state:
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.as_tensor(state["cuda"], dtype=torch.uint8).cpu())
+
+
+# --------------------------------------------------------------------------- Checkpointer
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / DataParallel, so state-dict keys have no ``module.``."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+class Checkpointer:
+    """Saves and restores model + optimizer + scheduler + RNG + ``extra`` as one file.
+
+    Files live in ``run_dir/checkpoints/<name>.pth``; the trainer keeps ``last.pth``
+    (periodic, overwritten atomically) and ``model_final.pth``.
+
+    Distributed: :meth:`save` is *not* a collective (no rank can hang in it). Rank 0 writes
+    the main file; every other rank that calls it writes only its own small RNG side file,
+    so per-rank augmentation streams resume exactly when all ranks call it (a rank that
+    did not just starts with an unrestored stream, with a warning). ``extra`` comes from
+    rank 0, so it must describe state that is the same on all ranks (iteration, sampler
+    epoch/position, loss-normalizer EMA...).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "checkpoints"
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        if gdist.is_main_process():
+            self._remove_stale_tmp()
+
+    def _remove_stale_tmp(self) -> None:
+        # Left by a process killed mid-save; the real files are intact.
+        if self.dir.is_dir():
+            for tmp in self.dir.glob(f".*{_TMP_SUFFIX}"):
+                logger.info("removing interrupted checkpoint write %s", tmp)
+                tmp.unlink(missing_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.dir / (name if name.endswith(".pth") else f"{name}.pth")
+
+    @property
+    def last_path(self) -> Path:
+        return self.path("last")
+
+    def _rng_path(self, name: str, rank: int) -> Path:
+        return self.dir / f"{self.path(name).stem}.rank{rank}.rng.pth"
+
+    def has_checkpoint(self) -> bool:
+        return self.last_path.is_file()
+
+    def save(self, name: str, iteration: int, *, model_only: bool = False, **extra: Any) -> Path | None:
+        """Write ``checkpoints/<name>.pth``; returns its path on rank 0, None elsewhere.
+
+        ``model_only=True`` (e.g. for ``model_final``) leaves out optimizer, scheduler and
+        RNG: a smaller file meant for evaluation or fine-tuning, not for resuming.
+        """
+        rank = gdist.get_rank()
+        if rank != 0:
+            if not model_only:
+                save_checkpoint(self._rng_path(name, rank), {"iteration": int(iteration), "rng": capture_rng_state()})
+            return None
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "iteration": int(iteration),
+            "model": unwrap_model(self.model).state_dict(),
+            "world_size": gdist.get_world_size(),
+            "time": time.time(),
+            "extra": extra,
+        }
+        if not model_only:
+            state["rng"] = capture_rng_state()
+            if self.optimizer is not None:
+                state["optimizer"] = self.optimizer.state_dict()
+            if self.scheduler is not None:
+                state["scheduler"] = self.scheduler.state_dict()
+        path = save_checkpoint(self.path(name), state)
+        logger.info("saved checkpoint %s (iteration %d)", path, iteration)
+        return path
+
+    def load_model(self, path: str | os.PathLike, *, strict: bool = True) -> dict[str, Any]:
+        """Load only the model weights from one of our checkpoints or a bare state dict."""
+        ckpt = load_checkpoint(path)
+        self._load_weights(ckpt, path, strict=strict)
+        return ckpt
+
+    def _load_weights(self, ckpt: dict[str, Any], path: str | os.PathLike, *, strict: bool) -> None:
+        sd = ckpt["model"] if "model" in ckpt and isinstance(ckpt["model"], dict) else ckpt
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}  # tolerate DDP-saved files
+        try:
+            result = unwrap_model(self.model).load_state_dict(sd, strict=strict)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"weights in {path} do not fit the model ({exc}). Was it trained with another "
+                "architecture/norm/num_classes? Pass strict=False to load the matching part."
+            ) from exc
+        if result.missing_keys or result.unexpected_keys:
+            logger.warning(
+                "loaded %s with missing keys %s and unexpected keys %s",
+                path, result.missing_keys, result.unexpected_keys,
+            )
+
+    def load(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Full restore (model, optimizer, scheduler, this rank's RNG); returns extra + iteration."""
+        ckpt = load_checkpoint(path)
+        if ckpt.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a gn_detect training checkpoint; cannot resume from it")
+        self._load_weights(ckpt, path, strict=True)
+        if self.optimizer is not None:
+            if "optimizer" not in ckpt:
+                raise CheckpointError(f"{path} has no optimizer state (a model-only file?); cannot resume")
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and "scheduler" in ckpt:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._restore_rank_rng(ckpt, Path(path))
+        return {**ckpt.get("extra", {}), "iteration": int(ckpt["iteration"])}
+
+    def _restore_rank_rng(self, ckpt: dict[str, Any], path: Path) -> None:
+        rank = gdist.get_rank()
+        rng = ckpt.get("rng")
+        if rank != 0:
+            side = path.parent / f"{path.stem}.rank{rank}.rng.pth"
+            try:
+                side_ckpt = load_checkpoint(side) if side.is_file() else {}
+            except CheckpointError as exc:  # only the random streams are lost: do not stop
+                logger.warning("%s", exc)
+                side_ckpt = {}
+            # A side file from another save (kill between the two writes) must not be mixed in.
+            rng = side_ckpt.get("rng") if side_ckpt.get("iteration") == ckpt["iteration"] else None
+        if rng:
+            restore_rng_state(rng)
+        else:
+            logger.warning("no RNG state for rank %d matching %s; random streams are not resumed", rank, path)
+
+    def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True) -> dict[str, Any]:
+        """Resume from ``checkpoints/last.pth`` if it exists (and ``resume``); otherwise load
+        model weights from ``path`` if given (initialization, iteration restarts at 0).
+
+        Returns the saved ``extra`` dict plus ``"iteration"`` (0 when starting fresh), so the
+        loop starts at ``out["iteration"]``.
+        """
+        if resume and self.has_checkpoint():
+            logger.info("resuming from %s", self.last_path)
+            return self.load(self.last_path)
+        if path is not None:
+            logger.info("initializing model weights from %s", path)
+            self.load_model(path)
+        return {"iteration": 0}

@@ -1,0 +1,164 @@
+"""Distributed set-up (torchrun) and the few collectives the engine needs.
+
+Every helper degrades to the single-process answer when no process group is initialized,
+so the same trainer code runs under ``python tools/train.py`` and ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "is_dist_initialized",
+    "get_rank",
+    "get_local_rank",
+    "get_world_size",
+    "is_main_process",
+    "barrier",
+    "all_reduce_mean",
+    "all_gather_object",
+    "destroy",
+]
+
+# torchrun sets all of these; RANK/WORLD_SIZE alone decide whether we are under it.
+_ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_dist_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _default_device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None, *, timeout: timedelta | None = None) -> DistInfo:
+    """Initialize the default process group from torchrun's environment variables.
+
+    Not under torchrun (no RANK/WORLD_SIZE) or WORLD_SIZE == 1: nothing is initialized and
+    the result is rank 0 of 1. ``backend`` None picks NCCL when CUDA is available, else gloo.
+    With CUDA, each process is pinned to ``cuda:LOCAL_RANK`` before the group is created
+    (NCCL needs it, and it keeps every rank off GPU 0). Calling it twice is harmless.
+    """
+    env = os.environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return DistInfo(0, 1, 0, _default_device(0))
+    rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+    local_rank = int(env.get("LOCAL_RANK", rank))
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are "
+                "visible; start torchrun with --nproc-per-node <= the number of GPUs"
+            )
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size <= 1:
+        return DistInfo(rank, world_size, local_rank, device)
+    if is_dist_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in env]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; launch with torchrun "
+            "(it sets " + ", ".join(_ENV_VARS) + ") or export them yourself"
+        )
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://", "rank": rank, "world_size": world_size}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    if backend == "nccl":
+        kwargs["device_id"] = device  # binds the communicator eagerly; avoids barrier() device guessing
+    dist.init_process_group(**kwargs)
+    logger.info("process group ready: backend=%s rank=%d/%d device=%s", backend, rank, world_size, device)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_initialized() else 1
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0)) if is_dist_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist_initialized() and get_world_size() > 1:
+        dist.barrier()
+
+
+def _reduce_device() -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Mean of scalar values over ranks, as Python floats (for logging, not for gradients).
+
+    All ranks must pass the same keys; they are sorted so the packed order agrees. One
+    collective for the whole dict instead of one per key.
+    """
+    keys = sorted(values)
+    if not keys:
+        return {}
+    if not is_dist_initialized() or get_world_size() == 1:
+        return {k: float(values[k]) for k in keys}
+    packed = torch.tensor(
+        [float(values[k].detach()) if torch.is_tensor(values[k]) else float(values[k]) for k in keys],
+        dtype=torch.float64,
+        device=_reduce_device(),
+    )
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    packed /= get_world_size()
+    return dict(zip(keys, packed.tolist()))
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Picklable ``obj`` from every rank, indexed by rank (``[obj]`` when not distributed)."""
+    if not is_dist_initialized() or get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def destroy() -> None:
+    if is_dist_initialized():
+        dist.destroy_process_group()

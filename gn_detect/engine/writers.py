@@ -1,0 +1,286 @@
+"""Run-folder writers: metrics.jsonl, TensorBoard, progress display, status.json.
+
+Everything here writes on rank 0 only; other ranks get no-op objects, so the trainer calls
+the same methods on every rank without ``if is_main_process()`` around each call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gn_detect.engine import dist as gdist
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MetricWriter", "write_json_atomic", "write_status", "read_status", "to_jsonable"]
+
+# "interrupted": stopped by a signal after saving last.pth; rerunning resumes it.
+RunState = Literal["running", "done", "failed", "interrupted"]
+_RESERVED = ("type", "iter", "time")
+_STATES = ("running", "done", "failed", "interrupted")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Tensors/NumPy scalars to Python numbers, paths to str; non-finite floats to None.
+
+    NaN/Infinity are not JSON (strict parsers such as ``jq`` reject them), so a diverged loss
+    is written as null; the trainer's own checks are where divergence is reported.
+    """
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if torch.is_tensor(obj):
+        return to_jsonable(obj.item() if obj.numel() == 1 else obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):
+        try:  # numpy scalar
+            return to_jsonable(obj.item())
+        except (TypeError, ValueError):
+            pass
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write JSON via temp file + fsync + ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(to_jsonable(obj), f, indent=indent, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / "status.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_status(run_dir: str | os.PathLike, state: RunState, **info: Any) -> Path:
+    """Update ``run_dir/status.json``: ``state``, ``error`` (None unless given), ``updated``.
+
+    Merges into the previous content so fields written at start (start time, pid, host) stay;
+    ``error`` is reset on each write so a resumed run does not carry its old failure. Call
+    it from the main process (a failing non-zero rank may call it too: last writer wins).
+    """
+    if state not in _STATES:
+        raise ValueError(f"status state must be one of {_STATES}, got {state!r}")
+    status = read_status(run_dir)
+    status.update(info)
+    status["state"] = state
+    status["error"] = info.get("error")
+    status["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return write_json_atomic(Path(run_dir) / "status.json", status)
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict as ``a/b/c`` -> float (what TensorBoard can plot)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        elif torch.is_tensor(v) and v.numel() == 1:
+            out[key] = float(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+class MetricWriter:
+    """metrics.jsonl + TensorBoard + progress, on rank 0 only.
+
+    Call :meth:`train` every iteration (or only on logging iterations; both work): scalars
+    are averaged over the window since the last record, and a record is written when
+    ``(iter + 1) % log_period == 0``, at the last iteration, or with ``flush=True``.
+    ``iter`` is the 0-based index of the iteration just completed. Timing (sec/iter, ims/s,
+    ETA) is measured between records. Progress: a tqdm bar when stdout is a TTY, otherwise
+    one ``logging`` INFO line per record (for log files and cluster job output).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        log_period: int = 20,
+        ims_per_batch: int | None = None,
+        use_tensorboard: bool = True,
+        progress: Literal["auto", "tqdm", "log", "none"] = "auto",
+        rank: int | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.log_period = max(int(log_period), 1)
+        self.ims_per_batch = ims_per_batch
+        self.enabled = (gdist.get_rank() if rank is None else rank) == 0
+        self.tb: Any = None  # SummaryWriter or None, for the evaluator to log images/PR curves
+        self._bar: Any = None
+        self._file = None
+        self._window: dict[str, list[float]] = defaultdict(list)
+        self._last_iter: int | None = None  # timing reference: iteration and clock of the
+        self._last_time = 0.0  # last train record (or of the first call)
+        self._seen_iter: int | None = None
+        if not self.enabled:
+            return
+        if progress == "auto":
+            progress = "tqdm" if sys.stdout.isatty() else "log"
+        self.progress = progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Append: a resumed run continues the same file (readers dedupe by iter if needed).
+        self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if use_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            except Exception as exc:  # tensorboard not installed/broken: metrics.jsonl is enough
+                warnings.warn(f"TensorBoard disabled ({exc}); metrics still go to metrics.jsonl", stacklevel=2)
+                self.tb = None
+
+    # ------------------------------------------------------------------ records
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._file is not None
+        self._file.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        self._file.flush()  # each line is durable on its own: a crash loses at most one
+
+    def _tb_scalars(self, prefix: str, scalars: dict[str, Any], step: int) -> None:
+        if self.tb is None:
+            return
+        for k, v in _flatten(scalars).items():
+            if math.isfinite(v):
+                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+        self.tb.flush()
+
+    @staticmethod
+    def _check_keys(d: dict[str, Any]) -> None:
+        clash = [k for k in _RESERVED if k in d]
+        if clash:
+            raise ValueError(f"metric names {clash} are reserved in metrics.jsonl records")
+
+    def train(self, iter: int, max_iter: int, scalars: dict[str, Any], *, flush: bool | None = None) -> None:
+        """Add one iteration's scalars (losses, lr...); write a record on logging iterations."""
+        if not self.enabled:
+            return
+        self._check_keys(scalars)
+        for k, v in scalars.items():
+            self._window[k].append(float(v))
+        if self._last_iter is None:
+            # Timing starts at the end of the first iteration seen (also after a resume), so
+            # start-up and the slow first iteration do not distort sec/iter, ims/s and ETA.
+            self._last_iter, self._last_time = iter, time.perf_counter()
+        self._seen_iter = iter
+        self._update_bar(iter, max_iter)
+        if flush is None:
+            flush = (iter + 1) % self.log_period == 0 or iter + 1 >= max_iter
+        if not flush:
+            return
+
+        now = time.perf_counter()
+        # None until at least one iteration was timed (e.g. a record on the very first call).
+        sec_per_iter = (now - self._last_time) / (iter - self._last_iter) if iter > self._last_iter else None
+        if sec_per_iter is not None:
+            self._last_iter, self._last_time = iter, now
+        means = {k: sum(v) / len(v) for k, v in self._window.items() if v}
+        self._window.clear()
+        record: dict[str, Any] = {"type": "train", "iter": iter, "time": time.time(), **means}
+        record["sec_per_iter"] = sec_per_iter
+        if self.ims_per_batch:
+            record["ims_per_s"] = self.ims_per_batch / sec_per_iter if sec_per_iter else None
+        self._write(record)
+        self._tb_scalars("train", {k: v for k, v in record.items() if k not in _RESERVED and v is not None}, iter)
+
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._short(means), refresh=False)
+        elif self.progress == "log":
+            parts = [f"iter {iter + 1}/{max_iter}", self._short(means)]
+            if record.get("ims_per_s"):
+                parts.append(f"{record['ims_per_s']:.1f} ims/s")
+            if sec_per_iter is not None:
+                parts.append(f"{sec_per_iter:.3f} s/it")
+                parts.append(f"eta {_fmt_eta((max_iter - iter - 1) * sec_per_iter)}")
+            logger.info("  ".join(p for p in parts if p))
+
+    @staticmethod
+    def _short(means: dict[str, float]) -> str:
+        return "  ".join(f"{k}={v:.4g}" for k, v in means.items())
+
+    def _update_bar(self, iter: int, max_iter: int) -> None:
+        if self.progress != "tqdm":
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            # initial=iter so a resumed run shows the real position and a sane ETA
+            self._bar = tqdm(total=max_iter, initial=iter, dynamic_ncols=True, desc="train")
+        self._bar.update(iter + 1 - self._bar.n)
+
+    def eval(self, iter: int, metrics: dict[str, Any]) -> None:
+        """One evaluation: full (possibly nested) dict to JSONL, numeric leaves to TB ``eval/``."""
+        if not self.enabled:
+            return
+        self._check_keys(metrics)
+        self._write({"type": "eval", "iter": iter, "time": time.time(), **metrics})
+        self._tb_scalars("eval", metrics, iter)
+        if self.progress == "log":
+            logger.info("eval @ iter %d: %s", iter + 1, self._short(_flatten(metrics)))
+
+    def final(self, metrics: dict[str, Any], iter: int | None = None) -> None:
+        """The run's final numbers (last record of a finished run); ``iter`` defaults to the last seen."""
+        if not self.enabled:
+            return
+        self._check_keys(metrics)
+        it = self._seen_iter if iter is None else iter
+        self._write({"type": "final", "iter": it, "time": time.time(), **metrics})
+        self._tb_scalars("final", metrics, it or 0)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

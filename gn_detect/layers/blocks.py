@@ -1,0 +1,91 @@
+"""ConvNormAct: conv -> norm -> activation with fixed child names ``conv``, ``norm``, ``act``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from .activation import get_activation
+from .conv import Conv2d
+from .norm import get_norm, split_norm_name
+
+__all__ = ["ConvNormAct"]
+
+# Norms that compute statistics of their input; WS is only sensible in front of one of these
+# (otherwise the standardized weights fix the output scale and nothing re-normalizes it).
+_NORMALIZING = ("bn", "syncbn", "gn", "ln", "in")
+
+
+class ConvNormAct(nn.Module):
+    """``act(norm(conv(x)))``; absent parts are ``nn.Identity`` so the state-dict keys
+    (``conv.weight``, ``conv.bias``, ``norm.*``, ``act.*``) never depend on the choice of norm.
+
+    Args:
+        norm: a ``get_norm`` name. ``"gn_ws"`` means GN plus ``ws=True``.
+        ws: weight-standardize the conv; None derives it from ``norm``.
+        act: ``relu``, ``none`` or ``pn_relu``. With ``pn_relu`` the norm is built with
+            ``affine=False`` (overriding ``norm_opts``) and the activation owns the affine;
+            it needs a normalizing norm (bn, syncbn, gn, ln, in).
+        norm_opts: extra keyword options for ``get_norm`` (num_groups, eps, ...).
+        bias: conv bias; None means "only when there is no norm".
+        padding: default ``dilation * (kernel_size - 1) // 2`` (same size for odd kernels).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        norm: str | None = "none",
+        ws: bool | None = None,
+        act: str | None = "relu",
+        norm_opts: dict[str, Any] | None = None,
+        layer_name: str = "",
+        bias: bool | None = None,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        norm_key, norm_ws = split_norm_name(norm, layer_name=layer_name)
+        if ws is None:
+            ws = norm_ws
+        elif norm_ws and not ws:
+            raise ValueError(f"layer {layer_name!r}: norm 'gn_ws' contradicts ws=False")
+        act_key = "none" if act is None else str(act).strip().lower().replace("-", "_")
+        opts = dict(norm_opts or {})
+        opts.pop("layer_name", None)
+        if act_key == "pn_relu":
+            if norm_key not in _NORMALIZING:
+                raise ValueError(
+                    f"layer {layer_name!r}: act 'pn_relu' assumes a normalized input, but norm is "
+                    f"{norm_key!r}; use one of {', '.join(_NORMALIZING)} or act 'relu'"
+                )
+            opts["affine"] = False
+        if ws and norm_key not in _NORMALIZING:
+            warnings.warn(
+                f"layer {layer_name!r}: weight standardization on a conv followed by norm "
+                f"{norm_key!r}, which does not normalize; the output scale is then fixed by the "
+                f"fan-in. Use ws with bn/syncbn/gn/ln/in.",
+                stacklevel=2,
+            )
+        if bias is None:
+            bias = norm_key == "none"
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+
+        self.layer_name = layer_name
+        self.conv = Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, bias=bias, ws=ws,
+        )
+        self.norm = get_norm(norm_key, out_channels, layer_name=layer_name, **opts)
+        self.act = get_activation(act_key, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))

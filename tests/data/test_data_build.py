@@ -1,0 +1,101 @@
+"""build_dataset from configs, and the two command-line tools."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from gn_detect.data import build_dataset
+from gn_detect.data.build import DEFAULTS, build_transform
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shapes_relative_root_and_dictconfig(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "shapes", "root": "datasets/shapes", "min_size_train": [64, 80],
+                            "max_size": 128, "min_size_test": 64,
+                            "synthetic": {"num_train": 5, "num_val": 2, "image_size": 64, "seed": 9}})
+    train = build_dataset(cfg, "train", base_dir=tmp_path)
+    assert (tmp_path / "datasets" / "shapes" / "shapes_meta.json").is_file()
+    val = build_dataset(cfg, "val", base_dir=tmp_path)
+    assert len(train) == 5 and len(val) == 2 and train.num_classes == 5
+    assert train.transform.min_sizes == (64, 80) and train.transform.flip_prob == 0.5
+    assert val.transform.min_sizes == (64,) and val.transform.flip_prob == 0.0
+    assert train.label_to_cat_id == val.label_to_cat_id == [1, 2, 3, 4, 5]
+
+
+def test_coco_layout_and_filter_empty_only_for_train(coco128: Path, tiny_coco: Path) -> None:
+    cfg = {"name": "coco", "root": str(coco128.parent), "filter_empty": True, "verify_images": False,
+           "train": {"images": "coco128/train2017", "ann": "coco128/annotations/instances_train2017.json"},
+           "val": {"images": "tiny_coco/val2017", "ann": "tiny_coco/annotations/instances_val2017.json"}}
+    assert len(build_dataset(cfg, "train")) == 126
+    assert len(build_dataset(cfg, "val")) == 50  # evaluation keeps images without annotations
+    assert len(build_dataset(cfg, "train", train=False)) == 128
+    # default COCO-2017 layout under root
+    ds = build_dataset({"name": "coco", "root": str(tiny_coco), "verify_images": False}, "val")
+    assert len(ds) == 50
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="root"):
+        build_dataset({"name": "coco"}, "train")
+    with pytest.raises(ValueError, match="unknown dataset name"):
+        build_dataset({"name": "voc", "root": "x"}, "train", base_dir=tmp_path)
+    with pytest.raises(KeyError, match="test"):
+        build_dataset({"name": "coco", "root": "x"}, "test", base_dir=tmp_path)
+
+
+def test_build_transform_defaults() -> None:
+    t = build_transform({}, train=True)
+    assert t.min_sizes == tuple(DEFAULTS["min_size_train"]) and t.max_size == DEFAULTS["max_size"]
+    t = build_transform({"min_size_train": 600, "max_size_train": 1000}, train=True)
+    assert t.min_sizes == (600,) and t.max_size == 1000
+
+
+def test_make_synthetic_tool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tool = load_tool("make_synthetic")
+    assert tool.main(["--out", str(tmp_path / "s"), "--num-train", "3", "--num-val", "1",
+                      "--image-size", "48", "--seed", "4"]) == 0
+    meta = json.loads((tmp_path / "s" / "shapes_meta.json").read_text())
+    assert meta["params"]["num_train"] == 3 and meta["params"]["seed"] == 4
+    assert len(list((tmp_path / "s" / "train").iterdir())) == 3
+
+
+def test_convert_tool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.new("RGB", (40, 20)).save(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "names.txt").write_text("thing\n")
+    tool = load_tool("convert_dataset")
+    assert tool.main(["yolo", "--images", str(tmp_path / "images"), "--names", str(tmp_path / "names.txt"),
+                      "--out", str(tmp_path / "out.json")]) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["annotations"][0]["bbox"] == [10.0, 5.0, 20.0, 10.0]
+    (tmp_path / "Ann").mkdir()
+    (tmp_path / "Ann" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>40</width><height>20</height></size>"
+        "<object><name>thing</name><bndbox><xmin>11</xmin><ymin>6</ymin><xmax>30</xmax><ymax>15</ymax>"
+        "</bndbox></object></annotation>")
+    (tmp_path / "set.txt").write_text("a\n")
+    assert tool.main(["voc", "--ann-dir", str(tmp_path / "Ann"), "--image-set", str(tmp_path / "set.txt"),
+                      "--out", str(tmp_path / "voc.json")]) == 0
+    assert json.loads((tmp_path / "voc.json").read_text())["annotations"][0]["bbox"] == [10.0, 5.0, 20.0, 10.0]
+    (tmp_path / "labels" / "a.txt").write_text("3 0.5 0.5 0.5 0.5\n")
+    assert tool.main(["yolo", "--images", str(tmp_path / "images"), "--names", str(tmp_path / "names.txt"),
+                      "--out", str(tmp_path / "bad.json")]) == 2
+    assert "class 3" in capsys.readouterr().err

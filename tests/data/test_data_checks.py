@@ -1,0 +1,204 @@
+"""Every bad-input case: a clear error at load time, or a counted skip (never a mid-epoch crash)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gn_detect.data import AnnotationFileError, CocoDetection, EmptyDatasetError, write_skip_summary
+from gn_detect.data.checks import SKIP_REASONS, check_box
+from gn_detect.data.transforms import DetectionTransform
+
+# small test-time transform: keeps images at their size (short side 32 -> images below are 32+)
+T = DetectionTransform(32, 10_000)
+
+
+def ann(i: int, image_id: int, bbox: Any, cat: int = 1, crowd: int = 0) -> dict[str, Any]:
+    return {"id": i, "image_id": image_id, "category_id": cat, "bbox": bbox, "area": 1.0, "iscrowd": crowd}
+
+
+def img(i: int, w: int = 40, h: int = 32, **kw: Any) -> dict[str, Any]:
+    return {"id": i, "file_name": f"{i}.{kw.pop('ext', 'jpg')}", "width": w, "height": h, **kw}
+
+
+def load(image_dir: Path, ann_file: Path, **kw: Any) -> CocoDetection:
+    return CocoDetection(image_dir, ann_file, transform=kw.pop("transform", T), **kw)
+
+
+def test_malformed_json_names_file_position_and_fix(tmp_path: Path) -> None:
+    f = tmp_path / "broken.json"
+    f.write_text('{"images": [{"id": 1,}], "categories": []}')
+    with pytest.raises(AnnotationFileError) as e:
+        load(tmp_path, f)
+    msg = str(e.value)
+    assert str(f) in msg and "line 1 column" in msg and "Fix" in msg
+
+
+def test_truncated_json(tmp_path: Path) -> None:
+    f = tmp_path / "trunc.json"
+    f.write_text('{"images": [], "annotations": [')
+    with pytest.raises(AnnotationFileError, match="not valid JSON"):
+        load(tmp_path, f)
+
+
+def test_missing_json_and_not_coco(tmp_path: Path) -> None:
+    with pytest.raises(AnnotationFileError, match="not found"):
+        load(tmp_path, tmp_path / "nope.json")
+    f = tmp_path / "list.json"
+    f.write_text("[1, 2]")
+    with pytest.raises(AnnotationFileError, match="top level"):
+        load(tmp_path, f)
+    f.write_text('{"annotations": []}')
+    with pytest.raises(AnnotationFileError, match="not a COCO instances file"):
+        load(tmp_path, f)
+    f.write_text('{"images": [], "annotations": [], "categories": []}')
+    with pytest.raises(AnnotationFileError, match="'categories' is empty"):
+        load(tmp_path, f)
+
+
+def test_missing_image_skipped(make_coco) -> None:
+    d, f = make_coco([img(1), img(2, write=False)], [ann(1, 1, [1, 1, 5, 5]), ann(2, 2, [1, 1, 5, 5])])
+    ds = load(d, f)
+    assert ds.image_ids == [1] and ds.skipped["missing_image"] == 1
+    assert 2 not in ds.coco.imgs and all(a["image_id"] == 1 for a in ds.coco.dataset["annotations"])
+
+
+def test_all_images_missing_is_clear_error(make_coco) -> None:
+    d, f = make_coco([img(1, write=False), img(2, write=False)], [])
+    with pytest.raises(EmptyDatasetError, match="'images' folder"):
+        load(d, f)
+
+
+def test_unreadable_and_truncated_images_skipped(make_coco) -> None:
+    d, f = make_coco([img(1), img(2), img(3), img(4, ext="png", format="PNG")],
+                     [ann(k, k, [1, 1, 5, 5]) for k in (1, 2, 3, 4)])
+    raw = (d / "2.jpg").read_bytes()
+    (d / "2.jpg").write_bytes(raw[: len(raw) // 2])  # truncated JPEG
+    (d / "3.jpg").write_text("this is not an image")
+    raw = (d / "4.png").read_bytes()
+    (d / "4.png").write_bytes(raw[: len(raw) // 2])  # truncated PNG
+    ds = load(d, f)
+    assert ds.image_ids == [1]
+    assert ds.skipped["unreadable_image"] == 3
+    ds[0]  # the survivor loads
+
+
+def test_runtime_fallback_without_verification(make_coco, caplog: pytest.LogCaptureFixture) -> None:
+    d, f = make_coco([img(1), img(2)], [ann(1, 1, [1, 1, 5, 5]), ann(2, 2, [2, 2, 5, 5])])
+    raw = (d / "1.jpg").read_bytes()
+    (d / "1.jpg").write_bytes(raw[: len(raw) // 2])
+    ds = load(d, f, verify_images=False)
+    assert len(ds) == 2  # not caught at load time when verification is off ...
+    with caplog.at_level(logging.WARNING):
+        _, target = ds[0]  # ... but a bad image never crashes the epoch
+    assert target["image_id"] == 2 and "cannot read" in caplog.text
+
+
+@pytest.mark.parametrize("mode,fmt,ext", [("L", "JPEG", "jpg"), ("CMYK", "JPEG", "jpg"), ("RGBA", "PNG", "png"),
+                                          ("P", "PNG", "png"), ("LA", "PNG", "png"), ("I;16", "PNG", "png"),
+                                          ("RGB", "PNG", "png")])
+def test_image_modes_converted_to_rgb(make_coco, mode: str, fmt: str, ext: str) -> None:
+    d, f = make_coco([img(1, ext=ext, mode=mode, format=fmt)], [ann(1, 1, [1, 1, 5, 5])])
+    ds = load(d, f)
+    image, target = ds[0]
+    assert image.shape == (3, 32, 40) and image.dtype == torch.float32
+    assert target["size"] == (32, 40)
+    assert ds.skipped["converted_mode"] == (0 if mode == "RGB" else 1)
+
+
+def test_size_mismatch_skipped(make_coco) -> None:
+    d, f = make_coco([img(1), img(2)], [ann(1, 1, [1, 1, 5, 5]), ann(2, 2, [1, 1, 5, 5])])
+    data = json.loads(f.read_text())
+    data["images"][1]["width"] = 41
+    f.write_text(json.dumps(data))
+    ds = load(d, f)
+    assert ds.image_ids == [1] and ds.skipped["size_mismatch"] == 1
+
+
+def test_missing_image_size_filled_from_file(make_coco) -> None:
+    d, f = make_coco([img(1)], [ann(1, 1, [1, 1, 5, 5])])
+    data = json.loads(f.read_text())
+    del data["images"][0]["width"], data["images"][0]["height"]
+    f.write_text(json.dumps(data))
+    ds = load(d, f)
+    assert ds.image_info(0)["width"] == 40 and ds.aspect_ratios[0] == pytest.approx(40 / 32)
+
+
+def test_bad_boxes(make_coco) -> None:
+    anns = [
+        ann(1, 1, [2, 3, 10, 8]),  # fine
+        ann(2, 1, [5, 5, 0, 4]),  # zero width
+        ann(3, 1, [5, 5, 4, -2]),  # negative height
+        ann(4, 1, [5, 5, 4]),  # not 4 numbers
+        ann(5, 1, [5, float("nan"), 4, 4]),  # not finite (json NaN)
+        ann(6, 1, [-4, 20, 10, 20]),  # partly outside: clipped to [0, 20, 6, 32]
+        ann(7, 1, [50, 5, 10, 10]),  # fully outside (image is 40 wide)
+        ann(8, 1, [1, 1, 5, 5], cat=99),  # unknown category
+        ann(9, 77, [1, 1, 5, 5]),  # unknown image
+        ann(10, 1, [0, 0, 40, 32], crowd=1),  # crowd
+        ann(11, 1, [1, 2, 3, 4], cat=3),
+    ]
+    d, f = make_coco([img(1)], anns)
+    ds = load(d, f)
+    s = ds.skipped
+    assert (s["degenerate_box"], s["clipped_box"], s["outside_box"]) == (4, 1, 1)
+    assert (s["unknown_category"], s["unknown_image"], s["crowd"]) == (1, 1, 1)
+    _, t = ds[0]
+    torch.testing.assert_close(t["boxes"], torch.tensor([[2.0, 3, 12, 11], [0, 20, 6, 32], [1, 2, 4, 6]]))
+    assert t["labels"].tolist() == [0, 0, 1] and t["labels"].dtype == torch.int64
+    # crowd kept for evaluation (COCOeval ignores it), clipped box stored clipped
+    eval_anns = {a["id"]: a for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[1]))}
+    assert sorted(eval_anns) == [1, 6, 10, 11] and eval_anns[10]["iscrowd"] == 1
+    assert eval_anns[6]["bbox"] == [0.0, 20.0, 6.0, 12.0] and eval_anns[6]["area"] == 72.0
+
+
+def test_check_box_edges() -> None:
+    assert check_box([0, 0, 40, 32], 40, 32) == (None, [0, 0, 40, 32])
+    assert check_box([0, 0, 40.5, 32], 40, 32)[0] == "clipped_box"
+    assert check_box([40, 0, 1, 1], 40, 32)[0] == "outside_box"
+    assert check_box("xx", 40, 32)[0] == "degenerate_box"
+
+
+def test_empty_images_and_filter_empty(make_coco) -> None:
+    d, f = make_coco([img(1), img(2), img(3)],
+                     [ann(1, 1, [1, 1, 5, 5]), ann(2, 3, [0, 0, 40, 32], crowd=1)])
+    ds = load(d, f)
+    assert len(ds) == 3 and ds.skipped["empty_image"] == 2  # no annotation / crowd only
+    _, t = ds[1]
+    assert t["boxes"].shape == (0, 4) and t["labels"].shape == (0,)
+    ds = load(d, f, filter_empty=True)
+    assert ds.image_ids == [1] and ds.skipped["filtered_empty"] == 2
+    d2, f2 = make_coco([img(1), img(2)], [])
+    with pytest.raises(EmptyDatasetError, match="filter_empty"):
+        load(d2, f2, filter_empty=True)
+
+
+def test_no_images_is_clear_error(make_coco) -> None:
+    d, f = make_coco([], [])
+    with pytest.raises(EmptyDatasetError, match="no images left"):
+        load(d, f)
+
+
+def test_invalid_and_duplicate_image_entries(make_coco) -> None:
+    d, f = make_coco([img(1), img(2)], [ann(1, 1, [1, 1, 5, 5])])
+    data = json.loads(f.read_text())
+    data["images"] += [dict(data["images"][0]), {"file_name": "x.jpg"}]
+    f.write_text(json.dumps(data))
+    ds = load(d, f)
+    assert ds.image_ids == [1, 2] and ds.skipped["invalid_image_entry"] == 2
+
+
+def test_write_skip_summary(make_coco, tmp_path: Path) -> None:
+    d, f = make_coco([img(1), img(2, write=False)], [ann(1, 1, [5, 5, 0, 3]), ann(2, 1, [1, 1, 3, 3])])
+    ds = load(d, f)
+    out = write_skip_summary(ds, tmp_path / "run" / "data_skipped.json")
+    on_disk = json.loads((tmp_path / "run" / "data_skipped.json").read_text())
+    assert on_disk == json.loads(json.dumps(out))
+    assert set(on_disk["counts"]) == set(SKIP_REASONS)
+    assert on_disk["counts"]["missing_image"] == 1 and on_disk["counts"]["degenerate_box"] == 1
+    assert on_disk["examples"]["missing_image"] == ["2.jpg"] and on_disk["num_images"] == 1

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Convert Pascal VOC or YOLO annotations to a COCO instances json (see docs/data.md).
+
+  convert_dataset.py voc  --ann-dir VOC2012/Annotations [--image-set ImageSets/Main/train.txt] --out train.json
+  convert_dataset.py yolo --images data/images/train [--labels data/labels/train] --names classes.txt --out train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gn_detect.data.convert import ConversionError, read_names, voc_to_coco, write_coco, yolo_to_coco
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="format", required=True)
+    v = sub.add_parser("voc", help="Pascal VOC xml -> COCO json")
+    v.add_argument("--ann-dir", required=True, help="folder of VOC xml files")
+    v.add_argument("--image-set", help="optional ImageSets list (one id per line) restricting the xml files")
+    v.add_argument("--images", help="image folder, only needed for xml files without <size>")
+    v.add_argument("--names", help="class names file (one per line) fixing category order; default sorted")
+    v.add_argument("--difficult", choices=("keep", "crowd", "skip"), default="keep")
+    y = sub.add_parser("yolo", help="YOLO txt -> COCO json")
+    y.add_argument("--images", required=True, help="image folder")
+    y.add_argument("--labels", help="label folder (default: images path with 'images' -> 'labels')")
+    y.add_argument("--names", required=True, help="classes.txt / obj.names, one class per line")
+    for s in (v, y):
+        s.add_argument("--out", required=True, help="output COCO json")
+    args = p.parse_args(argv)
+
+    try:
+        if args.format == "voc":
+            ann_dir = Path(args.ann_dir)
+            if args.image_set:
+                ids = [ln.split()[0] for ln in Path(args.image_set).read_text().splitlines() if ln.strip()]
+                files = [ann_dir / f"{i}.xml" for i in ids]
+            else:
+                files = sorted(ann_dir.glob("*.xml"))
+            names = read_names(args.names) if args.names else None
+            data = voc_to_coco(files, class_names=names, image_dir=args.images, difficult=args.difficult)
+        else:
+            data = yolo_to_coco(args.images, args.labels, class_names=args.names)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = write_coco(data, args.out)
+    # prove the result loads the way training and evaluation will read it
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        COCO(str(out))
+    print(f"{out}: {len(data['images'])} images, {len(data['annotations'])} annotations, "
+          f"{len(data['categories'])} categories")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
