@@ -65,3 +65,50 @@ def evaluate_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return evaluate_detections(report_gt, report_dets, out_dir if full_report else None, **kwargs)
+
+
+def evaluate_checkpoint(cfg: Any, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """tools/evaluate.py: rebuild the run's model, load the checkpoint, evaluate, write the report."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from gn_detect.data import build_dataset, build_test_loader
+    from gn_detect.engine.checkpoint import load_checkpoint
+    from gn_detect.modeling import build_model
+
+    base = Path(base_dir or ".")
+    ckpt_path = Path(cfg.checkpoint)
+    if not ckpt_path.is_absolute():
+        ckpt_path = base / ckpt_path
+    run_cfg_path = Path(cfg.run_config) if cfg.get("run_config") else ckpt_path.parent.parent / "config.yaml"
+    if not run_cfg_path.is_file():
+        raise FileNotFoundError(
+            f"evaluate: no run config at {run_cfg_path}; a checkpoint is evaluated with the model config of "
+            "its run. Pass run_config=<path to that run's config.yaml>"
+        )
+    run_cfg = OmegaConf.load(run_cfg_path)
+    data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
+    overrides = {k: v for k, v in (cfg.get("eval") or {}).items() if v is not None}
+    eval_cfg = OmegaConf.merge(run_cfg.get("eval", {}), overrides)
+    device = torch.device(cfg.device if cfg.get("device", "auto") != "auto"
+                          else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dataset = build_dataset(data_cfg, str(eval_cfg.get("split", "val")), base_dir=base)
+    names = [str(c["name"]) for c in sorted(dataset.coco.dataset["categories"], key=lambda c: c["id"])]
+    model_cfg = OmegaConf.to_container(run_cfg.model, resolve=True)
+    model = build_model(model_cfg, len(dataset.label_to_cat_id))
+    state = load_checkpoint(ckpt_path)
+    weights = state["model"] if isinstance(state.get("model"), dict) else state
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"evaluate: {ckpt_path} does not fit the model of {run_cfg_path} with {len(names)} classes "
+            f"({e}). Evaluate on a dataset with the categories the model was trained on."
+        ) from e
+    model.to(device)
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else ckpt_path.parent.parent / "evaluate" / time.strftime("%Y%m%d-%H%M%S")
+    loader = build_test_loader(dataset, int(eval_cfg.get("ims_per_device", 1)),
+                               num_workers=int(data_cfg.get("num_workers", 0)))
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    return evaluate_model(model, loader, dataset, out_dir, eval_cfg, device=device, amp_dtype=amp)

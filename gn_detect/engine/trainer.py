@@ -107,6 +107,14 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def _buffers_agree(model: torch.nn.Module) -> bool:
+    """Whether every rank holds the same norm statistics (running mean/var), to 1e-5."""
+    local = {k: v.detach().double().cpu() for k, v in model.state_dict().items()
+             if k.endswith(("running_mean", "running_var"))}
+    ref = gdist.all_gather_object(local)[0]
+    return all(torch.allclose(local[k], ref[k], rtol=1e-5, atol=1e-6) for k in local)
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -125,90 +133,97 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     from gn_detect.modeling import build_model, norm_summary
 
     run_dir = Path(run_dir)
-    info = gdist.init_distributed(cfg.get("dist_backend"))
-    device = torch.device(cfg.device) if cfg.get("device", "auto") != "auto" else info.device
-    batch = resolve_batch(cfg, info.world_size)
-    if gdist.is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        write_json_atomic(run_dir / "env.json", {**collect_env(), "world_size": info.world_size})
-        write_status(run_dir, "running")
-
-    torch.manual_seed(int(cfg.seed))  # same initial weights on every rank (DDP also broadcasts)
-    train_set = build_dataset(cfg.data, "train", base_dir=base_dir)
-    val_set = build_dataset(cfg.data, cfg.eval.get("split", "val"), base_dir=base_dir)
-    if gdist.is_main_process():
-        write_skip_summary([train_set, val_set], run_dir / "data_skipped.json")
-    num_classes = len(train_set.label_to_cat_id)
-    model = build_model(_model_cfg(cfg, batch["bn_group_size"]), num_classes).to(device)
-    log.info("model: %s norms %s", cfg.model.name, norm_summary(model))
-    channels_last = str(cfg.solver.get("channels_last", "auto")).lower()
-    channels_last_on = channels_last == "true" or (channels_last == "auto" and device.type == "cuda")
-    if channels_last_on:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype = _amp_dtype(cfg.solver.get("amp", "auto"), device)
-
-    lr = float(cfg.solver.base_lr)
-    if cfg.solver.get("scale_lr", False):
-        lr = scale_lr(lr, batch["ims_per_batch"], int(cfg.solver.reference_batch))
-    optimizer = build_optimizer(
-        model, lr=lr, momentum=float(cfg.solver.momentum), weight_decay=float(cfg.solver.weight_decay),
-        weight_decay_norm=float(cfg.solver.weight_decay_norm),
-    )
-    max_iter = int(cfg.solver.max_iter)
-    scheduler = build_lr_scheduler(
-        optimizer, max_iter=max_iter, warmup_iters=int(cfg.solver.warmup_iters),
-        warmup_factor=float(cfg.solver.warmup_factor), schedule=cfg.solver.schedule,
-        steps=[int(round(s * max_iter)) if s < 1 else int(s) for s in cfg.solver.get("steps", [])],
-        gamma=float(cfg.solver.get("gamma", 0.1)),
-    )
-    # Augmentation randomness differs per rank; a resume below restores these streams exactly.
-    torch.manual_seed(int(cfg.seed) * 1000 + info.rank)
-    checkpointer = Checkpointer(run_dir, model, optimizer, scheduler)
-    extra = checkpointer.resume_or_load(cfg.get("init_weights"), resume=bool(cfg.get("resume", True)))
-    start_iter = int(extra["iteration"])
-    if start_iter:
-        log.info("resumed at iteration %d", start_iter)
-
-    ddp_model: torch.nn.Module = model
-    if info.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=False,
-        )
-    loader = build_train_loader(
-        train_set, batch["ims_per_device"], seed=int(cfg.seed), rank=info.rank, world_size=info.world_size,
-        aspect_grouping=bool(cfg.data.get("aspect_grouping", True)), num_workers=int(cfg.data.num_workers),
-        start_iter=start_iter,
-    )
-    test_loader = build_test_loader(val_set, int(cfg.eval.get("ims_per_device", 1)), rank=info.rank,
-                                    world_size=info.world_size, num_workers=int(cfg.data.num_workers))
-
-    writer = MetricWriter(run_dir, log_period=int(cfg.log.period), ims_per_batch=batch["ims_per_batch"],
-                          progress=cfg.log.get("progress", "auto"))
-    nonfinite = str(cfg.solver.get("nonfinite", "stop"))
-    clip = cfg.solver.get("clip_grad_norm")
-    ckpt_period = int(cfg.checkpoint.period)
-    eval_period = int(cfg.eval.get("period", 0))
-    skipped_steps = int(extra.get("skipped_steps", 0))
-    train_time, train_images, timed_from = 0.0, 0, start_iter + min(5, max_iter // 10)
-    metrics: dict[str, Any] = {}
-
-    def save(name: str, it: int) -> None:
-        checkpointer.save(name, it, skipped_steps=skipped_steps)
-
-    def run_eval(it: int, final: bool) -> dict[str, Any]:
-        out_dir = run_dir if final else run_dir / "eval" / f"iter_{it:07d}"
-        return evaluate_model(
-            ddp_model, test_loader, val_set, out_dir, cfg.eval, device=device, amp_dtype=amp_dtype,
-            channels_last=channels_last_on, writer=writer.tb if gdist.is_main_process() else None, step=it,
-            full_report=final or bool(cfg.eval.get("full_reports", False)),
-        )
-
-    it = start_iter
+    # From here on every failure, start-up included (bad config, unreadable annotations, a norm
+    # name typo), ends as status.json 'failed' with the message, not a run that looks 'running'.
+    it, writer = 0, None
     try:
+        info = gdist.init_distributed(cfg.get("dist_backend"))
+        device = torch.device(cfg.device) if cfg.get("device", "auto") != "auto" else info.device
+        batch = resolve_batch(cfg, info.world_size)
+        if gdist.is_main_process():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+            write_json_atomic(run_dir / "env.json", {**collect_env(), "world_size": info.world_size})
+            write_status(run_dir, "running")
+
+        torch.manual_seed(int(cfg.seed))  # same initial weights on every rank (DDP also broadcasts)
+        train_set = build_dataset(cfg.data, "train", base_dir=base_dir)
+        val_set = build_dataset(cfg.data, cfg.eval.get("split", "val"), base_dir=base_dir)
+        if gdist.is_main_process():
+            write_skip_summary([train_set, val_set], run_dir / "data_skipped.json")
+        num_classes = len(train_set.label_to_cat_id)
+        model = build_model(_model_cfg(cfg, batch["bn_group_size"]), num_classes).to(device)
+        log.info("model: %s norms %s", cfg.model.name, norm_summary(model))
+        channels_last = str(cfg.solver.get("channels_last", "auto")).lower()
+        channels_last_on = channels_last == "true" or (channels_last == "auto" and device.type == "cuda")
+        if channels_last_on:
+            model = model.to(memory_format=torch.channels_last)
+        amp_dtype = _amp_dtype(cfg.solver.get("amp", "auto"), device)
+
+        lr = float(cfg.solver.base_lr)
+        if cfg.solver.get("scale_lr", False):
+            lr = scale_lr(lr, batch["ims_per_batch"], int(cfg.solver.reference_batch))
+        optimizer = build_optimizer(
+            model, lr=lr, momentum=float(cfg.solver.momentum), weight_decay=float(cfg.solver.weight_decay),
+            weight_decay_norm=float(cfg.solver.weight_decay_norm),
+        )
+        max_iter = int(cfg.solver.max_iter)
+        scheduler = build_lr_scheduler(
+            optimizer, max_iter=max_iter, warmup_iters=int(cfg.solver.warmup_iters),
+            warmup_factor=float(cfg.solver.warmup_factor), schedule=cfg.solver.schedule,
+            steps=[int(round(s * max_iter)) if s < 1 else int(s) for s in cfg.solver.get("steps", [])],
+            gamma=float(cfg.solver.get("gamma", 0.1)),
+        )
+        # Augmentation randomness differs per rank; a resume below restores these streams exactly.
+        torch.manual_seed(int(cfg.seed) * 1000 + info.rank)
+        checkpointer = Checkpointer(run_dir, model, optimizer, scheduler)
+        extra = checkpointer.resume_or_load(cfg.get("init_weights"), resume=bool(cfg.get("resume", True)))
+        start_iter = int(extra["iteration"])
+        if start_iter:
+            log.info("resumed at iteration %d", start_iter)
+
+        ddp_model: torch.nn.Module = model
+        if info.world_size > 1:
+            from gn_detect.layers import SyncBatchNorm
+
+            # SyncBN already agrees across ranks; broadcasting rank 0's buffers would hide a bug.
+            uses_sync = any(isinstance(m, SyncBatchNorm) for m in model.modules())
+            ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=False, broadcast_buffers=not uses_sync,
+            )
+        loader = build_train_loader(
+            train_set, batch["ims_per_device"], seed=int(cfg.seed), rank=info.rank, world_size=info.world_size,
+            aspect_grouping=bool(cfg.data.get("aspect_grouping", True)), num_workers=int(cfg.data.num_workers),
+            start_iter=start_iter,
+        )
+        test_loader = build_test_loader(val_set, int(cfg.eval.get("ims_per_device", 1)), rank=info.rank,
+                                        world_size=info.world_size, num_workers=int(cfg.data.num_workers))
+
+        writer = MetricWriter(run_dir, log_period=int(cfg.log.period), ims_per_batch=batch["ims_per_batch"],
+                              progress=cfg.log.get("progress", "auto"))
+        nonfinite = str(cfg.solver.get("nonfinite", "stop"))
+        clip = cfg.solver.get("clip_grad_norm")
+        ckpt_period = int(cfg.checkpoint.period)
+        eval_period = int(cfg.eval.get("period", 0))
+        skipped_steps = int(extra.get("skipped_steps", 0))
+        train_time, train_images, timed_from = 0.0, 0, start_iter + min(5, max_iter // 10)
+        metrics: dict[str, Any] = {}
+
+        def save(name: str, it: int) -> None:
+            checkpointer.save(name, it, skipped_steps=skipped_steps)
+
+        def run_eval(it: int, final: bool) -> dict[str, Any]:
+            out_dir = run_dir if final else run_dir / "eval" / f"iter_{it:07d}"
+            return evaluate_model(
+                ddp_model, test_loader, val_set, out_dir, cfg.eval, device=device, amp_dtype=amp_dtype,
+                channels_last=channels_last_on, writer=writer.tb if gdist.is_main_process() else None, step=it,
+                full_report=final or bool(cfg.eval.get("full_reports", False)),
+            )
+
+        it = start_iter
         with _StopFlag() as stop:
             ddp_model.train()
             data_iter = iter(loader)
@@ -226,14 +241,14 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
                     if nonfinite == "skip":
                         skipped_steps += 1
                         log.warning("iteration %d: non-finite loss %s, step skipped (%d so far)",
-                                    it, {k: float(v) for k, v in losses.items()}, skipped_steps)
+                                    it, {k: float(v.detach()) for k, v in losses.items()}, skipped_steps)
                         optimizer.zero_grad(set_to_none=True)
                         scheduler.step()
                         it += 1
                         continue
                     save("nonfinite_debug", it)
                     raise NonFiniteLossError(
-                        f"iteration {it}: loss is not finite ({ {k: float(v) for k, v in losses.items()} }). "
+                        f"iteration {it}: loss is not finite ({ {k: float(v.detach()) for k, v in losses.items()} }). "
                         f"State saved to {checkpointer.path('nonfinite_debug')}. Lower solver.base_lr, raise "
                         "solver.warmup_iters, set solver.clip_grad_norm, or solver.nonfinite=skip to skip such steps."
                     )
@@ -277,6 +292,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
             "peak_mem_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
             "skipped_steps": skipped_steps,
             "world_size": info.world_size,
+            "norm_buffers_agree": _buffers_agree(model) if info.world_size > 1 else None,
         }
         writer.eval(it - 1, metrics)
         writer.final(final, iter=it - 1)
@@ -285,7 +301,8 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
             write_status(run_dir, "done", iteration=it)
         return final
     except BaseException as exc:
-        writer.close()
+        if writer is not None:
+            writer.close()
         if gdist.is_main_process():
             write_status(run_dir, "failed", iteration=it, error=f"{type(exc).__name__}: {exc}")
         raise
