@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -194,12 +195,18 @@ def md_escape(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+
+
 def short_error(err: str | None, limit: int = 200) -> str:
-    """The last non-empty line of an error (tracebacks end with the exception), shortened."""
+    """The last line of an error that names an exception (tracebacks end with it; OmegaConf
+    errors add ``full_key: ...`` / ``object_type=...`` lines after it), else the last
+    non-empty line; shortened."""
     if not err:
         return "n/a"
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    s = lines[-1] if lines else str(err)
+    named = [ln for ln in lines if _EXC_LINE.match(ln)]
+    s = named[-1] if named else (lines[-1] if lines else str(err))
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
