@@ -1,0 +1,76 @@
+"""DDP on CPU (gloo, 2 processes through torchrun): a few steps on uneven data, the final
+evaluation on uneven inference shards, one run folder written by rank 0 only, no hang."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ._train_utils import SHAPES, TRAIN_PY, child_env, read_status, records, shapes_root, tiny_overrides  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.dist]
+
+MAX_ITER = 4
+IMS_PER_DEVICE = 2
+WORLD = 2
+
+
+def _torchrun(overrides: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           str(TRAIN_PY), *overrides]
+    try:
+        return subprocess.run(cmd, cwd=str(cwd), env=child_env(), timeout=timeout,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except subprocess.TimeoutExpired as exc:  # a hang (e.g. a collective one rank never reaches)
+        out = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
+        pytest.fail(f"torchrun did not finish within {timeout}s (hang?):\n{out[-4000:]}")
+
+
+@pytest.mark.parametrize("norm", ["syncbn", "bn"])
+def test_ddp_two_ranks(shapes_root, tmp_path, norm):  # noqa: F811
+    # uneven on purpose: 13 train images (global batch 4) and 7 val images (shards of 4 and 3,
+    # i.e. 4 and 3 inference batches of one image: no collective may hide in a forward pass)
+    assert SHAPES["num_train"] % 2 and SHAPES["num_train"] % (IMS_PER_DEVICE * WORLD)
+    assert SHAPES["num_val"] % 2
+    # the default run-folder pattern (relative to the launch dir): every rank must agree on it
+    overrides = tiny_overrides(shapes_root, **{
+        "norm": norm, "solver.max_iter": MAX_ITER, "data.ims_per_device": IMS_PER_DEVICE,
+        "checkpoint.period": 2, "eval.ims_per_device": 1,
+    })
+    proc = _torchrun(overrides, tmp_path, timeout=90)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+
+    metrics_files = sorted(tmp_path.rglob("metrics.jsonl"))
+    assert len(metrics_files) == 1, metrics_files  # one run folder, written by rank 0 only
+    run_dir = metrics_files[0].parent
+    run_dirs = [p.parent for p in tmp_path.rglob(".hydra")]
+    assert run_dirs == [run_dir], f"ranks disagree on the run folder: {run_dirs}"
+    assert read_status(run_dir)["state"] == "done"
+    files = sorted(str(f.relative_to(run_dir)) for f in run_dir.rglob("*")
+                   if f.is_file() and ".hydra" not in f.parts)
+    assert len([f for f in files if f.startswith("tb/")]) == 1, files  # one TensorBoard writer
+    # rank 1 only leaves its log and its RNG side file next to rank 0's checkpoint (exact resume)
+    assert [f for f in files if "rank" in f] == ["checkpoints/last.rank1.rng.pth", "launch.rank1.log"], files
+    for name in ("status.json", "config.yaml", "env.json", "report.json", "report.md", "per_class.csv",
+                 "data_skipped.json", "checkpoints/last.pth", "checkpoints/model_final.pth"):
+        assert name in files, (name, files)
+
+    train_iters = [r["iter"] for r in records(run_dir, "train")]
+    assert train_iters == list(range(MAX_ITER)), Counter(train_iters)  # no duplicated records
+    finals = records(run_dir, "final")
+    assert len(finals) == 1, finals
+    final = finals[0]
+    assert final["world_size"] == WORLD
+    assert final["iter"] == MAX_ITER - 1
+    # syncbn: statistics pooled over both ranks; bn: DDP broadcasts rank 0's buffers (at the
+    # first evaluation forward too), so every rank evaluates with the statistics that were saved
+    assert final["norm_buffers_agree"] is True, final
+
+    cfg_text = (run_dir / "config.yaml").read_text()
+    assert "ims_per_batch: 4" in cfg_text
+    # both ranks took part in the final evaluation, on uneven shards of the 7 val images
+    assert "inference: 4 images" in proc.stdout and "inference: 3 images" in proc.stdout, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]

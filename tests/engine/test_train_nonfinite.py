@@ -1,0 +1,56 @@
+"""A diverging run (gigantic LR, no warm-up) is caught: solver.nonfinite=stop fails with a message
+naming the fixes and keeps the state for debugging; solver.nonfinite=skip drops the steps and
+finishes, counting them in the final record."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gn_detect.engine.trainer import NonFiniteLossError, train
+
+from ._train_utils import compose, one_thread, read_status, records, shapes_root, tiny_overrides  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DIVERGE = {"solver.base_lr": 1e6, "solver.warmup_iters": 0, "solver.max_iter": 6,
+           # a blown-up model scores every anchor high: keep its (irrelevant) evaluation small
+           "model.test.topk_candidates": 50, "model.test.detections_per_image": 10}
+
+
+def test_nonfinite_stop(shapes_root, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    cfg = compose(tiny_overrides(shapes_root, **DIVERGE, **{"solver.nonfinite": "stop"}))
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg, run_dir, base_dir=tmp_path)
+    msg = str(info.value)
+    for fix in ("solver.base_lr", "solver.warmup_iters", "solver.clip_grad_norm", "solver.nonfinite=skip"):
+        assert fix in msg, (fix, msg)
+    debug = run_dir / "checkpoints" / "nonfinite_debug.pth"
+    assert str(debug) in msg and debug.is_file()
+
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and "not finite" in status["error"], status
+    stopped_at = int(status["iteration"])
+    assert 0 <= stopped_at < DIVERGE["solver.max_iter"]
+    # the debug state is the one that produced the non-finite loss: iteration and all parts to resume
+    state = torch.load(debug, map_location="cpu", weights_only=False)
+    assert state["iteration"] == stopped_at
+    assert {"model", "optimizer", "scheduler", "rng"} <= state.keys()
+    assert len(records(run_dir, "train")) == stopped_at  # completed iterations only
+    assert not records(run_dir, "final") and not (run_dir / "checkpoints" / "model_final.pth").exists()
+
+
+def test_nonfinite_skip(shapes_root, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    cfg = compose(tiny_overrides(shapes_root, **DIVERGE, **{"solver.nonfinite": "skip"}))
+    final = train(cfg, run_dir, base_dir=tmp_path)
+    assert read_status(run_dir)["state"] == "done"
+    finals = records(run_dir, "final")
+    assert len(finals) == 1 and finals[0]["iter"] == DIVERGE["solver.max_iter"] - 1
+    skipped = finals[0]["skipped_steps"]
+    assert final["skipped_steps"] == skipped
+    assert 0 < skipped <= DIVERGE["solver.max_iter"]
+    # skipped steps are not logged as trained iterations
+    assert len(records(run_dir, "train")) == DIVERGE["solver.max_iter"] - skipped
+    assert (run_dir / "checkpoints" / "model_final.pth").is_file()
+    assert not (run_dir / "checkpoints" / "nonfinite_debug.pth").exists()

@@ -1,0 +1,108 @@
+"""A run stopped by SIGTERM and resumed ends with the same weights as an uninterrupted one (CPU)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ._train_utils import (
+    child_env,
+    read_metrics,
+    read_status,
+    records,
+    run_train,
+    shapes_root,  # noqa: F401  (fixture)
+    tail,
+    tiny_overrides,
+    train_cmd,
+)
+
+pytestmark = pytest.mark.slow
+
+MAX_ITER = 20
+PERIOD = 4
+STOP_AFTER = 5  # SIGTERM once this many iterations are logged (between two periodic checkpoints)
+
+
+def _overrides(root: Path, run_dir: Path, num_workers: int) -> list[str]:
+    return tiny_overrides(root, **{
+        "solver.max_iter": MAX_ITER, "solver.warmup_iters": 3, "checkpoint.period": PERIOD,
+        "data.num_workers": num_workers, "hydra.run.dir": str(run_dir),
+    })
+
+
+def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / "model_final.pth", map_location="cpu", weights_only=False)
+    return ckpt["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shapes_root, tmp_path_factory) -> Path:  # noqa: F811
+    base = tmp_path_factory.mktemp("resume_A")
+    run_dir = base / "run"
+    proc = run_train(_overrides(shapes_root, run_dir, 0), cwd=base)
+    assert proc.returncode == 0, tail(proc)
+    assert read_status(run_dir)["state"] == "done"
+    return run_dir
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    """iteration -> loss of the last train record of that iteration (a resumed run may log one twice)."""
+    return {r["iter"]: r["loss"] for r in records(run_dir, "train")}
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, shapes_root, tmp_path, num_workers):  # noqa: F811
+    run_dir = tmp_path / "run"
+    overrides = _overrides(shapes_root, run_dir, num_workers)
+    proc = subprocess.Popen(train_cmd(overrides), cwd=str(tmp_path), env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(records(run_dir, "train")) >= STOP_AFTER:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"run ended before it could be interrupted:\n{proc.communicate()[0][-4000:]}"
+        assert len(records(run_dir, "train")) >= STOP_AFTER, "no training progress within 90 s"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-4000:]
+
+    status = read_status(run_dir)
+    assert status["state"] == "interrupted", status
+    stopped_at = int(status["iteration"])
+    assert STOP_AFTER <= stopped_at < MAX_ITER, status
+    assert (run_dir / "checkpoints" / "last.pth").is_file()
+    last = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=False)
+    assert last["iteration"] == stopped_at  # the signal saved the state where the loop stopped
+    assert not (run_dir / "checkpoints" / "model_final.pth").exists()
+    assert not records(run_dir, "final")
+
+    resumed = run_train(overrides, cwd=tmp_path)  # the same command, the same run folder
+    assert resumed.returncode == 0, tail(resumed)
+    assert f"resumed at iteration {stopped_at}" in resumed.stdout, tail(resumed)
+    assert read_status(run_dir)["state"] == "done"
+    finals = records(run_dir, "final")
+    assert len(finals) == 1 and finals[0]["iter"] == MAX_ITER - 1
+
+    # every iteration was trained exactly once and logged the same loss as the uninterrupted run
+    logged = [r["iter"] for r in records(run_dir, "train")]
+    assert sorted(set(logged)) == list(range(MAX_ITER)), logged
+    assert logged[stopped_at:] == list(range(stopped_at, MAX_ITER)), logged
+    ref_losses, losses = _train_losses(uninterrupted), _train_losses(run_dir)
+    assert losses == ref_losses, {k: (ref_losses[k], losses[k]) for k in ref_losses if ref_losses[k] != losses[k]}
+
+    ref, got = _final_state(uninterrupted), _final_state(run_dir)
+    assert ref.keys() == got.keys()
+    differ = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert not differ, f"{len(differ)} tensors differ after resume, e.g. {differ[:5]}"
+    assert read_metrics(run_dir)[-1]["type"] == "final"
