@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "ours_ims_per_s": args.batch / mo, "tv_ims_per_s": args.batch / mt}
         print(f"{preset:8s} {mo:12.3f} {mt:12.3f} {args.batch / mo:11.2f} {args.batch / mt:9.2f} {mt / mo:8.2f}",
               flush=True)
-        del m_ours, m_tv, opt_o, opt_t
+
     if "affine" in results and "gn_ws" in results:
         r = results["gn_ws"]["ours_s"] / results["affine"]["ours_s"]
         print(f"gn_ws / affine step time (ours): {r:.2f}x")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
+
+from gn_detect.cocoapi import coco_from_dict
 
 from .checks import (
     EmptyDatasetError,
@@ -29,13 +28,7 @@ logger = logging.getLogger(__name__)
 _MAX_FALLBACKS = 8
 
 
-def _quiet_coco(dataset: dict[str, Any]) -> COCO:
-    # pycocotools prints "creating index..." to stdout; build it from the checked dict silently
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -108,7 +101,7 @@ class CocoDetection(torch.utils.data.Dataset):
         clean["categories"] = self.categories
         clean["images"] = images
         clean["annotations"] = [a for a in checked.annotations if a["image_id"] in kept]
-        self.coco = _quiet_coco(clean)
+        self.coco = coco_from_dict(clean)
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
+
+from gn_detect.cocoapi import coco_from_dict
 from pycocotools.cocoeval import COCOeval
 
 __all__ = ["STAT_NAMES", "CocoResult", "coco_metrics", "available_backends"]
@@ -61,15 +63,11 @@ def _result_dicts(detections: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _empty_result(coco_gt: COCO) -> COCO:
     # pycocotools' loadRes cannot take []: an empty result set is still well defined
     # (AP = 0 for classes with GT), so build the empty result object by hand.
-    res = COCO()
-    res.dataset = {
+    return coco_from_dict({
         "images": list(coco_gt.dataset.get("images", [])),
         "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
         "annotations": [],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        res.createIndex()
-    return res
+    })
 
 
 def _per_class(precision: np.ndarray, cat_ids: list[int], t: slice | int) -> dict[int, float]:

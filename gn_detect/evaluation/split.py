@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
+
+from gn_detect.cocoapi import coco_from_dict
 
 __all__ = ["subset_coco", "split_coco", "filter_detections"]
 
@@ -21,11 +21,7 @@ def subset_coco(coco: COCO, image_ids: Iterable[int]) -> COCO:
     sub["images"] = [im for im in ds.get("images", []) if im["id"] in keep]
     sub["annotations"] = [a for a in ds.get("annotations", []) if a["image_id"] in keep]
     sub.setdefault("categories", [])
-    out = COCO()
-    out.dataset = sub
-    with contextlib.redirect_stdout(io.StringIO()):
-        out.createIndex()
-    return out
+    return coco_from_dict(sub)
 
 
 def split_coco(coco: COCO, tune_fraction: float = 0.5, seed: int = 0) -> tuple[COCO, COCO]:

@@ -7,22 +7,15 @@ a few class confusions. Nothing here is used at evaluation time.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 
+from gn_detect.cocoapi import coco_from_dict
+
 __all__ = ["make_coco", "coco_from_dict", "jitter_detections"]
 
-
-def coco_from_dict(dataset: dict[str, Any]) -> COCO:
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def make_coco(

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from .batch_norm import BatchNorm2d
 
