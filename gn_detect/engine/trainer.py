@@ -77,10 +77,14 @@ def _model_cfg(cfg: DictConfig, bn_group_size: int | None) -> dict[str, Any]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(model_cfg, dict)
     if bn_group_size is not None:
+        used = False
         for part in ("backbone", "fpn", "head"):
             sub = model_cfg.setdefault(part, {})
             if str(sub.get("norm", "")).lower() == "bn":
                 sub["norm_opts"] = {**(sub.get("norm_opts") or {}), "bn_group_size": bn_group_size}
+                used = True
+        if not used:
+            log.warning("data.bn_group_size=%d has no effect: no component uses norm=bn", bn_group_size)
     return model_cfg
 
 
