@@ -270,6 +270,8 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
                            "lr": lr_used}
                 if grad_norm is not None:
                     scalars["grad_norm"] = float(grad_norm)
+                if (it + 1) % writer.log_period == 0:
+                    scalars["peak_mem_mb"] = _peak_memory_mb(device)
                 writer.train(it, max_iter, scalars)
                 it += 1
                 if _any_rank(stop.signum is not None, device):
