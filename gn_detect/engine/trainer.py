@@ -73,6 +73,25 @@ def resolve_batch(cfg: DictConfig, world_size: int) -> dict[str, int | None]:
     return {"ims_per_batch": total, "ims_per_device": per_device, "bn_group_size": group}
 
 
+def check_bn_statistics(cfg: DictConfig, batch: dict[str, int | None], world_size: int) -> None:
+    """Fails at start-up, not at the first unlucky batch, when BN in the FPN or head could see
+    a single value per channel: P7 has stride 128, so an image padded to 128x128 gives a 1x1
+    map, and with one image per statistics group its variance is undefined."""
+    group = batch["bn_group_size"] or batch["ims_per_device"]
+    sizes = cfg.data.get("min_size_train") or []
+    smallest = min(int(v) for v in (sizes if not isinstance(sizes, (int, float)) else [sizes])) if sizes else 10**9
+    for part in ("fpn", "head"):
+        norm = str(cfg.model[part].get("norm", "none")).lower()
+        per_group = group * (world_size if norm == "syncbn" else 1)
+        if norm in ("bn", "syncbn") and per_group == 1 and smallest <= 128:
+            raise ValueError(
+                f"model.{part}.norm={norm} with 1 image per BN statistics group and data.min_size_train down to "
+                f"{smallest}: an image padded to 128x128 makes P7 1x1, a single value per channel whose variance "
+                "is undefined. Use data.min_size_train above 128, more images per group "
+                "(data.ims_per_device / data.bn_group_size), or a batch-independent norm (gn, gn_ws)."
+            )
+
+
 def _model_cfg(cfg: DictConfig, bn_group_size: int | None) -> dict[str, Any]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(model_cfg, dict)
@@ -144,6 +163,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
         info = gdist.init_distributed(cfg.get("dist_backend"))
         device = torch.device(cfg.device) if cfg.get("device", "auto") != "auto" else info.device
         batch = resolve_batch(cfg, info.world_size)
+        check_bn_statistics(cfg, batch, info.world_size)
         if gdist.is_main_process():
             run_dir.mkdir(parents=True, exist_ok=True)
             resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -65,7 +65,9 @@ def test_malformed_annotation_json_cli(tmp_path):
     (["model.fpn.norm=bogus"], ["model.fpn.norm", "bogus", "gn"]),
     (["data.bn_group_size=3", "data.ims_per_device=4"], ["data.bn_group_size=3", "data.ims_per_device=4"]),
     (["solver.ims_per_batch=3"], ["solver.ims_per_batch=3", "data.ims_per_device=2", "solver.ims_per_batch=null"]),
-], ids=["fpn_norm", "bn_group_size", "ims_per_batch"])
+    # BN at one image per group where P7 can be 1x1: refused before iteration 0, not mid-run
+    (["norm=bn", "data.ims_per_device=1"], ["model.fpn.norm=bn", "1 image per BN statistics group", "gn"]),
+], ids=["fpn_norm", "bn_group_size", "ims_per_batch", "bn_single_image_p7"])
 def test_bad_config_fails_before_training(shapes_root, one_thread, tmp_path, overrides, needles):  # noqa: F811
     run_dir = tmp_path / "run"
     cfg = compose(tiny_overrides(shapes_root) + overrides)
