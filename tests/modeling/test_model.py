@@ -81,7 +81,6 @@ def test_head_bn_is_per_level():
 
 
 def test_freeze_at_freezes_params_and_norm_statistics():
-    model = build_model(tiny_cfg(backbone="bn", freeze_at=2) | {}, 3) if False else None
     cfg = tiny_cfg(backbone="bn")
     cfg["backbone"]["freeze_at"] = 2
     model = build_model(cfg, 3)
