@@ -120,14 +120,15 @@ def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"solver.amp={setting!r}: use auto, bf16, fp16 or off")
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when any rank says so: a decision one rank takes alone (skip a step,
-    stop) would leave the others waiting in DDP's gradient all-reduce."""
+def _any_rank(flags: tuple[bool, ...], device: torch.device) -> tuple[bool, ...]:
+    """Each flag True on every rank when any rank raised it, in one all-reduce: a decision one
+    rank takes alone (skip a step, stop) would leave the others waiting in DDP's gradient
+    all-reduce."""
     if gdist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     torch.distributed.all_reduce(t)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
 
 
 def _buffers_agree(model: torch.nn.Module) -> bool:
@@ -261,7 +262,12 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     losses = ddp_model(images, image_sizes, targets)
                 loss = sum(losses.values())
-                if _any_rank(not bool(torch.isfinite(loss)), device):
+                # One collective a step decides both: skip/stop on a non-finite loss now, and
+                # stop after this step if any rank got SIGTERM/SIGINT (a later signal is seen
+                # at the next step).
+                nonfinite_any, stop_any = _any_rank(
+                    (not bool(torch.isfinite(loss)), stop.signum is not None), device)
+                if nonfinite_any:
                     if nonfinite == "skip":
                         skipped_steps += 1
                         log.warning("iteration %d: non-finite loss %s, step skipped (%d so far)",
@@ -294,7 +300,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
                     scalars["peak_mem_mb"] = _peak_memory_mb(device)
                 writer.train(it, max_iter, scalars)
                 it += 1
-                if _any_rank(stop.signum is not None, device):
+                if stop_any:
                     save("last", it)
                     if gdist.is_main_process():
                         write_status(run_dir, "interrupted", iteration=it,

@@ -50,17 +50,12 @@ def nan_to_none(x: float | None) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-@dataclass(frozen=True)
-class Counts:
-    """Per-class counts and ratios at a set of per-class thresholds (arrays of length K)."""
+class _Rates:
+    """Precision, recall and F1 from ``tp``, ``fp`` and ``num_pos`` (undefined ratios are NaN)."""
 
     tp: np.ndarray
     fp: np.ndarray
-    num_pos: np.ndarray
-
-    @property
-    def num_pred(self) -> np.ndarray:
-        return self.tp + self.fp
+    num_pos: np.ndarray | int
 
     @property
     def precision(self) -> np.ndarray:
@@ -73,6 +68,19 @@ class Counts:
     @property
     def f1(self) -> np.ndarray:
         return f1_from_counts(self.tp, self.fp, self.num_pos)
+
+
+@dataclass(frozen=True)
+class Counts(_Rates):
+    """Per-class counts and ratios at a set of per-class thresholds (arrays of length K)."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    num_pos: np.ndarray
+
+    @property
+    def num_pred(self) -> np.ndarray:
+        return self.tp + self.fp
 
     def micro(self) -> dict[str, float]:
         """Pool the counts of all classes, then take the ratios."""
@@ -98,7 +106,7 @@ class Counts:
 
 
 @dataclass(frozen=True)
-class PRCurve:
+class PRCurve(_Rates):
     """Operating points of one class, one per distinct score (ties cannot be split by a
     threshold), ordered by decreasing threshold."""
 
@@ -106,18 +114,6 @@ class PRCurve:
     tp: np.ndarray
     fp: np.ndarray
     num_pos: int
-
-    @property
-    def precision(self) -> np.ndarray:
-        return safe_div(self.tp, self.tp + self.fp)
-
-    @property
-    def recall(self) -> np.ndarray:
-        return safe_div(self.tp, self.num_pos)
-
-    @property
-    def f1(self) -> np.ndarray:
-        return f1_from_counts(self.tp, self.fp, self.num_pos)
 
 
 @dataclass(frozen=True)
