@@ -6,8 +6,16 @@ Both models get the same ResNet depth, image size, batch, number of classes and 
 forward + loss + backward + SGD update; we report the median over timed steps and the ratio
 torchvision / ours (above 1: ours is faster).
 
+Options for our model only (torchvision's stays eager, NCHW, torch's GN: the fixed reference):
+``--impl`` the GroupNorm code (``model.norm_opts.impl``: auto = Triton kernel on CUDA),
+``--channels-last`` its memory format (default on for CUDA, off for CPU), ``--compile``
+torch.compile of backbone, FPN and head (``gn_detect.modeling.compile.compile_model``; the
+warmup steps absorb the compilation, which is reported separately).
+
     python scripts/bench_model.py                         # CPU: ResNet-18 FPN, 320x320, batch 2
     python scripts/bench_model.py --device cuda --depth 50 --size 800 1216 --batch 8 --bf16
+    python scripts/bench_model.py --device cuda --depth 50 --size 800 1216 --batch 8 --bf16 \
+        --norms gn gn_ws --impl triton --channels-last on --compile
 """
 from __future__ import annotations
 
@@ -25,8 +33,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gn_detect.layers import convert_ws, get_norm  # noqa: E402
+from gn_detect.layers import GN_IMPLS, convert_ws, get_norm  # noqa: E402
 from gn_detect.modeling import build_model  # noqa: E402
+from gn_detect.modeling.compile import compile_model  # noqa: E402
 
 PRESETS = {  # backbone, fpn, head, ws
     "affine": ("affine", "none", "none", False),
@@ -48,9 +57,10 @@ def make_targets(batch: int, h: int, w: int, num_classes: int, device: torch.dev
     return out
 
 
-def ours(depth: str, preset: str, num_classes: int) -> nn.Module:
+def ours(depth: str, preset: str, num_classes: int, impl: str = "auto") -> nn.Module:
     bb, fpn, head, ws = PRESETS[preset]
     cfg = {
+        "norm_opts": {"impl": impl},
         "backbone": {"depth": depth, "norm": bb, "ws": ws, "freeze_at": 0},
         "fpn": {"out_channels": 256, "norm": fpn, "ws": ws},
         "head": {"num_convs": 4, "norm": head, "ws": ws},
@@ -67,8 +77,8 @@ def torchvision_retinanet(depth: str, preset: str, num_classes: int, size: tuple
     bb, fpn, head, ws = PRESETS[preset]
     ctor = {"18": resnet18, "34": resnet34, "50": resnet50, "101": resnet101}[depth]
 
-    def norm(name: str):
-        return None if name == "none" else partial(lambda c, n: get_norm(n, c), n=name)
+    def norm(name: str):  # torch's GN: the reference does not use our kernel
+        return None if name == "none" else partial(lambda c, n: get_norm(n, c, impl="torch"), n=name)
 
     body = ctor(norm_layer=norm(bb))
     c5 = 512 if depth in ("18", "34") else 2048
@@ -98,7 +108,21 @@ def time_steps(step, warmup: int, iters: int, sync) -> list[float]:
     return times
 
 
-def main(argv: list[str] | None = None) -> dict:
+def make_step(model: nn.Module, forward, amp: dict):
+    """A training step: forward (a closure returning the loss dict) + backward + SGD update."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+    def step():
+        with torch.autocast(**amp):
+            loss = sum(forward().values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--depth", default="18")
@@ -110,8 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--impl", choices=list(GN_IMPLS), default="auto", help="our GroupNorm code")
+    ap.add_argument("--channels-last", choices=["on", "off"], default=None,
+                    help="our model's memory format (default: on for cuda, off for cpu)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile our backbone, FPN, head")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -122,34 +154,31 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.randn(args.batch, 3, h, w, device=device)
     targets = make_targets(args.batch, h, w, args.num_classes, device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    channels_last = (args.channels_last or ("on" if device.type == "cuda" else "off")) == "on"
     print(f"# RetinaNet train step, ResNet-{args.depth} FPN, {h}x{w}, batch {args.batch}, "
-          f"{'bf16' if args.bf16 else 'fp32'}, {machine}, torch {torch.__version__}")
+          f"{'bf16' if args.bf16 else 'fp32'}, {machine}, torch {torch.__version__}; ours: "
+          f"impl={args.impl}, channels_last={'on' if channels_last else 'off'}, "
+          f"compile={'on' if args.compile else 'off'}; torchvision: eager, NCHW, torch GN")
     print(f"{'norm':8s} {'ours s/step':>12s} {'tv s/step':>12s} {'ours img/s':>11s} {'tv img/s':>9s} {'tv/ours':>8s}")
     results = {}
     for preset in args.norms:
-        m_ours = ours(args.depth, preset, args.num_classes).to(device).train()
+        m_ours = ours(args.depth, preset, args.num_classes, args.impl).to(device).train()
         m_tv = torchvision_retinanet(args.depth, preset, args.num_classes, (h, w)).to(device).train()
-        if device.type == "cuda":
+        if channels_last:
             m_ours = m_ours.to(memory_format=torch.channels_last)
-        opt_o = torch.optim.SGD([p for p in m_ours.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        opt_t = torch.optim.SGD([p for p in m_tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        if args.compile:
+            compile_model(m_ours)
         sizes = [(h, w)] * args.batch
         tv_images = list(images.unbind(0))
+        images_ours = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+        step_ours = make_step(m_ours, lambda: m_ours(images_ours, sizes, targets), amp)
+        step_tv = make_step(m_tv, lambda: m_tv(tv_images, targets), amp)
 
-        def step_ours():
-            with torch.autocast(**amp):
-                loss = sum(m_ours(images, sizes, targets).values())
-            opt_o.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_o.step()
-
-        def step_tv():
-            with torch.autocast(**amp):
-                loss = sum(m_tv(tv_images, targets).values())
-            opt_t.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_t.step()
-
+        if args.compile:  # compile outside the timed steps, and report how long it took
+            start = time.perf_counter()
+            step_ours()
+            sync()
+            print(f"{preset}: first compiled step (compilation) {time.perf_counter() - start:.1f} s", flush=True)
         # Interleave the two so drifts in machine load hit both alike.
         t_o, t_t = [], []
         for _ in range(2):

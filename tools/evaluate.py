@@ -3,7 +3,7 @@
 recall, report.json/report.md/per_class.csv and figures.
 
     python tools/evaluate.py checkpoint=outputs/<run>/checkpoints/model_final.pth
-    python tools/evaluate.py checkpoint=... data=coco eval.split=val eval.tune=same
+    python tools/evaluate.py checkpoint=... data=coco128 eval.tune=same
 """
 from __future__ import annotations
 

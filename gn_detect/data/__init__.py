@@ -1,11 +1,13 @@
 """Data: COCO-format datasets, checks, transforms, batching, samplers, synthetic data, converters."""
 
-from .build import build_dataset, build_transform, resolve_path
+from .build import build_dataset, build_transform, data_config, resolve_path, split_categories
 from .checks import (
     SKIP_REASONS,
     AnnotationFileError,
     DataError,
     EmptyDatasetError,
+    categories_of,
+    check_same_categories,
     load_coco_json,
     validate_coco,
     write_skip_summary,
@@ -28,7 +30,8 @@ __all__ = [
     "SKIP_REASONS", "SHAPE_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD",
     "AnnotationFileError", "ConversionError", "DataError", "EmptyDatasetError",
     "CocoDetection", "DetectionTransform", "InferenceSampler", "TrainBatchSampler",
-    "boxes_to_original", "build_dataset", "build_transform", "build_test_loader", "build_train_loader", "collate",
-    "denormalize", "ensure_shapes_dataset", "load_coco_json", "normalize", "resolve_path",
-    "validate_coco", "voc_to_coco", "write_coco", "write_skip_summary", "yolo_to_coco",
+    "boxes_to_original", "build_dataset", "build_transform", "build_test_loader", "build_train_loader",
+    "categories_of", "check_same_categories", "collate", "data_config", "denormalize", "ensure_shapes_dataset",
+    "load_coco_json", "normalize", "resolve_path", "split_categories", "validate_coco", "voc_to_coco", "write_coco",
+    "write_skip_summary", "yolo_to_coco",
 ]

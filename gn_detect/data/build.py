@@ -1,4 +1,8 @@
-"""build_dataset: data config -> CocoDetection (keys documented in docs/data.md)."""
+"""build_dataset: a data config, checked against the schema's ``DataConfig``, -> CocoDetection.
+
+Every key, its type and its default live in :class:`gn_detect.config.schema.DataConfig`
+(documented in docs/data.md); this module only reads them.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +10,52 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from gn_detect.config.schema import CHOICES, DataConfig
+
+from .checks import categories_of, load_coco_json
 from .coco import CocoDetection
 from .synthetic import SHAPES_LAYOUT, ensure_shapes_dataset
 from .transforms import DetectionTransform
 
-# defaults for every key build_dataset reads; a config only needs to say what differs
-DEFAULTS: dict[str, Any] = {
-    "name": "coco",
-    "root": None,
-    "min_size_train": [800],
-    "max_size_train": None,  # None: same as max_size
-    "min_size_test": 800,
-    "max_size": 1333,
-    "flip_prob": 0.5,
-    "filter_empty": True,
-    "verify_images": True,
-    "synthetic": {"num_train": 300, "num_val": 100, "image_size": 256, "seed": 0, "num_classes": 5,
-                  "image_format": "jpg", "max_objects": 6},
-}
-# split layout of COCO-2017-style roots when the config gives no images/ann for a split
-COCO_LAYOUT: dict[str, dict[str, str]] = {
-    "train": {"images": "train2017", "ann": "annotations/instances_train2017.json"},
-    "val": {"images": "val2017", "ann": "annotations/instances_val2017.json"},
-}
+SPLITS = ("train", "val")
+_SCHEMA_FIX = "use the keys and types of DataConfig in gn_detect/config/schema.py (see docs/data.md)"
 
 
-def _to_dict(cfg: Any) -> dict[str, Any]:
-    # accept plain dicts and OmegaConf DictConfigs without importing omegaconf eagerly
-    if cfg is None:
-        return {}
+def data_config(cfg: Mapping[str, Any] | DictConfig | None) -> DictConfig:
+    """``cfg`` as a DictConfig typed by ``DataConfig``.
+
+    A config already typed by the schema (what Hydra composes) is returned as it is; a plain
+    dict or an untyped DictConfig (tests, a run's saved config.yaml) is merged onto the
+    schema's defaults, so an unknown key or a value of the wrong type fails here, named.
+    """
+    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is DataConfig:
+        return cfg
+    if cfg is not None and not isinstance(cfg, (Mapping, DictConfig)):
+        raise TypeError(f"data config must be a mapping, got {type(cfg).__name__}")
     try:
-        from omegaconf import DictConfig, OmegaConf
+        return OmegaConf.merge(OmegaConf.structured(DataConfig), cfg if cfg is not None else {})
+    except OmegaConfBaseException as e:
+        first = str(e.msg).splitlines()[0] if e.msg else type(e).__name__
+        where = f"data.{e.full_key}: " if e.full_key else ""
+        raise ValueError(f"data config: {where}{first}. Fix: {_SCHEMA_FIX}") from None
 
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:
-        pass
-    if isinstance(cfg, Mapping):
-        return {k: (_to_dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
-    raise TypeError(f"data config must be a mapping, got {type(cfg).__name__}")
+
+def _read(c: DictConfig, key: str) -> Any:
+    """``c.<key>`` (dotted), with a one-line error for a required key left unset or a failing
+    interpolation (e.g. an unset environment variable)."""
+    try:
+        return OmegaConf.select(c, key, throw_on_missing=True)
+    except MissingMandatoryValue:
+        if key == "root":
+            raise ValueError("data.root is required: the dataset folder. Fix: pass data.root=/path/to/coco "
+                             "(or use a preset that sets it, e.g. data=coco128)") from None
+        raise ValueError(f"data.{key} is required. Fix: set data.{key}=... in configs/data/<name>.yaml "
+                         "or on the command line") from None
+    except OmegaConfBaseException as e:
+        raise ValueError(f"data.{key}: {str(e.msg).splitlines()[0]}") from None
 
 
 def resolve_path(path: str | Path, base_dir: str | Path | None) -> Path:
@@ -55,53 +66,77 @@ def resolve_path(path: str | Path, base_dir: str | Path | None) -> Path:
     return p
 
 
-def build_transform(cfg: Mapping[str, Any] | Any, train: bool) -> DetectionTransform:
-    c = {**DEFAULTS, **_to_dict(cfg)}
+def build_transform(cfg: Mapping[str, Any] | DictConfig, train: bool) -> DetectionTransform:
+    """The train (random scale and flip) or test transform of a data config."""
+    c = data_config(cfg)
     if train:
-        sizes = c["min_size_train"]
-        sizes = [int(sizes)] if isinstance(sizes, (int, float)) else [int(s) for s in sizes]
-        max_size = c["max_size_train"] if c["max_size_train"] is not None else c["max_size"]
-        return DetectionTransform(sizes, int(max_size), flip_prob=float(c["flip_prob"]))
-    return DetectionTransform(int(c["min_size_test"]), int(c["max_size"]), flip_prob=0.0)
+        max_size = c.max_size if c.max_size_train is None else c.max_size_train
+        return DetectionTransform(list(c.min_size_train), max_size, flip_prob=c.flip_prob)
+    return DetectionTransform(c.min_size_test, c.max_size, flip_prob=0.0)
+
+
+def split_paths(c: DictConfig, split: str) -> tuple[str, str]:
+    """(images folder, instances json) of ``split``, relative to the root (or absolute).
+
+    ``coco`` reads ``data.<split>.images/ann``. ``shapes`` has the fixed layout its generator
+    writes; a config that moves it elsewhere is refused rather than ignored.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: the data config has the splits {SPLITS}. "
+                         "Fix: evaluate on one of them (eval.split=val or eval.split=train)")
+    images, ann = _read(c, f"{split}.images"), _read(c, f"{split}.ann")
+    if c.name != "shapes":
+        return images, ann
+    fixed = SHAPES_LAYOUT[split]
+    schema_default = getattr(DataConfig(), split)
+    if (images, ann) not in ((fixed["images"], fixed["ann"]), (schema_default.images, schema_default.ann)):
+        raise ValueError(f"data.{split} = {{images: {images}, ann: {ann}}} cannot move the generated shapes "
+                         f"dataset (its layout is fixed: {fixed}). Fix: remove data.{split}; data.root "
+                         "places the dataset")
+    return fixed["images"], fixed["ann"]
+
+
+def split_categories(cfg: Mapping[str, Any] | DictConfig, split: str, *,
+                     base_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The categories of ``split`` (sorted by id, checked as ``build_dataset`` checks them) from
+    its json alone: no image is opened, so a category mismatch between splits can be caught
+    before the datasets are built. (``shapes`` is generated first if it is not on disk yet.)"""
+    c = data_config(cfg)
+    root = resolve_path(_read(c, "root"), base_dir)
+    _, ann = split_paths(c, split)
+    if c.name == "shapes":
+        ensure_shapes_dataset(root, **OmegaConf.to_container(c.synthetic))
+    ann_file = resolve_path(ann, root)
+    return categories_of({"categories": load_coco_json(ann_file)["categories"]})
 
 
 def build_dataset(
-    cfg: Mapping[str, Any] | Any,
+    cfg: Mapping[str, Any] | DictConfig,
     split: str,
     *,
     base_dir: str | Path | None = None,
     train: bool | None = None,
 ) -> CocoDetection:
-    """Build the dataset for `split` ("train", "val" or any split key in cfg).
+    """Build the dataset for `split` ("train" or "val").
 
-    train (default: split == "train") selects the random train transform and filter_empty;
-    evaluation datasets always keep images without annotations.
+    ``cfg`` is the data config: typed by ``DataConfig``, or a plain dict of what differs from
+    its defaults. train (default: split == "train") selects the random train transform and
+    filter_empty; evaluation datasets always keep images without annotations.
     """
-    c = {**DEFAULTS, **_to_dict(cfg)}
-    c["synthetic"] = {**DEFAULTS["synthetic"], **(c.get("synthetic") or {})}
-    name = str(c["name"])
-    if c["root"] is None:
-        raise ValueError("data config needs 'root' (the dataset folder)")
-    root = resolve_path(c["root"], base_dir)
+    c = data_config(cfg)
+    if c.name not in CHOICES["data.name"]:
+        raise ValueError(f"unknown dataset name data.name={c.name!r}. Fix: use one of {CHOICES['data.name']} "
+                         "(convert other formats with tools/convert_dataset.py, then name: coco)")
+    root = resolve_path(_read(c, "root"), base_dir)
     train = split == "train" if train is None else train
-
-    if name == "shapes":
-        ensure_shapes_dataset(root, **c["synthetic"])
-        layout = SHAPES_LAYOUT
-    elif name == "coco":
-        layout = COCO_LAYOUT
-    else:
-        raise ValueError(f"unknown dataset name {name!r}; expected 'shapes' or 'coco'")
-
-    split_cfg = {**layout.get(split, {}), **(c.get(split) or {})}
-    if "images" not in split_cfg or "ann" not in split_cfg:
-        raise KeyError(f"data config has no '{split}: {{images, ann}}' entry and {name!r} has no default "
-                       f"for that split (known: {sorted(layout)})")
+    images, ann = split_paths(c, split)
+    if c.name == "shapes":
+        ensure_shapes_dataset(root, **OmegaConf.to_container(c.synthetic))
     return CocoDetection(
-        resolve_path(split_cfg["images"], root),
-        resolve_path(split_cfg["ann"], root),
+        resolve_path(images, root),
+        resolve_path(ann, root),
         transform=build_transform(c, train),
-        filter_empty=bool(c["filter_empty"]) and train,
-        verify_images=bool(c["verify_images"]),
-        name=f"{name}_{split}",
+        filter_empty=c.filter_empty and train,
+        verify_images=c.verify_images,
+        name=f"{c.name}_{split}",
     )

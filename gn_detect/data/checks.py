@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,12 +20,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gn_detect.io import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 # reason -> what happened to the item. The key set is fixed so data_skipped.json always has
 # the same schema (zeros included) and runs can be compared.
 SKIP_REASONS: dict[str, str] = {
-    "invalid_image_entry": "image entry without an int id / file_name, or a duplicate id: image dropped",
+    "invalid_image_entry": "image entry without an int id or a non-empty file_name: image dropped",
+    "duplicate_image_id": "several image entries share one id: every one of them dropped, with every annotation "
+                          "naming that id (which boxes belong to which image is ambiguous)",
+    "outside_image_dir": "file_name is absolute or its '..' parts leave the images folder: image dropped, never "
+                         "opened (the path as written is checked; symlinks inside the folder are followed)",
     "missing_image": "image file not found: image dropped",
     "unreadable_image": "image file cannot be decoded (corrupt, truncated, not an image): image dropped",
     "size_mismatch": "json width/height differ from the image file: image dropped (its boxes would be wrong)",
@@ -119,20 +124,6 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
         raise AnnotationFileError(f"{path}: 'annotations' must be a list.")
     data.setdefault("annotations", [])  # image_info_test-style files have none
     return data
-
-
-def write_json_atomic(obj: Any, path: str | Path, **dump_kwargs: Any) -> None:
-    """Write json via a temp file + os.replace so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, **dump_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- images
@@ -232,6 +223,77 @@ def _check_categories(cats: list[Any], source: str) -> list[dict[str, Any]]:
     return sorted((dict(c) for c in cats), key=lambda c: c["id"])
 
 
+def categories_of(x: Any) -> list[dict[str, Any]]:
+    """The categories, sorted by id and checked, of a dataset (``.categories``), a COCO object
+    (``.dataset``), a COCO dict, or a list of category dicts."""
+    if isinstance(getattr(x, "categories", None), list):
+        cats, what = x.categories, str(getattr(x, "name", "dataset"))
+    elif isinstance(getattr(x, "dataset", None), Mapping):
+        cats, what = x.dataset.get("categories", []), "COCO object"
+    elif isinstance(x, Mapping):
+        cats, what = x.get("categories", []), "COCO dict"
+    elif isinstance(x, (list, tuple)):
+        cats, what = list(x), "category list"
+    else:
+        raise TypeError(f"cannot read categories from a {type(x).__name__}: pass a dataset, a COCO object or dict, "
+                        "or a list of category dicts")
+    return _check_categories(cats, what)
+
+
+def _set_name(x: Any, role: str) -> str:
+    name = getattr(x, "name", None)
+    return f"{role} ({name})" if isinstance(name, str) else role
+
+
+def check_same_categories(train_set: Any, val_set: Any, *, map_by_name: bool = False) -> list[int]:
+    """The category id, in the evaluation set, of each contiguous training label.
+
+    ``train_set`` / ``val_set``: datasets, COCO objects or dicts, or category lists (see
+    ``categories_of``). By default both must list the same ids with the same names; then the
+    result is the shared ``label_to_cat_id``. With ``map_by_name`` the ids may differ and are
+    matched by name (every name exactly once on each side). Anything else raises a one-line
+    ``ValueError`` naming the first differences and the fix: scoring a model's classes as
+    other classes gives numbers that look fine and mean nothing.
+    """
+    train, val = categories_of(train_set), categories_of(val_set)
+    a, b = _set_name(train_set, "training"), _set_name(val_set, "evaluation")
+    if map_by_name:
+        return _map_by_name(train, val, a, b)
+    t_names = {c["id"]: str(c.get("name")) for c in train}
+    v_names = {c["id"]: str(c.get("name")) for c in val}
+    diffs = [f"id {i}: {t_names[i]!r} vs {v_names[i]!r}" for i in sorted(t_names.keys() & v_names.keys())
+             if t_names[i] != v_names[i]]
+    diffs += [f"id {i} ({t_names[i]!r}) only in {a}" for i in sorted(t_names.keys() - v_names.keys())]
+    diffs += [f"id {i} ({v_names[i]!r}) only in {b}" for i in sorted(v_names.keys() - t_names.keys())]
+    if diffs:
+        raise ValueError(
+            f"the {a} and {b} categories differ ({len(train)} vs {len(val)} categories, {len(diffs)} differences; "
+            f"e.g. {'; '.join(diffs[:5])}), so predictions would be scored as the wrong classes. Fix: evaluate on "
+            "data labelled with the training categories (same ids and names), or match them by name "
+            "(map_by_name=True) if only the ids differ"
+        )
+    return [c["id"] for c in train]
+
+
+def _map_by_name(train: list[dict[str, Any]], val: list[dict[str, Any]], a: str, b: str) -> list[int]:
+    problems = []
+    for role, cats in ((a, train), (b, val)):
+        names = [str(c.get("name")) for c in cats]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            problems.append(f"{role} lists the names {dup[:5]} more than once")
+    t_names = {str(c.get("name")): c["id"] for c in train}
+    v_names = {str(c.get("name")): c["id"] for c in val}
+    if only := sorted(t_names.keys() - v_names.keys()):
+        problems.append(f"{len(only)} names only in {a}, e.g. {only[:5]}")
+    if only := sorted(v_names.keys() - t_names.keys()):
+        problems.append(f"{len(only)} names only in {b}, e.g. {only[:5]}")
+    if problems:
+        raise ValueError(f"cannot match the {a} and {b} categories by name: {'; '.join(problems)}. Fix: evaluate "
+                         "on data with the same category names as the training data (each name once)")
+    return [v_names[str(c.get("name"))] for c in train]
+
+
 def check_box(bbox: Any, width: float, height: float) -> tuple[str | None, list[float] | None]:
     """Validate one COCO [x, y, w, h] box against the image size.
 
@@ -255,30 +317,52 @@ def check_box(bbox: Any, width: float, height: float) -> tuple[str | None, list[
     return None, c
 
 
-def validate_coco(
-    data: Mapping[str, Any],
-    image_dir: str | Path,
-    *,
-    verify_images: bool = True,
-    source: str = "<json>",
-) -> CheckedCoco:
-    """Check a loaded COCO dict against the image folder; see SKIP_REASONS for the policy."""
-    image_dir = Path(image_dir)
-    skips = SkipLog()
-    categories = _check_categories(data["categories"], source)
-    known_cats = {c["id"] for c in categories}
+def file_name_problem(file_name: str) -> str | None:
+    """Why ``file_name`` cannot name a file inside the images folder, or None.
 
-    # --- image entries
-    entries: list[dict[str, Any]] = []
-    all_ids: set[Any] = set()
-    for im in data["images"]:
-        ok = isinstance(im, Mapping) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str)
-        if not ok or im["id"] in all_ids:
+    Lexical check of the path as written (``os.path.normpath``, nothing resolved): absolute
+    paths and ``..`` parts that climb out of the folder are refused, so a json cannot make us
+    open ``/etc/passwd``; symlinks *inside* the folder (a common way to assemble a dataset)
+    are followed as usual.
+    """
+    norm = os.path.normpath(file_name)  # "" -> "."
+    if norm == "." or "\x00" in file_name:
+        return "invalid_image_entry"
+    if os.path.isabs(norm) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        return "outside_image_dir"
+    return None
+
+
+def _usable_entries(image_entries: list[Any], skips: SkipLog) -> tuple[list[dict[str, Any]], set[Any]]:
+    """(entries with a unique int id and a safe file_name, every int id listed); counts the rest.
+
+    Every entry of an id listed more than once is dropped (not just the repeats): the
+    annotations name the id only, so which boxes belong to which entry is unknowable.
+    """
+    valid = []
+    for im in image_entries:
+        if isinstance(im, Mapping) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str):
+            valid.append(im)
+        else:
             skips.add("invalid_image_entry", im.get("id") if isinstance(im, Mapping) else None)
+    seen: dict[int, int] = {}
+    for im in valid:
+        seen[im["id"]] = seen.get(im["id"], 0) + 1
+    entries: list[dict[str, Any]] = []
+    for im in valid:
+        problem = "duplicate_image_id" if seen[im["id"]] > 1 else file_name_problem(im["file_name"])
+        if problem:
+            skips.add(problem, {"id": im["id"], "file_name": im["file_name"]})
             continue
-        all_ids.add(im["id"])
         entries.append(dict(im))
+    return entries, set(seen)
 
+
+def _check_image_entries(
+    image_entries: list[Any], image_dir: Path, verify_images: bool, skips: SkipLog, source: str
+) -> tuple[list[dict[str, Any]], set[Any]]:
+    """(usable image entries with width/height filled in, every valid id listed); counts the rest."""
+    entries, all_ids = _usable_entries(image_entries, skips)
     paths = [image_dir / e["file_name"] for e in entries]
     checks = check_images(paths, decode=verify_images)
     images: list[dict[str, Any]] = []
@@ -300,15 +384,43 @@ def validate_coco(
         if chk.mode is not None and chk.mode != "RGB":
             skips.add("converted_mode", {"file_name": e["file_name"], "mode": chk.mode})
         images.append(e)
+    if image_entries and not images:
+        raise EmptyDatasetError(_no_image_message(len(image_entries), image_dir, skips, source))
+    return images, all_ids
 
-    if entries and not images:
-        n_missing = skips.counts["missing_image"]
-        raise EmptyDatasetError(
-            f"{source}: none of the {len(entries)} images listed could be used "
-            f"({n_missing} not found under {image_dir}, {skips.counts['unreadable_image']} unreadable, "
-            f"{skips.counts['size_mismatch']} with wrong sizes). Fix: check the split's 'images' folder "
-            f"in the data config; e.g. first missing: {skips.examples['missing_image'][:3]}"
-        )
+
+_IMAGE_REASONS = ("invalid_image_entry", "duplicate_image_id", "outside_image_dir", "missing_image",
+                  "unreadable_image", "size_mismatch")
+
+
+def _no_image_message(listed: int, image_dir: Path, skips: SkipLog, source: str) -> str:
+    """One line: why none of the ``listed`` image entries survived, and what to fix."""
+    why = ", ".join(f"{skips.counts[r]} {r}" for r in _IMAGE_REASONS if skips.counts[r])
+    worst = max(_IMAGE_REASONS, key=lambda r: skips.counts[r])
+    fix = {
+        "invalid_image_entry": "give every image entry an int 'id' and a 'file_name'",
+        "duplicate_image_id": "give every image entry its own 'id' (annotations refer to images by id)",
+        "outside_image_dir": f"make every 'file_name' relative to the images folder {image_dir} (no '..', "
+                             "not absolute)",
+    }.get(worst, f"check the split's 'images' folder in the data config (now {image_dir})")
+    return (f"{source}: none of the {listed} images listed could be used ({why}). Fix: {fix}; "
+            f"e.g. {skips.examples[worst][:3]}")
+
+
+def validate_coco(
+    data: Mapping[str, Any],
+    image_dir: str | Path,
+    *,
+    verify_images: bool = True,
+    source: str = "<json>",
+) -> CheckedCoco:
+    """Check a loaded COCO dict against the image folder; see SKIP_REASONS for the policy."""
+    image_dir = Path(image_dir)
+    skips = SkipLog()
+    categories = _check_categories(data["categories"], source)
+    known_cats = {c["id"] for c in categories}
+
+    images, all_ids = _check_image_entries(data["images"], image_dir, verify_images, skips, source)
 
     # --- annotations
     kept = {e["id"]: i for i, e in enumerate(images)}
@@ -386,5 +498,5 @@ def write_skip_summary(dataset: Any | Iterable[Any], path: str | Path) -> dict[s
         out: dict[str, Any] = {"datasets": [skip_summary(d) for d in dataset]}
     else:
         out = skip_summary(dataset)
-    write_json_atomic(out, path, indent=2, default=str)
+    write_json_atomic(path, out)
     return out

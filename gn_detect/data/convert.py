@@ -21,7 +21,9 @@ from typing import Any
 
 from PIL import Image
 
-from .checks import DataError, write_json_atomic
+from gn_detect.io import write_json_atomic
+
+from .checks import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -214,6 +216,5 @@ def yolo_to_coco(
 
 
 def write_coco(data: dict[str, Any], path: str | Path) -> Path:
-    """Write a COCO dict atomically; returns the path."""
-    write_json_atomic(data, path)
-    return Path(path)
+    """Write a COCO dict atomically (one compact line); returns the path."""
+    return write_json_atomic(path, data, indent=None)

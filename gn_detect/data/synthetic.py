@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checks import write_json_atomic
+from gn_detect.io import write_json_atomic
+
+try:
+    import fcntl
+except ImportError:  # non-POSIX: ensure_shapes_dataset relies on the atomic rename alone
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +88,9 @@ def _shape_mask(kind: str, h: int, w: int, cx: float, cy: float, r: float, angle
     return np.asarray(m) > 0
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Linear colour gradient in a random direction, plus distractor lines and dots."""
+def _background(rng: np.random.Generator, h: int, w: int, clutter: float = 1.0) -> np.ndarray:
+    """Linear colour gradient in a random direction, plus distractor lines and dots (up to
+    ``5 * clutter`` lines and ``11 * clutter`` dots)."""
     c0, c1 = rng.uniform(20, 235, size=(2, 3))
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -93,12 +99,12 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     img = (c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]).astype(np.uint8)
     pil = Image.fromarray(img, "RGB")
     d = ImageDraw.Draw(pil)
-    for _ in range(int(rng.integers(0, 6))):  # distractor lines
+    for _ in range(int(rng.integers(0, int(5 * clutter) + 1))):  # distractor lines
         x0, x1 = rng.uniform(0, w, 2)
         y0, y1 = rng.uniform(0, h, 2)
         d.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
                width=int(rng.integers(1, 4)))
-    for _ in range(int(rng.integers(0, 12))):  # small dots, smaller than any shape
+    for _ in range(int(rng.integers(0, int(11 * clutter) + 1))):  # small dots, smaller than any shape
         x, y, rad = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.5, 2.0)
         d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
     return np.array(pil)
@@ -128,9 +134,16 @@ def render_image(
     width: int,
     num_classes: int = 5,
     max_objects: int = 6,
+    *,
+    min_radius: float = 0.035,
+    max_radius: float = 0.3,
+    clutter: float = 1.0,
 ) -> tuple[np.ndarray, list[DrawnShape]]:
-    """Draw one image; returns (uint8 HxWx3, shapes with their visible masks)."""
-    img = _background(rng, height, width).astype(np.float32)
+    """Draw one image; returns (uint8 HxWx3, shapes with their visible masks).
+
+    Shape radii are log-uniform in [min_radius, max_radius] x the short side; ``clutter``
+    scales the distractors and the pixel noise (0: a plain gradient)."""
+    img = _background(rng, height, width, clutter).astype(np.float32)
     shapes: list[DrawnShape] = []
     short = min(height, width)
     n_obj = int(rng.integers(1, max_objects + 1))
@@ -138,8 +151,7 @@ def render_image(
         label = int(rng.integers(0, num_classes))
         kind = SHAPE_CLASSES[label]
         for _try in range(_PLACEMENT_TRIES):
-            # log-uniform radius: from ~8 px to ~30% of the short side on 256 px images
-            r = float(math.exp(rng.uniform(math.log(0.035 * short), math.log(0.3 * short))))
+            r = float(math.exp(rng.uniform(math.log(min_radius * short), math.log(max_radius * short))))
             r = max(r, 4.0)
             aspect = float(math.exp(rng.uniform(-0.4, 0.4))) if kind == "circle" else 1.0
             cx, cy = rng.uniform(r * 1.2, width - r * 1.2), rng.uniform(r * 1.2, height - r * 1.2)
@@ -160,7 +172,7 @@ def render_image(
         for s in shapes:
             s.mask = s.mask & ~mask
         shapes.append(DrawnShape(label, mask, area))
-    sigma = float(rng.uniform(0, 8))
+    sigma = float(rng.uniform(0, 8)) * clutter
     img = img + rng.normal(0, sigma, size=img.shape).astype(np.float32)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), shapes
 
@@ -183,16 +195,18 @@ def _image_hw(rng: np.random.Generator, image_size: int) -> tuple[int, int]:
 
 
 def iter_split(split: str, num_images: int, *, image_size: int, seed: int, num_classes: int,
-               max_objects: int = 6) -> Iterator[tuple[int, np.ndarray, list[DrawnShape]]]:
+               max_objects: int = 6, **style: float) -> Iterator[tuple[int, np.ndarray, list[DrawnShape]]]:
+    """(index, image, shapes) of a split; ``style``: render_image's min_radius, max_radius, clutter."""
     for i in range(num_images):
         rng = image_rng(seed, split, i)
         h, w = _image_hw(rng, image_size)
-        img, shapes = render_image(rng, h, w, num_classes, max_objects)
+        img, shapes = render_image(rng, h, w, num_classes, max_objects, **style)
         yield i, img, shapes
 
 
 def generate_split(out_dir: Path, split: str, num_images: int, *, image_size: int, seed: int,
-                   num_classes: int, image_format: str = "jpg", max_objects: int = 6) -> dict[str, Any]:
+                   num_classes: int, image_format: str = "jpg", max_objects: int = 6,
+                   **style: float) -> dict[str, Any]:
     """Write one split's images under out_dir/<images> and return its COCO dict."""
     layout = SHAPES_LAYOUT[split]
     img_dir = out_dir / layout["images"]
@@ -200,7 +214,7 @@ def generate_split(out_dir: Path, split: str, num_images: int, *, image_size: in
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for i, img, shapes in iter_split(split, num_images, image_size=image_size, seed=seed,
-                                     num_classes=num_classes, max_objects=max_objects):
+                                     num_classes=num_classes, max_objects=max_objects, **style):
         image_id = i + 1
         file_name = f"{image_id:06d}.{image_format}"
         pil = Image.fromarray(img, "RGB")
@@ -232,9 +246,7 @@ def generate_split(out_dir: Path, split: str, num_images: int, *, image_size: in
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
     # several ranks / jobs may call ensure_shapes_dataset at once: one generates, others wait
-    try:
-        import fcntl
-    except ImportError:  # non-POSIX: rely on the atomic rename alone
+    if fcntl is None:  # non-POSIX: rely on the atomic rename alone
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +275,9 @@ def ensure_shapes_dataset(
     num_classes: int = 5,
     image_format: str = "jpg",
     max_objects: int = 6,
+    min_radius: float = 0.035,
+    max_radius: float = 0.3,
+    clutter: float = 1.0,
 ) -> Path:
     """Make sure `root` holds the shapes dataset for these parameters; return root.
 
@@ -276,13 +291,19 @@ def ensure_shapes_dataset(
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
+    if not 0 < min_radius <= max_radius <= 0.45:
+        raise ValueError(f"shape radii must satisfy 0 < min_radius <= max_radius <= 0.45 (fractions of the "
+                         f"short side), got {min_radius} and {max_radius}")
+    if clutter < 0:
+        raise ValueError(f"clutter must be >= 0, got {clutter}")
+    style = {"min_radius": float(min_radius), "max_radius": float(max_radius), "clutter": float(clutter)}
     root = Path(root).absolute()
     meta = {
         "generator": "gn_detect.data.synthetic.shapes",
         "version": GENERATOR_VERSION,
         "params": {"num_train": int(num_train), "num_val": int(num_val), "image_size": int(image_size),
                    "seed": int(seed), "num_classes": int(num_classes), "image_format": image_format,
-                   "max_objects": int(max_objects)},
+                   "max_objects": int(max_objects), **style},
     }
 
     def up_to_date() -> bool:
@@ -301,9 +322,9 @@ def ensure_shapes_dataset(
             logger.info("generating shapes dataset at %s (%s)", root, meta["params"])
             for split, n in (("train", num_train), ("val", num_val)):
                 coco = generate_split(tmp, split, n, image_size=image_size, seed=seed, num_classes=num_classes,
-                                      image_format=image_format, max_objects=max_objects)
-                write_json_atomic(coco, tmp / SHAPES_LAYOUT[split]["ann"])
-            write_json_atomic(meta, tmp / META_FILE, indent=2)  # last: marks the folder complete
+                                      image_format=image_format, max_objects=max_objects, **style)
+                write_json_atomic(tmp / SHAPES_LAYOUT[split]["ann"], coco, indent=None)
+            write_json_atomic(tmp / META_FILE, meta)  # last: marks the folder complete
             old = None
             if root.exists():  # stale parameters: move aside, swap in, then delete
                 old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"

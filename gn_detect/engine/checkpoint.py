@@ -4,7 +4,9 @@ File layout written by :class:`Checkpointer` (one dict, ``torch.save``)::
 
     {"format": "gn_detect.checkpoint/1", "iteration": int, "model": state_dict,
      "optimizer": ..., "scheduler": ..., "rng": rank-0 RNG state, "world_size": int,
-     "extra": {...}}
+     "time": float, "extra": {keyword arguments of save(); the trainer stores "skipped_steps"}}
+
+(model-only files such as ``model_final.pth`` have no optimizer, scheduler or rng.)
 
 plus, under DDP, ``<name>.rank<k>.rng.pth`` = ``{"iteration", "rng"}`` written by rank k > 0.
 
@@ -91,14 +93,15 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint dict, with an error that names the file and what to do.
 
-    ``weights_only=False`` by default because our own files carry arbitrary ``extra`` state
-    (sampler, loss normalizer); pass True for files from elsewhere.
+    ``weights_only=False`` by default: the files are a run's own (trusted). Ours hold only
+    tensors, numbers, strings, lists and dicts, so they also load with ``weights_only=True``;
+    pass True for files from elsewhere.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path}. Check the path, or start without resuming "
-            "(no --resume / weights=null) to train from scratch."
+            "(resume=false, init_weights=null) to train from scratch."
         )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=weights_only)
@@ -167,10 +170,11 @@ class Checkpointer:
 
     Distributed: :meth:`save` is *not* a collective (no rank can hang in it). Rank 0 writes
     the main file; every other rank that calls it writes only its own small RNG side file,
-    so per-rank augmentation streams resume exactly when all ranks call it (a rank that
-    did not just starts with an unrestored stream, with a warning). ``extra`` comes from
-    rank 0, so it must describe state that is the same on all ranks (iteration, sampler
-    epoch/position, loss-normalizer EMA...).
+    so per-rank random streams resume exactly when all ranks call it (a rank that did not
+    just starts with an unrestored stream, with a warning). ``extra`` comes from rank 0, so it
+    must describe state that is the same on all ranks (the trainer's ``skipped_steps``). The
+    data position needs no entry: the sampler is positioned from ``iteration``, and model
+    buffers (BN statistics, the loss normalizer's EMA) are in the model's state dict.
     """
 
     def __init__(

@@ -22,13 +22,9 @@ __all__ = [
     "init_distributed",
     "is_dist_initialized",
     "get_rank",
-    "get_local_rank",
     "get_world_size",
     "is_main_process",
-    "barrier",
-    "all_reduce_mean",
     "all_gather_object",
-    "destroy",
 ]
 
 # torchrun sets all of these; RANK/WORLD_SIZE alone decide whether we are under it.
@@ -41,10 +37,6 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def is_dist_initialized() -> bool:
@@ -109,45 +101,8 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_dist_initialized() else 1
 
 
-def get_local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0)) if is_dist_initialized() else 0
-
-
 def is_main_process() -> bool:
     return get_rank() == 0
-
-
-def barrier() -> None:
-    if is_dist_initialized() and get_world_size() > 1:
-        dist.barrier()
-
-
-def _reduce_device() -> torch.device:
-    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_reduce_mean(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
-    """Mean of scalar values over ranks, as Python floats (for logging, not for gradients).
-
-    All ranks must pass the same keys; they are sorted so the packed order agrees. One
-    collective for the whole dict instead of one per key.
-    """
-    keys = sorted(values)
-    if not keys:
-        return {}
-    if not is_dist_initialized() or get_world_size() == 1:
-        return {k: float(values[k]) for k in keys}
-    packed = torch.tensor(
-        [float(values[k].detach()) if torch.is_tensor(values[k]) else float(values[k]) for k in keys],
-        dtype=torch.float64,
-        device=_reduce_device(),
-    )
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    packed /= get_world_size()
-    return dict(zip(keys, packed.tolist()))
 
 
 def all_gather_object(obj: Any) -> list[Any]:
@@ -157,8 +112,3 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def destroy() -> None:
-    if is_dist_initialized():
-        dist.destroy_process_group()

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
 from gn_detect.engine import dist as gdist
 
-__all__ = ["collect_env", "write_env"]
+__all__ = ["collect_env"]
 
 # The repository that holds this package (gn_detect/engine/env.py -> repo root).
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,19 +47,13 @@ def collect_env() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
     # Tracked-file changes only: untracked scratch files do not change what ran.
     porcelain = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    try:
-        import torchvision
-
-        tv_version: str | None = torchvision.__version__
-    except Exception:
-        tv_version = None
     cuda = torch.cuda.is_available()
     return {
         "git_commit": commit or "unknown",
         "git_dirty": None if porcelain is None else bool(porcelain),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "torchvision": tv_version,
+        "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "device": torch.cuda.get_device_name() if cuda else _cpu_model(),
@@ -71,11 +66,3 @@ def collect_env() -> dict[str, Any]:
         "platform": platform.platform(),
     }
 
-
-def write_env(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Collect and write ``run_dir/env.json`` (atomic); returns the dict."""
-    from gn_detect.engine.writers import write_json_atomic
-
-    env = collect_env()
-    write_json_atomic(Path(run_dir) / "env.json", env)
-    return env

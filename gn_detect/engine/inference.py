@@ -8,7 +8,9 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from gn_detect.data import boxes_to_original
 from gn_detect.engine import dist as gdist
 
 log = logging.getLogger(__name__)
@@ -20,8 +22,6 @@ def to_coco_results(
     label_to_cat_id: list[int],
 ) -> list[dict[str, Any]]:
     """Maps boxes back to original image pixels and contiguous labels back to category ids."""
-    from gn_detect.data import boxes_to_original
-
     results = []
     for out, tgt in zip(outputs, targets):
         if len(out["boxes"]) == 0:
@@ -58,12 +58,7 @@ def run_inference(
     n_images = 0
     iterator = loader
     if progress and gdist.is_main_process() and sys.stderr.isatty():
-        try:
-            from tqdm import tqdm
-
-            iterator = tqdm(loader, desc="inference", leave=False, dynamic_ncols=True)
-        except ImportError:
-            pass
+        iterator = tqdm(loader, desc="inference", leave=False, dynamic_ncols=True)
     for images, targets, image_sizes in iterator:
         images = images.to(device, non_blocking=True)
         if channels_last:

@@ -1,4 +1,5 @@
-"""Hydra entry point for tools/train.py: run folders, multirun skip/resume, failure isolation."""
+"""Hydra entry points of tools/train.py and tools/evaluate.py: config pre-flight, run folders,
+multirun skip/resume, failure isolation. The only engine module that touches Hydra."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import traceback
 import uuid
 from pathlib import Path
@@ -15,6 +17,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from gn_detect.config import one_line, preflight, validate_evaluate_config, validate_train_config
+from gn_detect.engine import dist as gdist
+from gn_detect.engine.evaluate import evaluate_checkpoint
+from gn_detect.engine.trainer import is_finished, train
+from gn_detect.engine.writers import read_status, write_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 log = logging.getLogger("gn_detect")
@@ -64,9 +72,6 @@ if not OmegaConf.has_resolver("gn_required"):
 def _record_failure(cfg: DictConfig, run_dir: Path, exc: BaseException) -> None:
     """Make a run that failed before the trainer wrote its folder (e.g. a config check at
     start-up) visible to the sweep report: config.yaml and status.json ``failed``."""
-    from gn_detect.engine import dist as gdist
-    from gn_detect.engine.writers import read_status, write_status
-
     if not gdist.is_main_process():
         return
     try:
@@ -90,8 +95,6 @@ def _rank0_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return run_dir
-    from gn_detect.engine import dist as gdist
-
     gdist.init_distributed(cfg.get("dist_backend"))  # train() reuses the group
     shared = Path(gdist.all_gather_object(str(run_dir.resolve()))[0])
     if shared == run_dir.resolve():
@@ -105,8 +108,6 @@ def _rank0_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def run_job(cfg: DictConfig) -> Any:
-    from gn_detect.engine.trainer import is_finished, train
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     base_dir = Path(hc.runtime.cwd)  # the launch folder: relative data paths resolve against it
@@ -127,15 +128,31 @@ def run_job(cfg: DictConfig) -> Any:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> Any:
+def _train_main(cfg: DictConfig) -> Any:
     return run_job(cfg)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")
-def evaluate_main(cfg: DictConfig) -> Any:
-    from gn_detect.engine.evaluate import evaluate_checkpoint
-
-    hc = HydraConfig.get()
-    metrics = evaluate_checkpoint(cfg, base_dir=Path(hc.runtime.cwd))
+def _evaluate_main(cfg: DictConfig) -> Any:
+    try:
+        validate_evaluate_config(cfg)
+        metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
+    except (ValueError, FileNotFoundError) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return metrics
+
+
+def main() -> Any:
+    """tools/train.py: one-line config errors before Hydra starts, then the run or sweep."""
+    preflight(CONFIG_DIR, "config", validate_train_config)
+    return _train_main()
+
+
+def evaluate_main() -> Any:
+    """tools/evaluate.py."""
+    preflight(CONFIG_DIR, "evaluate", validate_evaluate_config)
+    return _evaluate_main()

@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from gn_detect.layers import NORM_TYPES
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -25,30 +27,7 @@ __all__ = [
     "lr_factor_at",
     "scale_lr",
     "clip_gradients",
-    "default_norm_types",
 ]
-
-
-def default_norm_types() -> tuple[type, ...]:
-    """Module classes whose parameters count as "norm" parameters.
-
-    Prefer ``gn_detect.layers.NORM_TYPES`` (it knows our own AffineChannel / WS-free norms);
-    imported lazily so the engine does not depend on layers being importable, and falls back
-    to torch's own norm classes.
-    """
-    try:
-        from gn_detect.layers import NORM_TYPES  # type: ignore[attr-defined]
-
-        if NORM_TYPES:
-            return tuple(NORM_TYPES)
-    except Exception:  # layers not written yet / broken: do not block training set-up
-        logger.debug("gn_detect.layers.NORM_TYPES unavailable; using torch norm classes")
-    return (
-        nn.modules.batchnorm._BatchNorm,  # BatchNorm1/2/3d and SyncBatchNorm
-        nn.GroupNorm,
-        nn.LayerNorm,
-        nn.modules.instancenorm._InstanceNorm,
-    )
 
 
 def build_optimizer(
@@ -69,12 +48,13 @@ def build_optimizer(
     ``weight_decay_bias`` is given (else they stay with the rest, like Detectron2);
     ``"default"`` - everything else, ``weight_decay``.
 
-    ``norm_types=None`` means :func:`default_norm_types`; pass ``()`` to treat no module as
+    ``norm_types=None`` means ``gn_detect.layers.NORM_TYPES`` (BN variants, GroupNorm,
+    LayerNorm, InstanceNorm, AffineChannel, ProxyNormAct); pass ``()`` to treat no module as
     a norm. Frozen parameters (``requires_grad=False``) are left out, and a parameter shared
     by several modules appears once (the first module that owns it decides its group).
     """
     if norm_types is None:
-        norm_types = default_norm_types()
+        norm_types = NORM_TYPES
     groups: dict[str, list[nn.Parameter]] = {"default": [], "norm": [], "bias": []}
     seen: set[int] = set()
     # named_modules() already skips repeated modules; `seen` also catches a Parameter

@@ -1,351 +1,271 @@
-"""The training run: config -> data, model, solver -> iterations -> checkpoints -> evaluation.
+"""A training run from its config: :func:`build_trainer` composes data, model, solver, resume
+state and the standard hooks into a :class:`~gn_detect.engine.train_loop.Trainer`;
+:func:`train` runs it and owns the run folder's status.
 
-One function, :func:`train`, owns the run folder: it writes config.yaml, env.json,
-status.json, metrics.jsonl, checkpoints/ and (through evaluation) the reports.
+Run folder (rank 0 writes it)::
+
+    config.yaml  env.json  status.json  metrics.jsonl  data_skipped.json  tb/
+    checkpoints/  last.pth (+ last.rank<k>.rng.pth under DDP), model_final.pth
+    report.json, report.md, per_class.csv, figures    the final evaluation
+    eval/iter_<iter>/                                  periodic evaluations (eval.period)
+
+Iteration numbering, one number everywhere: ``iter`` is the 0-based index of the last
+completed iteration -- in metrics.jsonl (train, eval and final records), TensorBoard steps,
+the eval/iter_<iter> folders and the logs. An evaluation after iteration ``iter`` is written
+once, at ``iter``. Checkpoints and status.json's ``iteration`` hold the number of completed
+iterations (``iter + 1``): where a resumed run starts.
+
+Randomness: the initial weights come from ``seed`` (the same on every rank). Data order and
+augmentation do not use the global random streams: the train sampler derives every batch
+and every item's augmentation seed from (seed, iteration, rank) (gn_detect/data/samplers.py),
+so a resumed run sees the same batches. The global streams are then re-seeded per rank for
+anything else that draws from them, and checkpoints save and restore them.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import signal
-import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
 
+from gn_detect.config import lr_steps, validate_train_config
+from gn_detect.data import build_dataset, build_test_loader, build_train_loader, write_skip_summary
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import Checkpointer
 from gn_detect.engine.env import collect_env
 from gn_detect.engine.evaluate import evaluate_model
-from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_lr
-from gn_detect.engine.writers import MetricWriter, write_json_atomic, write_status
+from gn_detect.engine.hooks import (
+    EvalHook,
+    IterationTimer,
+    LRScheduler,
+    MetricsWriter,
+    PeriodicCheckpointer,
+    PreciseBN,
+    SignalHandler,
+)
+from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, scale_lr
+from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFinitePolicy, Trainer
+from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
+from gn_detect.layers import SyncBatchNorm
+from gn_detect.modeling import build_model, norm_summary
+
+try:
+    from gn_detect.modeling.compile import compile_model
+except ModuleNotFoundError as exc:  # written separately; only solver.compile=true needs it
+    if exc.name != "gn_detect.modeling.compile":
+        raise
+    compile_model = None
 
 log = logging.getLogger(__name__)
 
-
-class NonFiniteLossError(FloatingPointError):
-    pass
+__all__ = ["NonFiniteLossError", "build_trainer", "is_finished", "train"]
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next iteration boundary."""
+@dataclass(frozen=True)
+class _Run:
+    """What every part of the build needs to know about this process's run."""
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread (e.g. under a test runner's thread)
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def resolve_batch(cfg: DictConfig, world_size: int) -> dict[str, int | None]:
-    """The three batch notions, checked against each other at start-up."""
-    per_device = int(cfg.data.ims_per_device)
-    total = cfg.solver.get("ims_per_batch")
-    total = per_device * world_size if total is None else int(total)
-    if total != per_device * world_size:
-        raise ValueError(
-            f"solver.ims_per_batch={total} but data.ims_per_device={per_device} x {world_size} process(es) "
-            f"= {per_device * world_size}; set solver.ims_per_batch=null to derive it, or change ims_per_device"
-        )
-    group = cfg.data.get("bn_group_size")
-    if group is not None:
-        group = int(group)
-        if group < 1 or per_device % group:
-            raise ValueError(
-                f"data.bn_group_size={group} must divide data.ims_per_device={per_device}: BN statistics "
-                f"are computed over groups of that many images on each device"
-            )
-    return {"ims_per_batch": total, "ims_per_device": per_device, "bn_group_size": group}
-
-
-def check_bn_statistics(cfg: DictConfig, batch: dict[str, int | None], world_size: int) -> None:
-    """Fails at start-up, not at the first unlucky batch, when BN in the FPN or head could see
-    a single value per channel: P7 has stride 128, so an image padded to 128x128 gives a 1x1
-    map, and with one image per statistics group its variance is undefined."""
-    group = batch["bn_group_size"] or batch["ims_per_device"]
-    sizes = cfg.data.get("min_size_train") or []
-    smallest = min(int(v) for v in (sizes if not isinstance(sizes, (int, float)) else [sizes])) if sizes else 10**9
-    for part in ("fpn", "head"):
-        norm = str(cfg.model[part].get("norm", "none")).lower()
-        per_group = group * (world_size if norm == "syncbn" else 1)
-        if norm in ("bn", "syncbn") and per_group == 1 and smallest <= 128:
-            raise ValueError(
-                f"model.{part}.norm={norm} with 1 image per BN statistics group and data.min_size_train down to "
-                f"{smallest}: an image padded to 128x128 makes P7 1x1, a single value per channel whose variance "
-                "is undefined. Use data.min_size_train above 128, more images per group "
-                "(data.ims_per_device / data.bn_group_size), or a batch-independent norm (gn, gn_ws)."
-            )
-
-
-def _model_cfg(cfg: DictConfig, bn_group_size: int | None) -> dict[str, Any]:
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model_cfg, dict)
-    if bn_group_size is not None:
-        used = False
-        for part in ("backbone", "fpn", "head"):
-            sub = model_cfg.setdefault(part, {})
-            if str(sub.get("norm", "")).lower() == "bn":
-                sub["norm_opts"] = {**(sub.get("norm_opts") or {}), "bn_group_size": bn_group_size}
-                used = True
-        if not used:
-            log.warning("data.bn_group_size=%d has no effect: no component uses norm=bn", bn_group_size)
-    return model_cfg
+    cfg: DictConfig
+    run_dir: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    batch: dict[str, int | None]  # ims_per_batch, ims_per_device, bn_group_size (validated)
+    amp_dtype: torch.dtype | None
+    channels_last: bool
 
 
 def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    setting = str(setting).lower()
-    if setting in ("off", "false", "none", "fp32"):
-        return None
+    """solver.amp (auto|bf16|fp16|off): the autocast dtype, None for fp32."""
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    if setting == "bf16":
-        return torch.bfloat16
-    if setting == "fp16":
-        return torch.float16
-    raise ValueError(f"solver.amp={setting!r}: use auto, bf16, fp16 or off")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[setting]
 
 
-def _any_rank(flags: tuple[bool, ...], device: torch.device) -> tuple[bool, ...]:
-    """Each flag True on every rank when any rank raised it, in one all-reduce: a decision one
-    rank takes alone (skip a step, stop) would leave the others waiting in DDP's gradient
-    all-reduce."""
-    if gdist.get_world_size() == 1:
-        return flags
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    torch.distributed.all_reduce(t)
-    return tuple(bool(v > 0) for v in t.tolist())
+def _start_run(cfg: DictConfig, run_dir: Path) -> _Run:
+    """Process group, config checks, then config.yaml, env.json and status 'running' (rank 0)."""
+    info = gdist.init_distributed(cfg.dist_backend)
+    device = info.device if cfg.device == "auto" else torch.device(cfg.device)
+    batch = validate_train_config(cfg, info.world_size)
+    if gdist.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        write_json_atomic(run_dir / "env.json", {**collect_env(), "world_size": info.world_size})
+        write_status(run_dir, "running")
+    setting = cfg.solver.channels_last
+    return _Run(cfg, run_dir, info.rank, info.world_size, device, batch, _amp_dtype(cfg.solver.amp, device),
+                setting == "on" or (setting == "auto" and device.type == "cuda"))
 
 
-def _buffers_agree(model: torch.nn.Module) -> bool:
-    """Whether every rank holds the same norm statistics (running mean/var), to 1e-5."""
-    local = {k: v.detach().double().cpu() for k, v in model.state_dict().items()
-             if k.endswith(("running_mean", "running_var"))}
-    ref = gdist.all_gather_object(local)[0]
-    return all(torch.allclose(local[k], ref[k], rtol=1e-5, atol=1e-6) for k in local)
+def _datasets(run: _Run, base_dir: str | Path | None) -> tuple[Any, Any]:
+    """Train and evaluation datasets; what their checks skipped goes to data_skipped.json."""
+    train_set = build_dataset(run.cfg.data, "train", base_dir=base_dir)
+    val_set = build_dataset(run.cfg.data, run.cfg.eval.split, base_dir=base_dir)
+    if gdist.is_main_process():
+        write_skip_summary([train_set, val_set], run.run_dir / "data_skipped.json")
+    return train_set, val_set
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+def _model(run: _Run, num_classes: int) -> nn.Module:
+    """The model on its device (channels_last, compiled when configured)."""
+    model = build_model(run.cfg.model, num_classes).to(run.device)
+    log.info("model: %s norms %s", run.cfg.model.name, norm_summary(model))
+    if run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if run.cfg.solver.compile:
+        if compile_model is None:
+            raise ValueError("solver.compile=true needs gn_detect.modeling.compile, which this checkout "
+                             "does not have; set solver.compile=false")
+        compiled = compile_model(model)  # compiles in place (None) or returns the module to train
+        model = model if compiled is None else compiled
+    return model
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process RSS peak (Linux: KiB)
+
+def _solver(run: _Run, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD with norm-parameter decay, and the per-iteration LR schedule."""
+    s = run.cfg.solver
+    lr = scale_lr(s.base_lr, run.batch["ims_per_batch"], s.reference_batch) if s.scale_lr else s.base_lr
+    optimizer = build_optimizer(model, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
+                                weight_decay_norm=s.weight_decay_norm)
+    scheduler = build_lr_scheduler(optimizer, max_iter=s.max_iter, warmup_iters=s.warmup_iters,
+                                   warmup_factor=s.warmup_factor, schedule=s.lr_schedule, steps=lr_steps(s),
+                                   gamma=s.gamma)
+    return optimizer, scheduler
 
 
-def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = None) -> dict[str, Any]:
-    """Runs (or resumes) one training run in ``run_dir``; returns the final metrics.
+def _wrap_ddp(run: _Run, model: nn.Module) -> nn.Module:
+    """DDP under torchrun. SyncBN statistics already agree across ranks: broadcasting rank 0's
+    buffers would hide a bug, so buffers are broadcast only for the other norms."""
+    if run.world_size == 1:
+        return model
+    uses_sync = any(isinstance(m, SyncBatchNorm) for m in model.modules())
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        find_unused_parameters=False, broadcast_buffers=not uses_sync,
+    )
 
-    ``iter`` in metrics.jsonl is always the 0-based index of the last completed iteration;
-    checkpoints store the number of completed iterations (where the loop resumes).
+
+def _train_loader(run: _Run, train_set: Any, start_iter: int) -> DataLoader:
+    """The endless training loader positioned at ``start_iter`` (batch i depends only on i)."""
+    d = run.cfg.data
+    return build_train_loader(train_set, run.batch["ims_per_device"], seed=run.cfg.seed, rank=run.rank,
+                              world_size=run.world_size, aspect_grouping=d.aspect_grouping,
+                              num_workers=d.num_workers, start_iter=start_iter)
+
+
+def _evaluate(run: _Run, model: nn.Module, loader: DataLoader, dataset: Any, it: int, final: bool) -> dict[str, Any]:
+    """One evaluation after iteration ``it``: the final report in the run folder, periodic ones
+    under eval/iter_<it>/ (figures only with eval.full_reports). TensorBoard is written by
+    MetricsWriter, once."""
+    out_dir = run.run_dir if final else run.run_dir / "eval" / f"iter_{it:07d}"
+    return evaluate_model(model, loader, dataset, out_dir, run.cfg.eval, device=run.device,
+                          amp_dtype=run.amp_dtype, channels_last=run.channels_last,
+                          full_report=final or run.cfg.eval.full_reports)
+
+
+def _hooks(run: _Run, trainer: Trainer, checkpointer: Checkpointer, scheduler: Any, train_set: Any,
+           val_set: Any) -> list[HookBase | None]:
+    """The standard hooks, in the order gn_detect/engine/hooks.py explains."""
+    cfg = run.cfg
+    test_loader = build_test_loader(val_set, cfg.eval.ims_per_device, rank=run.rank, world_size=run.world_size,
+                                    num_workers=cfg.data.num_workers)
+    evaluate = functools.partial(_evaluate, run, trainer.model, test_loader, val_set)
+    precise = cfg.solver.precise_bn
+    writer = MetricWriter(run.run_dir, log_period=cfg.log.period, ims_per_batch=run.batch["ims_per_batch"],
+                          progress=cfg.log.progress)
+    return [
+        LRScheduler(scheduler),
+        PreciseBN(cfg.eval.period, precise.num_iter, functools.partial(_train_loader, run, train_set))
+        if precise.enabled else None,
+        PeriodicCheckpointer(checkpointer, cfg.checkpoint.period),
+        EvalHook(cfg.eval.period, evaluate),
+        IterationTimer(run.device),
+        SignalHandler(),
+        MetricsWriter(writer, run.device),
+    ]
+
+
+def build_trainer(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = None) -> Trainer:
+    """Everything a run needs, resumed from ``run_dir/checkpoints/last.pth`` when it exists
+    (``resume``); ``trainer.train(trainer.start_iter, trainer.max_iter)`` runs it.
+
+    ``cfg`` is a config on the schema (gn_detect/config/schema.py: TrainConfig); relative data
+    paths resolve against ``base_dir``. Writes config.yaml, env.json, status.json ('running')
+    and data_skipped.json.
     """
-    from gn_detect.data import build_dataset, build_test_loader, build_train_loader, write_skip_summary
-    from gn_detect.modeling import build_model, norm_summary
+    run = _start_run(cfg, Path(run_dir))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    train_set, val_set = _datasets(run, base_dir)
+    model = _model(run, len(train_set.label_to_cat_id))
+    optimizer, scheduler = _solver(run, model)
+    torch.manual_seed(cfg.seed * 1000 + run.rank)  # see the module docstring; a resume restores them
+    checkpointer = Checkpointer(run.run_dir, model, optimizer, scheduler)
+    extra = checkpointer.resume_or_load(cfg.init_weights, resume=cfg.resume)
+    start_iter = int(extra["iteration"])
+    if start_iter:
+        log.info("resumed at iteration %d", start_iter)
+    trainer = Trainer(
+        _wrap_ddp(run, model), _train_loader(run, train_set, start_iter), optimizer, device=run.device,
+        amp_dtype=run.amp_dtype, channels_last=run.channels_last, clip_grad_norm=cfg.solver.clip_grad_norm,
+        nonfinite=NonFinitePolicy(cfg.solver.nonfinite, checkpointer), ims_per_batch=run.batch["ims_per_batch"],
+    )
+    trainer.start_iter, trainer.max_iter = start_iter, cfg.solver.max_iter
+    trainer.skipped_steps = int(extra.get("skipped_steps", 0))
+    trainer.register_hooks(_hooks(run, trainer, checkpointer, scheduler, train_set, val_set))
+    return trainer
 
+
+def _finish(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
+    """status.json after the loop ended without an error, and what :func:`train` returns."""
+    done = trainer.iters_done
+    main = gdist.is_main_process()
+    if trainer.state == "interrupted":
+        reason = trainer.stop_reason or "a stop requested on another rank"
+        message = f"stopped by {reason} after {done} iterations; rerun the same command to resume"
+        if main:
+            write_status(run_dir, "interrupted", iteration=done, error=message)
+        log.warning("%s (checkpoint saved)", message)
+        return {"interrupted": True, "iter": done}
+    if main:
+        write_status(run_dir, "done", iteration=done)
+    return trainer.results
+
+
+def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = None, *,
+          hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
+    """Runs (or resumes) one training run in ``run_dir``; returns the final metrics, or
+    ``{"interrupted": True, "iter": completed iterations}`` after a stop.
+
+    ``hooks`` are added to the standard ones, before MetricsWriter (which stays last). Any
+    failure, start-up included (bad config, unreadable annotations), ends as status.json
+    'failed' with the error, and is re-raised.
+    """
     run_dir = Path(run_dir)
-    # From here on every failure, start-up included (bad config, unreadable annotations, a norm
-    # name typo), ends as status.json 'failed' with the message, not a run that looks 'running'.
-    it, writer = 0, None
+    trainer: Trainer | None = None
     try:
-        info = gdist.init_distributed(cfg.get("dist_backend"))
-        device = torch.device(cfg.device) if cfg.get("device", "auto") != "auto" else info.device
-        batch = resolve_batch(cfg, info.world_size)
-        check_bn_statistics(cfg, batch, info.world_size)
-        if gdist.is_main_process():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-            write_json_atomic(run_dir / "env.json", {**collect_env(), "world_size": info.world_size})
-            write_status(run_dir, "running")
-
-        torch.manual_seed(int(cfg.seed))  # same initial weights on every rank (DDP also broadcasts)
-        train_set = build_dataset(cfg.data, "train", base_dir=base_dir)
-        val_set = build_dataset(cfg.data, cfg.eval.get("split", "val"), base_dir=base_dir)
-        if gdist.is_main_process():
-            write_skip_summary([train_set, val_set], run_dir / "data_skipped.json")
-        num_classes = len(train_set.label_to_cat_id)
-        model = build_model(_model_cfg(cfg, batch["bn_group_size"]), num_classes).to(device)
-        log.info("model: %s norms %s", cfg.model.name, norm_summary(model))
-        channels_last = str(cfg.solver.get("channels_last", "auto")).lower()
-        channels_last_on = channels_last == "true" or (channels_last == "auto" and device.type == "cuda")
-        if channels_last_on:
-            model = model.to(memory_format=torch.channels_last)
-        amp_dtype = _amp_dtype(cfg.solver.get("amp", "auto"), device)
-
-        lr = float(cfg.solver.base_lr)
-        if cfg.solver.get("scale_lr", False):
-            lr = scale_lr(lr, batch["ims_per_batch"], int(cfg.solver.reference_batch))
-        optimizer = build_optimizer(
-            model, lr=lr, momentum=float(cfg.solver.momentum), weight_decay=float(cfg.solver.weight_decay),
-            weight_decay_norm=float(cfg.solver.weight_decay_norm),
-        )
-        max_iter = int(cfg.solver.max_iter)
-        scheduler = build_lr_scheduler(
-            optimizer, max_iter=max_iter, warmup_iters=int(cfg.solver.warmup_iters),
-            warmup_factor=float(cfg.solver.warmup_factor), schedule=cfg.solver.schedule,
-            steps=[int(round(s * max_iter)) if s < 1 else int(s) for s in cfg.solver.get("steps", [])],
-            gamma=float(cfg.solver.get("gamma", 0.1)),
-        )
-        # Augmentation randomness differs per rank; a resume below restores these streams exactly.
-        torch.manual_seed(int(cfg.seed) * 1000 + info.rank)
-        checkpointer = Checkpointer(run_dir, model, optimizer, scheduler)
-        extra = checkpointer.resume_or_load(cfg.get("init_weights"), resume=bool(cfg.get("resume", True)))
-        start_iter = int(extra["iteration"])
-        if start_iter:
-            log.info("resumed at iteration %d", start_iter)
-
-        ddp_model: torch.nn.Module = model
-        if info.world_size > 1:
-            from gn_detect.layers import SyncBatchNorm
-
-            # SyncBN already agrees across ranks; broadcasting rank 0's buffers would hide a bug.
-            uses_sync = any(isinstance(m, SyncBatchNorm) for m in model.modules())
-            ddp_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=False, broadcast_buffers=not uses_sync,
-            )
-        loader = build_train_loader(
-            train_set, batch["ims_per_device"], seed=int(cfg.seed), rank=info.rank, world_size=info.world_size,
-            aspect_grouping=bool(cfg.data.get("aspect_grouping", True)), num_workers=int(cfg.data.num_workers),
-            start_iter=start_iter,
-        )
-        test_loader = build_test_loader(val_set, int(cfg.eval.get("ims_per_device", 1)), rank=info.rank,
-                                        world_size=info.world_size, num_workers=int(cfg.data.num_workers))
-
-        writer = MetricWriter(run_dir, log_period=int(cfg.log.period), ims_per_batch=batch["ims_per_batch"],
-                              progress=cfg.log.get("progress", "auto"))
-        nonfinite = str(cfg.solver.get("nonfinite", "stop"))
-        clip = cfg.solver.get("clip_grad_norm")
-        ckpt_period = int(cfg.checkpoint.period)
-        eval_period = int(cfg.eval.get("period", 0))
-        skipped_steps = int(extra.get("skipped_steps", 0))
-        train_time, train_images, timed_from = 0.0, 0, start_iter + min(5, max_iter // 10)
-        metrics: dict[str, Any] = {}
-
-        def save(name: str, it: int) -> None:
-            checkpointer.save(name, it, skipped_steps=skipped_steps)
-
-        def run_eval(it: int, final: bool) -> dict[str, Any]:
-            out_dir = run_dir if final else run_dir / "eval" / f"iter_{it:07d}"
-            return evaluate_model(
-                ddp_model, test_loader, val_set, out_dir, cfg.eval, device=device, amp_dtype=amp_dtype,
-                channels_last=channels_last_on, writer=writer.tb if gdist.is_main_process() else None, step=it,
-                full_report=final or bool(cfg.eval.get("full_reports", False)),
-            )
-
-        it = start_iter
-        with _StopFlag() as stop:
-            ddp_model.train()
-            data_iter = iter(loader)
-            while it < max_iter:
-                t0 = time.perf_counter()
-                images, targets, image_sizes = next(data_iter)
-                images = images.to(device, non_blocking=True)
-                if channels_last_on:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    losses = ddp_model(images, image_sizes, targets)
-                loss = sum(losses.values())
-                # One collective a step decides both: skip/stop on a non-finite loss now, and
-                # stop after this step if any rank got SIGTERM/SIGINT (a later signal is seen
-                # at the next step).
-                nonfinite_any, stop_any = _any_rank(
-                    (not bool(torch.isfinite(loss)), stop.signum is not None), device)
-                if nonfinite_any:
-                    if nonfinite == "skip":
-                        skipped_steps += 1
-                        log.warning("iteration %d: non-finite loss %s, step skipped (%d so far)",
-                                    it, {k: float(v.detach()) for k, v in losses.items()}, skipped_steps)
-                        optimizer.zero_grad(set_to_none=True)
-                        scheduler.step()
-                        it += 1
-                        continue
-                    save("nonfinite_debug", it)
-                    raise NonFiniteLossError(
-                        f"iteration {it}: loss is not finite ({ {k: float(v.detach()) for k, v in losses.items()} }). "
-                        f"State saved to {checkpointer.path('nonfinite_debug')}. Lower solver.base_lr, raise "
-                        "solver.warmup_iters, set solver.clip_grad_norm, or solver.nonfinite=skip to skip such steps."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = clip_gradients(model, float(clip)) if clip else None
-                lr_used = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                dt = time.perf_counter() - t0
-                if it >= timed_from:
-                    train_time += dt
-                    train_images += batch["ims_per_batch"]
-                scalars = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()},
-                           "lr": lr_used}
-                if grad_norm is not None:
-                    scalars["grad_norm"] = float(grad_norm)
-                if (it + 1) % writer.log_period == 0:
-                    scalars["peak_mem_mb"] = _peak_memory_mb(device)
-                writer.train(it, max_iter, scalars)
-                it += 1
-                if stop_any:
-                    save("last", it)
-                    if gdist.is_main_process():
-                        write_status(run_dir, "interrupted", iteration=it,
-                                     error=f"stopped by a signal after {it} iterations; rerun the same command to resume")
-                    writer.close()
-                    log.warning("stopped by a signal after %d iterations; checkpoint saved", it)
-                    return {"interrupted": True, "iter": it}
-                if ckpt_period and it % ckpt_period == 0 and it < max_iter:
-                    save("last", it)
-                if eval_period and it % eval_period == 0 and it < max_iter:
-                    metrics = run_eval(it, final=False)
-                    writer.eval(it - 1, metrics)
-                    ddp_model.train()
-        save("last", it)
-        checkpointer.save("model_final", it, model_only=True)
-        metrics = run_eval(it, final=True)
-        final = {
-            **metrics,
-            "ims_per_sec": train_images / train_time if train_time > 0 else None,
-            "peak_mem_mb": _peak_memory_mb(device),
-            "peak_mem_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
-            "skipped_steps": skipped_steps,
-            "world_size": info.world_size,
-            "norm_buffers_agree": _buffers_agree(model) if info.world_size > 1 else None,
-        }
-        writer.eval(it - 1, metrics)
-        writer.final(final, iter=it - 1)
-        writer.close()
-        if gdist.is_main_process():
-            write_status(run_dir, "done", iteration=it)
-        return final
+        trainer = build_trainer(cfg, run_dir, base_dir)
+        trainer.register_hooks([*hooks, *trainer.remove_hooks(MetricsWriter)])
+        trainer.train(trainer.start_iter, trainer.max_iter)
     except BaseException as exc:
-        if writer is not None:
-            writer.close()
         if gdist.is_main_process():
-            write_status(run_dir, "failed", iteration=it, error=f"{type(exc).__name__}: {exc}")
+            write_status(run_dir, "failed", iteration=trainer.iters_done if trainer else 0,
+                         error=f"{type(exc).__name__}: {exc}")
         raise
+    return _finish(trainer, run_dir)
 
 
 def is_finished(run_dir: str | Path) -> bool:
-    from gn_detect.engine.writers import read_status
-
+    """Whether ``run_dir`` holds a run that ended 'done' (a sweep skips it)."""
     with contextlib.suppress(Exception):
         return read_status(run_dir).get("state") == "done"
     return False
-
-
-__all__ = ["train", "resolve_batch", "is_finished", "NonFiniteLossError"]

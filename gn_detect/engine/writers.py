@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -20,8 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm import tqdm
 
 from gn_detect.engine import dist as gdist
+from gn_detect.io import to_jsonable, write_json_atomic  # re-exported: one writer for all packages
 
 logger = logging.getLogger(__name__)
 
@@ -31,50 +32,6 @@ __all__ = ["MetricWriter", "write_json_atomic", "write_status", "read_status", "
 RunState = Literal["running", "done", "failed", "interrupted"]
 _RESERVED = ("type", "iter", "time")
 _STATES = ("running", "done", "failed", "interrupted")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Tensors/NumPy scalars to Python numbers, paths to str; non-finite floats to None.
-
-    NaN/Infinity are not JSON (strict parsers such as ``jq`` reject them), so a diverged loss
-    is written as null; the trainer's own checks are where divergence is reported.
-    """
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if torch.is_tensor(obj):
-        return to_jsonable(obj.item() if obj.numel() == 1 else obj.tolist())
-    if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):
-        try:  # numpy scalar
-            return to_jsonable(obj.item())
-        except (TypeError, ValueError):
-            pass
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return str(obj)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write JSON via temp file + fsync + ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(obj), f, indent=indent, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -129,9 +86,11 @@ class MetricWriter:
     Call :meth:`train` every iteration (or only on logging iterations; both work): scalars
     are averaged over the window since the last record, and a record is written when
     ``(iter + 1) % log_period == 0``, at the last iteration, or with ``flush=True``.
-    ``iter`` is the 0-based index of the iteration just completed. Timing (sec/iter, ims/s,
-    ETA) is measured between records. Progress: a tqdm bar when stdout is a TTY, otherwise
-    one ``logging`` INFO line per record (for log files and cluster job output).
+    ``iter`` is the 0-based index of the iteration just completed; records, TensorBoard steps
+    and log lines all carry it (a log line also counts completed iterations: "iter 3 (4/5)").
+    Timing (sec/iter, ims/s, ETA) is measured between records. ``progress``: "bar" (tqdm),
+    "log" (one ``logging`` INFO line per record, for log files and cluster job output),
+    "none", or "auto" (a bar when stdout is a terminal, else log lines).
     """
 
     def __init__(
@@ -141,14 +100,14 @@ class MetricWriter:
         log_period: int = 20,
         ims_per_batch: int | None = None,
         use_tensorboard: bool = True,
-        progress: Literal["auto", "tqdm", "log", "none"] = "auto",
+        progress: Literal["auto", "bar", "log", "none"] = "auto",
         rank: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.log_period = max(int(log_period), 1)
         self.ims_per_batch = ims_per_batch
         self.enabled = (gdist.get_rank() if rank is None else rank) == 0
-        self.tb: Any = None  # SummaryWriter or None, for the evaluator to log images/PR curves
+        self.tb: Any = None  # SummaryWriter, or None without TensorBoard
         self._bar: Any = None
         self._file = None
         self._window: dict[str, list[float]] = defaultdict(list)
@@ -158,13 +117,13 @@ class MetricWriter:
         if not self.enabled:
             return
         if progress == "auto":
-            progress = "tqdm" if sys.stdout.isatty() else "log"
+            progress = "bar" if sys.stdout.isatty() else "log"
         self.progress = progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Append: a resumed run continues the same file (readers dedupe by iter if needed).
         self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if use_tensorboard:
-            try:
+            try:  # imported here: a missing or broken TensorBoard must not stop training
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
@@ -227,7 +186,7 @@ class MetricWriter:
         if self._bar is not None:
             self._bar.set_postfix_str(self._short(means), refresh=False)
         elif self.progress == "log":
-            parts = [f"iter {iter + 1}/{max_iter}", self._short(means)]
+            parts = [f"iter {iter} ({iter + 1}/{max_iter})", self._short(means)]
             if record.get("ims_per_s"):
                 parts.append(f"{record['ims_per_s']:.1f} ims/s")
             if sec_per_iter is not None:
@@ -240,11 +199,9 @@ class MetricWriter:
         return "  ".join(f"{k}={v:.4g}" for k, v in means.items())
 
     def _update_bar(self, iter: int, max_iter: int) -> None:
-        if self.progress != "tqdm":
+        if self.progress != "bar":
             return
         if self._bar is None:
-            from tqdm import tqdm
-
             # initial=iter so a resumed run shows the real position and a sane ETA
             self._bar = tqdm(total=max_iter, initial=iter, dynamic_ncols=True, desc="train")
         self._bar.update(iter + 1 - self._bar.n)
@@ -257,7 +214,7 @@ class MetricWriter:
         self._write({"type": "eval", "iter": iter, "time": time.time(), **metrics})
         self._tb_scalars("eval", metrics, iter)
         if self.progress == "log":
-            logger.info("eval @ iter %d: %s", iter + 1, self._short(_flatten(metrics)))
+            logger.info("eval @ iter %d: %s", iter, self._short(_flatten(metrics)))
 
     def final(self, metrics: dict[str, Any], iter: int | None = None) -> None:
         """The run's final numbers (last record of a finished run); ``iter`` defaults to the last seen."""

@@ -1,4 +1,6 @@
-"""COCO box metrics through pycocotools' COCOeval (or faster_coco_eval, same numbers).
+"""COCO box metrics through faster_coco_eval (the default) or pycocotools' COCOeval: the same
+algorithm and the same numbers (tests/evaluation/test_coco_eval.py), faster_coco_eval's in C++
+about 10x faster on 500k detections.
 
 All values are fractions in [0, 1]; a metric COCOeval reports as -1 (no GT in that area range
 or class) is NaN here and ``null`` in JSON.
@@ -14,15 +16,17 @@ from typing import Any, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
-
-from gn_detect.cocoapi import coco_from_dict
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["STAT_NAMES", "CocoResult", "coco_metrics", "available_backends"]
+from gn_detect.cocoapi import coco_from_dict
+
+__all__ = ["STAT_NAMES", "BACKENDS", "DEFAULT_BACKEND", "CocoResult", "available_backends", "coco_metrics",
+           "coco_metrics_arrays", "result_arrays"]
 
 # order of COCOeval.stats for iouType="bbox"
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 BACKENDS = ("pycocotools", "faster_coco_eval")
+DEFAULT_BACKEND = "faster_coco_eval"
 
 
 def available_backends() -> list[str]:
@@ -46,17 +50,26 @@ class CocoResult:
     precision: np.ndarray | None = field(default=None, repr=False)  # [T, R, K, A, M]
 
 
-def _result_dicts(detections: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    # loadRes writes area/id/iscrowd/segmentation into the dicts it gets: give it copies so the
-    # caller's list stays as the engine produced it.
+def result_arrays(detections: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """COCO result dicts as columns: (image_id int64, category_id int64, xywh (M, 4) float64,
+    score float64), in input order."""
+    m = len(detections)
+    img = np.fromiter((d["image_id"] for d in detections), np.int64, m)
+    cat = np.fromiter((d["category_id"] for d in detections), np.int64, m)
+    boxes = np.array([d["bbox"] for d in detections], dtype=np.float64).reshape(m, 4)
+    scores = np.fromiter((d["score"] for d in detections), np.float64, m)
+    return img, cat, boxes, scores
+
+
+def _result_dicts(img: np.ndarray, cat: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """Fresh result dicts (COCOeval writes into them, so never the caller's) with the fields
+    ``loadRes`` gives bbox results: area = w * h, id = 1..M, iscrowd 0 (no segmentation: bbox
+    evaluation never reads it)."""
+    area = (boxes[:, 2] * boxes[:, 3]).tolist()
     return [
-        {
-            "image_id": int(d["image_id"]),
-            "category_id": int(d["category_id"]),
-            "bbox": [float(v) for v in d["bbox"]],
-            "score": float(d["score"]),
-        }
-        for d in detections
+        {"image_id": i, "category_id": c, "bbox": b, "score": s, "area": a, "id": k, "iscrowd": 0}
+        for k, (i, c, b, s, a) in enumerate(
+            zip(img.tolist(), cat.tolist(), boxes.tolist(), scores.tolist(), area), start=1)
     ]
 
 
@@ -103,8 +116,14 @@ def _run_faster(coco_gt: COCO, dets: list[dict[str, Any]]) -> tuple[np.ndarray, 
 
     lines: list[str] = []
     quiet = lambda *a, **k: None  # noqa: E731
-    gt = FCOCO(coco_gt.dataset, use_deepcopy=True, print_function=quiet)
-    dt = gt.loadRes(dets)
+    ds = coco_gt.dataset
+    # COCOeval sets keys ("ignore") on the GT dicts: a copy of each dict keeps ours clean
+    # (a full deepcopy cost 0.8 s at 35k boxes). The result object is built directly from the
+    # fresh dicts of _result_dicts: loadRes deep-copied them and added polygons, ~4 s at 500k.
+    gt_ds = {k: [dict(x) for x in ds.get(k, [])] for k in ("images", "categories", "annotations")}
+    gt = FCOCO(gt_ds, print_function=quiet)
+    dt = FCOCO({"images": gt_ds["images"], "categories": gt_ds["categories"], "annotations": dets},
+               print_function=quiet)
     ev = COCOeval_faster(gt, dt, iouType="bbox", print_function=quiet)
     ev.evaluate()
     ev.accumulate()
@@ -114,19 +133,36 @@ def _run_faster(coco_gt: COCO, dets: list[dict[str, Any]]) -> tuple[np.ndarray, 
 
 
 def coco_metrics(
-    coco_gt: COCO, detections: Sequence[dict[str, Any]], backend: str = "pycocotools"
+    coco_gt: COCO, detections: Sequence[dict[str, Any]], backend: str = DEFAULT_BACKEND
 ) -> CocoResult:
     """COCOeval bbox metrics (standard params: maxDets 1/10/100, IoU .50:.05:.95).
 
     ``detections`` are COCO result dicts in original-image pixels. An empty list gives AP 0
     for every class that has GT and NaN elsewhere, exactly what COCOeval computes for an
-    empty result set.
+    empty result set. An image id not in ``coco_gt`` is a ValueError.
     """
+    return coco_metrics_arrays(coco_gt, *result_arrays(detections), backend=backend)
+
+
+def coco_metrics_arrays(
+    coco_gt: COCO,
+    image_ids: np.ndarray,
+    category_ids: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    backend: str = DEFAULT_BACKEND,
+) -> CocoResult:
+    """``coco_metrics`` of detections given as columns (see ``result_arrays``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend not in available_backends():
-        raise ValueError(f"backend {backend!r} is not installed (pip install faster-coco-eval, the 'fast' extra)")
-    dets = _result_dicts(detections)
+        raise ValueError(f"backend {backend!r} is not installed. Fix: pip install -e . (faster-coco-eval is a "
+                         "dependency of gn-detect), or use backend='pycocotools'")
+    unknown = ~np.isin(image_ids, np.fromiter(coco_gt.getImgIds(), np.int64))
+    if unknown.any():
+        raise ValueError(f"{int(unknown.sum())} detection image_id(s) not in the ground truth, e.g. "
+                         f"{np.unique(image_ids[unknown])[:5].tolist()}")
+    dets = _result_dicts(image_ids, category_ids, boxes, scores)
     if not coco_gt.getImgIds() or not coco_gt.getCatIds():
         nan = float("nan")
         return CocoResult({n: nan for n in STAT_NAMES}, {}, {}, "(no images or categories)\n", backend)

@@ -1,4 +1,8 @@
-"""Figures of the evaluation report (matplotlib, Agg: works without a display)."""
+"""Figures of the evaluation report: PR curves and example images with their matches.
+
+matplotlib through an Agg canvas of its own (works without a display; pyplot and the global
+backend are not touched, so importing this module changes nothing for the caller).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,24 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
 
-matplotlib.use("Agg")  # must precede pyplot; the harness runs headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from gn_detect.evaluation.events import Events  # noqa: E402
-from gn_detect.evaluation.matching import FP, IGNORED, TP, BoxMatches, GroundTruth  # noqa: E402
+from gn_detect.evaluation.events import Counts, Events
+from gn_detect.evaluation.matching import FP, IGNORED, TP, BoxMatches, GroundTruth
 
 __all__ = ["plot_pr_curves", "plot_examples"]
 
 log = logging.getLogger(__name__)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_pr_curves(
@@ -30,10 +39,12 @@ def plot_pr_curves(
     thresholds: np.ndarray,
     ap: Sequence[float],
     max_classes: int = 20,
+    points: tuple[Counts, Counts] | None = None,
 ) -> list[int]:
     """Box- and label-level PR curves of the classes with most GT boxes (at most
-    ``max_classes``), with the operating point at each class's threshold. Returns the class
-    indices drawn."""
+    ``max_classes``), with the operating point at each class's threshold: counted on the same
+    events, or given as ``points`` = (box counts, label counts), e.g. counted on other images
+    than the curves. Returns the class indices drawn."""
     order = np.argsort(-box.num_pos, kind="stable")
     ks = [int(k) for k in order if box.num_pos[k] > 0][:max_classes]
     if not ks:
@@ -41,9 +52,9 @@ def plot_pr_curves(
     n = max(len(ks), 1)
     ncols = min(5, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows), squeeze=False)
-    bc = box.counts_at(thresholds)
-    lc = label.counts_at(thresholds)
+    fig = _new_figure(3.2 * ncols, 3.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    bc, lc = points if points is not None else (box.counts_at(thresholds), label.counts_at(thresholds))
     for ax in axes.ravel()[len(ks):]:
         ax.axis("off")
     for ax, k in zip(axes.ravel(), ks):
@@ -72,7 +83,6 @@ def plot_pr_curves(
     fig.supylabel("precision")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return ks
 
 
@@ -89,8 +99,6 @@ def plot_examples(
     their class threshold (blue TP, red FP, grey on a crowd region). Images are spread evenly
     over the sorted ids of images that have GT, so reruns show the same ones. Returns the
     image ids drawn (missing files are skipped with a warning)."""
-    from PIL import Image
-
     with_gt = np.unique(gt.img)
     if num_images <= 0 or len(with_gt) == 0:
         return []
@@ -108,7 +116,8 @@ def plot_examples(
         return []
     ncols = min(2, len(loaded))
     nrows = math.ceil(len(loaded) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 5.0 * nrows), squeeze=False)
+    fig = _new_figure(6.5 * ncols, 5.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel()[len(loaded):]:
         ax.axis("off")
     d = matches.dets
@@ -131,5 +140,4 @@ def plot_examples(
     fig.suptitle("GT green (crowd dotted) | predictions >= threshold: TP blue, FP red, on crowd grey", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return [img_id for _, img_id, _ in loaded]

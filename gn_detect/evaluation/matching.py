@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools.coco import COCO
 
+from gn_detect.evaluation.coco_eval import result_arrays
 from gn_detect.evaluation.events import Events
 
 __all__ = [
@@ -110,11 +111,7 @@ class DetArrays:
 
     @classmethod
     def from_results(cls, detections: Sequence[dict[str, Any]], gt: GroundTruth) -> "DetArrays":
-        m = len(detections)
-        img_id = np.fromiter((d["image_id"] for d in detections), np.int64, m)
-        cat_id = np.fromiter((d["category_id"] for d in detections), np.int64, m)
-        boxes = np.array([d["bbox"] for d in detections], dtype=np.float64).reshape(m, 4)
-        scores = np.fromiter((d["score"] for d in detections), np.float64, m)
+        img_id, cat_id, boxes, scores = result_arrays(detections)
         return cls(
             img=_index_of(gt.image_ids, img_id, "detection image_id"),
             cls=_index_of(gt.cat_ids, cat_id, "detection category_id"),

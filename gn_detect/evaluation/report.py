@@ -8,7 +8,6 @@ that goes into metrics.jsonl. Definitions: docs/metrics.md; JSON layout: docs/re
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,17 +17,22 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools.coco import COCO
 
-from gn_detect.evaluation.coco_eval import STAT_NAMES, CocoResult, coco_metrics
+from gn_detect.evaluation.coco_eval import DEFAULT_BACKEND, STAT_NAMES, CocoResult, coco_metrics_arrays
 from gn_detect.evaluation.events import Counts, Events, nan_to_none
+from gn_detect.evaluation.figures import plot_examples, plot_pr_curves
 from gn_detect.evaluation.labels import label_pairs
 from gn_detect.evaluation.matching import IGNORED, BoxMatches, DetArrays, GroundTruth, cap_per_image, match_boxes
+from gn_detect.evaluation.split import split_image_ids
 from gn_detect.evaluation.thresholds import Thresholds, tune_thresholds
+from gn_detect.io import write_json_atomic
 
-__all__ = ["HEADLINE_KEYS", "SCHEMA_VERSION", "Prepared", "prepare", "build_report", "evaluate_detections"]
+__all__ = ["HEADLINE_KEYS", "SCHEMA_VERSION", "TUNE_MODES", "Parts", "Prepared", "prepare", "build_report",
+           "evaluate_detections"]
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+TUNE_MODES = ("same", "half")
 # the names sweeps read from metrics.jsonl: do not rename
 HEADLINE_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -39,7 +43,7 @@ HEADLINE_KEYS = (
 
 @dataclass(frozen=True)
 class Prepared:
-    """One split, matched: GT arrays, capped detections, box matches and both event sets."""
+    """One set of images, matched: GT arrays, capped detections, box matches and both event sets."""
 
     gt: GroundTruth
     dets: DetArrays
@@ -51,6 +55,26 @@ class Prepared:
     def events(self, level: str) -> Events:
         return self.label if level == "label" else self.box
 
+    def subset(self, image_ids: np.ndarray) -> "Prepared":
+        """The same, restricted to ``image_ids`` (a subset of ``gt.image_ids``). Identical to
+        ``prepare`` on those images alone, because the per-image cap, the box matching and the
+        label pairs are all decided image by image; no detection is matched twice."""
+        gt, d, m = self.gt, self.dets, self.matches
+        keep = np.isin(gt.image_ids, image_ids)
+        if int(keep.sum()) != len(np.unique(image_ids)):
+            raise ValueError("subset: image ids that are not in this set")
+        new_img = np.cumsum(keep) - 1
+        g = keep[gt.img]
+        new_row = np.cumsum(g) - 1
+        sub_gt = GroundTruth(gt.image_ids[keep], gt.cat_ids, gt.names, new_img[gt.img[g]], gt.cls[g], gt.boxes[g],
+                             gt.crowd[g], gt.ann_ids[g])
+        k = keep[d.img]
+        dets = DetArrays(new_img[d.img[k]], d.cls[k], d.boxes[k], d.scores[k])
+        gi = m.gt_index[k]
+        matches = BoxMatches(dets, m.status[k], np.where(gi >= 0, new_row[np.maximum(gi, 0)], -1), m.iou[k],
+                             sub_gt.num_pos_boxes())
+        return Prepared(sub_gt, dets, self.kept[k], matches, matches.events(), label_pairs(sub_gt, dets).events())
+
 
 def prepare(
     coco_gt: COCO, detections: Sequence[dict[str, Any]], iou_threshold: float = 0.5, max_dets: int | None = 100
@@ -61,6 +85,65 @@ def prepare(
     dets = all_dets.take(kept)
     matches = match_boxes(gt, dets, iou_threshold)
     return Prepared(gt, dets, kept, matches, matches.events(), label_pairs(gt, dets).events())
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which images each number covers (docs/metrics.md, "Which images each number covers")."""
+
+    full: Prepared  # the whole evaluation split: COCO AP and every threshold-free number
+    tune: Prepared  # the thresholds are chosen here
+    report: Prepared  # the numbers at those thresholds are counted here
+    coverage: dict[str, Any]  # report.json's "coverage"
+    overlap: int  # images in both tune and report
+    tuned_on_report: bool  # the thresholded numbers are counted on the very images tuned on
+    warnings: list[str]
+
+
+def _parts(
+    full: Prepared,
+    tune: str,
+    tune_seed: int,
+    tune_gt: COCO | None,
+    tune_detections: Sequence[dict[str, Any]] | None,
+    iou_threshold: float,
+    max_dets: int | None,
+) -> Parts:
+    """Split ``full`` into the images thresholds are tuned on and those they are reported on."""
+    warnings: list[str] = []
+    n = full.gt.num_images
+    mode, seed = tune, None
+    if tune_gt is not None:
+        tuning, report, mode = prepare(tune_gt, tune_detections or [], iou_threshold, max_dets), full, "separate"
+        if not np.array_equal(tuning.gt.cat_ids, full.gt.cat_ids):
+            raise ValueError("tuning and evaluation ground truth have different category ids")
+    elif tune == "half" and n >= 2:
+        tune_ids, report_ids = split_image_ids(full.gt.image_ids, 0.5, tune_seed)
+        tuning, report, seed = full.subset(tune_ids), full.subset(report_ids), int(tune_seed)
+    else:
+        if tune == "half":
+            warnings.append(f"tune='half' needs at least 2 images, the split has {n}: thresholds were tuned and "
+                            "reported on the same images")
+        tuning = report = full
+        mode = "same"
+    overlap = int(np.intersect1d(tuning.gt.image_ids, report.gt.image_ids).size)
+    same_images = tuning is report or np.array_equal(tuning.gt.image_ids, report.gt.image_ids)
+    names = {"half": ("report half", "tuning half"), "separate": ("all", "separate tuning set")}
+    subset, tuned_subset = names.get(mode, ("all", "all"))
+    coverage = {
+        "ap": {"images": n, "subset": "all"},
+        "thresholded": {"images": report.gt.num_images, "subset": subset, "tuned_on": tuning.gt.num_images,
+                        "tuned_on_subset": subset if same_images else tuned_subset, "tune": mode, "tune_seed": seed},
+    }  # fmt: skip
+    if same_images:
+        warnings.append(
+            "thresholds were tuned on the evaluation split itself: precision/recall/F1 at the tuned thresholds are "
+            "optimistic; use tune='half' (eval.tune=half) or a separate tuning split for honest numbers"
+        )
+    elif overlap:
+        warnings.append(f"the tuning and evaluation splits share {overlap} images: the thresholds saw part of the "
+                        "evaluation data")
+    return Parts(full, tuning, report, coverage, overlap, bool(same_images), warnings)
 
 
 def _stats(counts: Counts) -> dict[str, Any]:
@@ -75,10 +158,39 @@ def _thr_json(t: float) -> float | None:
     return None if not np.isfinite(t) else float(t)
 
 
+def _check_args(level: str, iou_threshold: float, tune: str, tune_gt: COCO | None,
+                tune_detections: Sequence[dict[str, Any]] | None) -> None:
+    if level not in ("label", "box"):
+        raise ValueError(f"level must be 'label' or 'box', got {level!r}")
+    if not 0 < iou_threshold <= 1:
+        raise ValueError("iou_threshold must be in (0, 1]")
+    if tune not in TUNE_MODES:
+        raise ValueError(f"tune must be one of {TUNE_MODES}, got {tune!r}: 'half' tunes the thresholds on a seeded "
+                         "half of the split and reports on the other, 'same' tunes and reports on every image")
+    if (tune_gt is None) != (tune_detections is None):
+        raise ValueError("give both tune_gt and tune_detections, or neither")
+    if tune_gt is not None and tune == "half":
+        raise ValueError("tune='half' splits the evaluation split itself; with a separate tuning set (tune_gt) "
+                         "leave tune='same'")
+
+
+def _level_tables(parts: Parts, th: Thresholds, level: str) -> tuple[dict[str, Any], Counts]:
+    """The report's ``box`` or ``label`` block and its per-class counts at the tuned thresholds:
+    thresholded numbers on the report images, ``all_detections`` (threshold-free) on all."""
+    ev = parts.report.events(level)
+    counts = ev.counts_at(th.per_class)
+    out = _stats(counts)
+    out["at_global_threshold"] = _clean(ev.counts_at_global(th.global_threshold).micro())
+    out["all_detections"] = _clean(parts.full.events(level).counts_at_global(-np.inf).micro())
+    return out, counts
+
+
 def build_report(
     coco_gt: COCO,
     detections: Sequence[dict[str, Any]],
     *,
+    tune: str = "same",
+    tune_seed: int = 0,
     tune_gt: COCO | None = None,
     tune_detections: Sequence[dict[str, Any]] | None = None,
     iou_threshold: float = 0.5,
@@ -86,43 +198,64 @@ def build_report(
     target_precision: float | None = None,
     level: str = "label",
     max_dets: int | None = 100,
-    backend: str = "pycocotools",
-) -> tuple[dict[str, Any], Prepared, Thresholds, CocoResult]:
-    """Everything ``evaluate_detections`` writes, without writing: (report, eval split,
-    thresholds, COCO result)."""
-    if level not in ("label", "box"):
-        raise ValueError(f"level must be 'label' or 'box', got {level!r}")
-    if not 0 < iou_threshold <= 1:
-        raise ValueError("iou_threshold must be in (0, 1]")
-    if (tune_gt is None) != (tune_detections is None):
-        raise ValueError("give both tune_gt and tune_detections, or neither")
-    warnings: list[str] = []
+    backend: str = DEFAULT_BACKEND,
+) -> tuple[dict[str, Any], Parts, Thresholds, CocoResult]:
+    """Everything ``evaluate_detections`` writes, without writing: (report, the image sets
+    each number covers, thresholds, COCO result). Arguments: see ``evaluate_detections``."""
+    _check_args(level, iou_threshold, tune, tune_gt, tune_detections)
+    full = prepare(coco_gt, detections, iou_threshold, max_dets)
+    d, gt = full.dets, full.gt
+    coco = coco_metrics_arrays(coco_gt, gt.image_ids[d.img], gt.cat_ids[d.cls], d.boxes, d.scores, backend=backend)
+    parts = _parts(full, tune, tune_seed, tune_gt, tune_detections, iou_threshold, max_dets)
+    th = tune_thresholds(parts.tune.events(level), criterion, target_precision, level)
+    box, bc = _level_tables(parts, th, "box")
+    label, lc = _level_tables(parts, th, "label")
 
-    ev = prepare(coco_gt, detections, iou_threshold, max_dets)
-    kept_dets = detections if len(ev.kept) == len(detections) else [detections[i] for i in ev.kept.tolist()]
-    coco = coco_metrics(coco_gt, kept_dets, backend=backend)
+    warnings = list(parts.warnings)
+    if len(detections) == 0:
+        warnings.append("no detections at all: AP is 0 for classes with GT, precision is undefined (n/a)")
+    if gt.num_images == 0:
+        warnings.append("the evaluation ground truth has no images")
+    n_dis = th.source.count("disabled")
+    if n_dis:
+        warnings.append(f"{n_dis} class(es) are never predicted at the tuned thresholds (no qualifying threshold)")
 
-    if tune_gt is None:
-        tune, tuned_on_eval, overlap = ev, True, ev.gt.num_images
-    else:
-        tune = prepare(tune_gt, tune_detections or [], iou_threshold, max_dets)
-        if not np.array_equal(tune.gt.cat_ids, ev.gt.cat_ids):
-            raise ValueError("tuning and evaluation ground truth have different category ids")
-        overlap = int(np.intersect1d(tune.gt.image_ids, ev.gt.image_ids).size)
-        tuned_on_eval = tune_gt is coco_gt or np.array_equal(tune.gt.image_ids, ev.gt.image_ids)
-        if overlap and not tuned_on_eval:
-            warnings.append(
-                f"the tuning and evaluation splits share {overlap} images: the thresholds saw part of the evaluation data"
-            )
-    if tuned_on_eval:
-        warnings.append(
-            "thresholds were tuned on the evaluation split itself: precision/recall/F1 at the tuned thresholds are "
-            "optimistic; pass a separate tuning split (tune_gt, tune_detections) for honest numbers"
-        )
+    headline = {k: nan_to_none(coco.stats[k]) for k in STAT_NAMES[:6]}
+    for lvl, st in (("label", label), ("box", box)):
+        for m in ("precision", "recall", "f1"):
+            headline[f"{lvl}_{m}"] = st["micro"][m]
 
-    th = tune_thresholds(tune.events(level), criterion, target_precision, level)
-    bc = ev.box.counts_at(th.per_class)
-    lc = ev.label.counts_at(th.per_class)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "num_images": gt.num_images,
+        "num_detections": len(detections),
+        "num_detections_evaluated": len(d),
+        "coverage": parts.coverage,
+        "params": {"iou_threshold": float(iou_threshold), "max_dets": max_dets, "backend": coco.backend},
+        "headline": headline,
+        "coco": {k: nan_to_none(v) for k, v in coco.stats.items()},
+        "coco_summary": coco.summary,
+        "thresholds": {
+            "criterion": th.criterion,
+            "level": th.level,
+            "target_precision": th.target_precision,
+            "tuned_on_eval_split": parts.tuned_on_report,
+            "global_threshold": _thr_json(th.global_threshold),
+            "num_tune_images": parts.tune.gt.num_images,
+            "num_tune_detections": len(parts.tune.dets),
+            "overlap_images": parts.overlap,
+            "sources": {s: th.source.count(s) for s in ("tuned", "global", "disabled")},
+        },
+        "box": box,
+        "label": label,
+        "per_class": _per_class_rows(parts.report, th, coco, bc, lc),
+        "warnings": warnings,
+    }
+    return report, parts, th, coco
+
+
+def _per_class_rows(ev: Prepared, th: Thresholds, coco: CocoResult, bc: Counts, lc: Counts) -> list[dict[str, Any]]:
+    """The report's ``per_class`` entries (docs/report_schema.md)."""
     d = ev.dets
     K = ev.gt.num_classes
     if len(d):
@@ -166,53 +299,7 @@ def build_report(
                 },
             }
         )
-
-    box = _stats(bc)
-    box["at_global_threshold"] = _clean(ev.box.counts_at_global(th.global_threshold).micro())
-    box["all_detections"] = _clean(ev.box.counts_at_global(-np.inf).micro())
-    label = _stats(lc)
-    label["at_global_threshold"] = _clean(ev.label.counts_at_global(th.global_threshold).micro())
-    label["all_detections"] = _clean(ev.label.counts_at_global(-np.inf).micro())
-
-    if len(detections) == 0:
-        warnings.append("no detections at all: AP is 0 for classes with GT, precision is undefined (n/a)")
-    if ev.gt.num_images == 0:
-        warnings.append("the evaluation ground truth has no images")
-    n_dis = th.source.count("disabled")
-    if n_dis:
-        warnings.append(f"{n_dis} class(es) are never predicted at the tuned thresholds (no qualifying threshold)")
-
-    headline = {k: nan_to_none(coco.stats[k]) for k in STAT_NAMES[:6]}
-    for lvl, st in (("label", label), ("box", box)):
-        for m in ("precision", "recall", "f1"):
-            headline[f"{lvl}_{m}"] = st["micro"][m]
-
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "num_images": ev.gt.num_images,
-        "num_detections": len(detections),
-        "num_detections_evaluated": len(d),
-        "params": {"iou_threshold": float(iou_threshold), "max_dets": max_dets, "backend": coco.backend},
-        "headline": headline,
-        "coco": {k: nan_to_none(v) for k, v in coco.stats.items()},
-        "coco_summary": coco.summary,
-        "thresholds": {
-            "criterion": th.criterion,
-            "level": th.level,
-            "target_precision": th.target_precision,
-            "tuned_on_eval_split": bool(tuned_on_eval),
-            "global_threshold": _thr_json(th.global_threshold),
-            "num_tune_images": tune.gt.num_images,
-            "num_tune_detections": len(tune.dets),
-            "overlap_images": overlap,
-            "sources": {s: th.source.count(s) for s in ("tuned", "global", "disabled")},
-        },
-        "box": box,
-        "label": label,
-        "per_class": per_class,
-        "warnings": warnings,
-    }
-    return report, ev, th, coco
+    return per_class
 
 
 def _fmt(x: Any, nd: int = 3) -> str:
@@ -230,20 +317,37 @@ def _thr_str(c: dict[str, Any]) -> str:
     return s + ("*" if c["threshold_source"] == "global" else "")
 
 
+def _coverage_lines(report: dict[str, Any]) -> list[str]:
+    """report.md's statement of which images each number covers."""
+    ap, th = report["coverage"]["ap"], report["coverage"]["thresholded"]
+    if th["tune"] == "half":
+        at = (f"the {th['images']} images of the report half; thresholds tuned on the other {th['tuned_on']} "
+              f"(the tuning half, seed {th['tune_seed']})")
+    elif th["tune"] == "separate":
+        at = f"all {th['images']} images; thresholds tuned on a separate set of {th['tuned_on']} images"
+    else:
+        at = f"all {th['images']} images, the same images the thresholds were tuned on (optimistic)"
+    return [
+        f"- COCO metrics, per-class AP / AP50, the 'every detection' rows and the PR curves: all {ap['images']} "
+        "images of the split",
+        f"- everything at the tuned thresholds (precision, recall, F1, their counts, the rest of the per-class "
+        f"table): {at}",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     r, t, p = report, report["thresholds"], report["params"]
     out = ["# Detection evaluation report", ""]
     for w in r["warnings"]:
         out.append(f"> **Warning:** {w}")
         out.append("")
-    tuned = "the evaluation split itself" if t["tuned_on_eval_split"] else f"a separate split of {t['num_tune_images']} images"
     crit = "max F1" if t["criterion"] == "f1" else f"lowest threshold with precision >= {t['target_precision']}"
     out += [
         f"- images: {r['num_images']}; detections: {r['num_detections']} "
         f"({r['num_detections_evaluated']} after keeping the top {p['max_dets']} per image)",
+        *_coverage_lines(r),
         f"- box matching: IoU >= {p['iou_threshold']}; COCO backend: {p['backend']}",
-        f"- thresholds: one per class, {crit} at {t['level']} level, tuned on {tuned}; "
-        f"global threshold {_fmt(t['global_threshold'])}",
+        f"- thresholds: one per class, {crit} at {t['level']} level; global threshold {_fmt(t['global_threshold'])}",
         "",
         "## COCO metrics",
         "",
@@ -324,6 +428,8 @@ def evaluate_detections(
     detections: Sequence[dict[str, Any]],
     out_dir: Path | None = None,
     *,
+    tune: str = "same",
+    tune_seed: int = 0,
     tune_gt: COCO | None = None,
     tune_detections: Sequence[dict[str, Any]] | None = None,
     iou_threshold: float = 0.5,
@@ -331,23 +437,31 @@ def evaluate_detections(
     target_precision: float | None = None,
     level: str = "label",
     max_dets: int | None = 100,
-    backend: str = "pycocotools",
+    backend: str = DEFAULT_BACKEND,
     image_root: Path | None = None,
     num_vis_images: int = 4,
+    figures: bool = True,
     writer: Any = None,
     step: int | None = None,
 ) -> dict[str, float | None]:
-    """Evaluate COCO result dicts against ``coco_gt`` and return the headline metrics
-    (``HEADLINE_KEYS``; fractions in [0, 1], ``None`` where undefined).
+    """Evaluate COCO result dicts against ``coco_gt`` (the whole evaluation split) and return
+    the headline metrics (``HEADLINE_KEYS``; fractions in [0, 1], ``None`` where undefined).
 
-    Thresholds are tuned on (``tune_gt``, ``tune_detections``) when given, else on the
-    evaluation split itself (flagged in the report). With ``out_dir`` the report files are
-    written there; with ``writer`` (``add_scalar``) and ``step`` the headline is logged as
-    ``eval/<key>``.
+    COCO AP and every threshold-free number cover all images of ``coco_gt``. The per-class
+    thresholds are tuned, and the numbers at them counted, according to ``tune``:
+    ``"half"``: tuned on a ``tune_seed``-seeded half of the images (``split_image_ids``) and
+    counted on the other half; ``"same"``: tuned and counted on every image (optimistic,
+    flagged in the report). A separate tuning set (``tune_gt``, ``tune_detections``) replaces
+    both: tuned there, counted on every image of ``coco_gt``. report.json's ``coverage`` says
+    which images each number covers. With ``out_dir`` the report files are written there
+    (``figures=False``: without the PNGs); with ``writer`` (``add_scalar``) and ``step`` the
+    headline is logged as ``eval/<key>``.
     """
-    report, ev, th, coco = build_report(
+    report, parts, th, coco = build_report(
         coco_gt,
         detections,
+        tune=tune,
+        tune_seed=tune_seed,
         tune_gt=tune_gt,
         tune_detections=tune_detections,
         iou_threshold=iou_threshold,
@@ -362,9 +476,8 @@ def evaluate_detections(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        report["figures"] = _write_figures(out, report, ev, th, coco_gt, image_root, num_vis_images)
-        with open(out / "report.json", "w") as f:
-            json.dump(report, f, indent=1, allow_nan=False)
+        report["figures"] = _write_figures(out, report, parts, th, coco_gt, image_root, num_vis_images) if figures else []
+        write_json_atomic(out / "report.json", report, indent=1)
         (out / "report.md").write_text(render_markdown(report))
         write_csv(out / "per_class.csv", report)
     headline = dict(report["headline"])
@@ -378,19 +491,21 @@ def evaluate_detections(
 def _write_figures(
     out: Path,
     report: dict[str, Any],
-    ev: Prepared,
+    parts: Parts,
     th: Thresholds,
     coco_gt: COCO,
     image_root: Path | None,
     num_vis_images: int,
 ) -> list[str]:
-    # figures are a convenience: a plotting failure must not lose the numbers
-    from gn_detect.evaluation.figures import plot_examples, plot_pr_curves
-
+    # figures are a convenience: a plotting failure must not lose the numbers. PR curves are
+    # threshold-free (all images); the operating points and the example images show the
+    # thresholded decisions, so they come from the report images.
     made = []
+    ev, full = parts.report, parts.full
     try:
         ap = [c["AP"] for c in report["per_class"]]
-        plot_pr_curves(out / "pr_curves.png", ev.gt.names, ev.box, ev.label, th.per_class, ap)
+        points = (ev.box.counts_at(th.per_class), ev.label.counts_at(th.per_class))
+        plot_pr_curves(out / "pr_curves.png", full.gt.names, full.box, full.label, th.per_class, ap, points=points)
         made.append("pr_curves.png")
     except Exception as e:  # noqa: BLE001
         log.warning("pr_curves.png failed: %s", e)

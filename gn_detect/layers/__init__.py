@@ -3,40 +3,41 @@
 See docs/norms.md for the formulas and conventions.
 """
 
-from .activation import ACTIVATIONS, ProxyNormAct, gaussian_cells, get_activation
-from .affine import AffineChannel, fold_into_conv
+from .activation import ACTIVATIONS, ProxyNormAct, get_activation
+from .affine import AffineChannel
 from .batch_norm import BatchNorm2d
 from .blocks import ConvNormAct
 from .conv import WS_EPS, Conv2d, convert_ws, standardize_weight
-from .freeze import freeze_module, is_frozen, unfreeze_module
+from .conv import ws_forward_cache
+from .names import canonical_name
 from .group_norm import resolve_num_groups
-from .norm import NORM_NAMES, NORM_TYPES, NormFactory, get_norm, norm_layer, split_norm_name
-from .sync_batch_norm import SyncBatchNorm, all_reduce_sum, check_syncbn_usable
+from .group_norm import GN_IMPLS, GroupNorm, GroupNormAct
+from .norm import NORM_NAMES, NORM_TYPES, get_norm, split_norm_name
+from .norm import get_norm_act
+from .sync_batch_norm import SyncBatchNorm, check_syncbn_usable
 
 __all__ = [
     "ACTIVATIONS",
     "AffineChannel",
     "BatchNorm2d",
     "Conv2d",
+    "GN_IMPLS",
+    "GroupNorm",
+    "GroupNormAct",
     "ConvNormAct",
     "NORM_NAMES",
     "NORM_TYPES",
-    "NormFactory",
     "ProxyNormAct",
     "SyncBatchNorm",
     "WS_EPS",
-    "all_reduce_sum",
+    "canonical_name",
     "check_syncbn_usable",
     "convert_ws",
-    "fold_into_conv",
-    "freeze_module",
-    "gaussian_cells",
     "get_activation",
     "get_norm",
-    "is_frozen",
-    "norm_layer",
+    "get_norm_act",
     "resolve_num_groups",
     "split_norm_name",
     "standardize_weight",
-    "unfreeze_module",
+    "ws_forward_cache",
 ]

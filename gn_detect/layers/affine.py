@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["AffineChannel", "fold_into_conv"]
+__all__ = ["AffineChannel"]
 
 _BN_STAT_KEYS = ("running_mean", "running_var")
 
@@ -30,8 +30,8 @@ class AffineChannel(nn.Module):
 
     Args:
         num_features: number of channels C.
-        eps: the epsilon used to fold BatchNorm statistics when a BN state dict is loaded or
-            ``to_batchnorm`` is called. BN's eps is not part of its state dict, so it has to be
+        eps: the epsilon used to fold BatchNorm statistics when a BN state dict is loaded.
+            BN's eps is not part of its state dict, so it has to be
             known here; 1e-5 matches torchvision's and Detectron's ResNets.
         trainable: False (default, Detectron's setting) keeps weight/bias as buffers: no
             gradients, nothing for the optimizer, no statistics. True makes them Parameters.
@@ -100,19 +100,6 @@ class AffineChannel(nn.Module):
             out.bias.copy_(bias)
         return out
 
-    def to_batchnorm(self) -> nn.BatchNorm2d:
-        """An eval-mode BatchNorm2d computing the same function.
-
-        running_mean = 0 and running_var = 1 - eps, so gamma / sqrt(var + eps) = gamma = weight.
-        """
-        bn = nn.BatchNorm2d(self.num_features, eps=self.eps).to(self.weight.device, self.weight.dtype)
-        with torch.no_grad():
-            bn.weight.copy_(self.weight)
-            bn.bias.copy_(self.bias)
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - self.eps)
-        return bn.eval()
-
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -145,39 +132,3 @@ class AffineChannel(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-
-def fold_into_conv(conv: nn.Conv2d, affine: AffineChannel) -> nn.Conv2d:
-    """A new conv equal to ``affine(conv(x))``: W' = W * s[o], b' = b * s + t.
-
-    Only an affine with fixed per-channel coefficients can be folded; GroupNorm cannot, because
-    its scale depends on statistics of each input (see docs/norms.md).
-    """
-    if getattr(conv, "ws", False):
-        # A WS conv re-standardizes its weight at every forward, which would undo the scaling.
-        raise ValueError("cannot fold an affine into a weight-standardized conv")
-    if conv.out_channels != affine.num_features:
-        raise ValueError(
-            f"cannot fold AffineChannel({affine.num_features}) into a conv with "
-            f"{conv.out_channels} output channels"
-        )
-    folded = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        dilation=conv.dilation,  # type: ignore[arg-type]
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        s = affine.weight.to(conv.weight.dtype)
-        t = affine.bias.to(conv.weight.dtype)
-        folded.weight.copy_(conv.weight * s.view(-1, 1, 1, 1))
-        b = conv.bias if conv.bias is not None else torch.zeros_like(s)
-        folded.bias.copy_(b * s + t)
-    return folded

@@ -1,4 +1,5 @@
-"""ConvNormAct: conv -> norm -> activation with fixed child names ``conv``, ``norm``, ``act``."""
+"""ConvNormAct: conv -> norm -> activation with fixed child names ``conv``, ``norm``, ``act``,
+optionally with one norm and activation per pyramid level behind one shared conv."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activation import get_activation
 from .conv import Conv2d
-from .norm import get_norm, split_norm_name
+from .names import canonical_name
+from .norm import get_norm_act, split_norm_name
 
 __all__ = ["ConvNormAct"]
 
@@ -22,6 +23,7 @@ _NORMALIZING = ("bn", "syncbn", "gn", "ln", "in")
 class ConvNormAct(nn.Module):
     """``act(norm(conv(x)))``; absent parts are ``nn.Identity`` so the state-dict keys
     (``conv.weight``, ``conv.bias``, ``norm.*``, ``act.*``) never depend on the choice of norm.
+    A GN-family norm followed by ReLU is one fused ``GroupNormAct`` (``act`` is then Identity).
 
     Args:
         norm: a ``get_norm`` name. ``"gn_ws"`` means GN plus ``ws=True``.
@@ -32,6 +34,9 @@ class ConvNormAct(nn.Module):
         norm_opts: extra keyword options for ``get_norm`` (num_groups, eps, ...).
         bias: conv bias; None means "only when there is no norm".
         padding: default ``dilation * (kernel_size - 1) // 2`` (same size for odd kernels).
+        num_levels: None for one norm; an int builds ``norm`` and ``act`` as ModuleLists with one
+            entry per pyramid level (a conv shared across levels whose norm statistics must not
+            be, e.g. BN in the RetinaNet head); ``forward(x, level)`` picks the level's.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class ConvNormAct(nn.Module):
         padding: int | None = None,
         dilation: int = 1,
         groups: int = 1,
+        num_levels: int | None = None,
     ) -> None:
         super().__init__()
         norm_key, norm_ws = split_norm_name(norm, layer_name=layer_name)
@@ -57,7 +63,7 @@ class ConvNormAct(nn.Module):
             ws = norm_ws
         elif norm_ws and not ws:
             raise ValueError(f"layer {layer_name!r}: norm 'gn_ws' contradicts ws=False")
-        act_key = "none" if act is None else str(act).strip().lower().replace("-", "_")
+        act_key = canonical_name(act)
         opts = dict(norm_opts or {})
         opts.pop("layer_name", None)
         if act_key == "pn_relu":
@@ -84,8 +90,17 @@ class ConvNormAct(nn.Module):
             in_channels, out_channels, kernel_size, stride=stride, padding=padding,
             dilation=dilation, groups=groups, bias=bias, ws=ws,
         )
-        self.norm = get_norm(norm_key, out_channels, layer_name=layer_name, **opts)
-        self.act = get_activation(act_key, out_channels)
+        if num_levels is None:
+            self.norm, self.act = get_norm_act(norm_key, out_channels, act_key, layer_name=layer_name, **opts)
+        else:
+            pairs = [get_norm_act(norm_key, out_channels, act_key, layer_name=f"{layer_name}.norm.{lvl}", **opts)
+                     for lvl in range(num_levels)]
+            self.norm = nn.ModuleList(n for n, _ in pairs)
+            self.act = nn.ModuleList(a for _, a in pairs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        if isinstance(self.norm, nn.ModuleList):
+            if level is None:
+                raise ValueError(f"layer {self.layer_name!r} has a norm per pyramid level: call it with level=")
+            return self.act[level](self.norm[level](self.conv(x)))
         return self.act(self.norm(self.conv(x)))

@@ -6,15 +6,37 @@ WS is a property of the convolution, not of the norm: ``gn_ws`` is GroupNorm aft
 from __future__ import annotations
 
 import warnings
-from typing import Any
+import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Conv2d", "standardize_weight", "convert_ws", "WS_EPS"]
+__all__ = ["Conv2d", "standardize_weight", "convert_ws", "ws_forward_cache", "WS_EPS"]
 
 WS_EPS = 1e-5
+_FORWARD_MEMO: ContextVar[dict | None] = ContextVar("gn_detect_ws_forward_memo", default=None)
+
+
+@contextmanager
+def ws_forward_cache() -> Iterator[None]:
+    """Wrap one model forward: inside, each WS conv standardizes its weight at most once,
+    however often it is called (the RetinaNet head runs its convs once per pyramid level),
+    in training mode too.
+
+    The memo ends with the block. The standardized weights it handed out stay in the autograd
+    graph, so the backward after the block sums the gradients of every use as usual. Wrap
+    exactly one forward: a backward *inside* the block followed by another forward would
+    reuse a standardized weight whose graph was already freed. Not used under torch.compile.
+    """
+    token = _FORWARD_MEMO.set({})
+    try:
+        yield
+    finally:
+        _FORWARD_MEMO.reset(token)
 
 
 def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
@@ -42,18 +64,70 @@ class Conv2d(nn.Conv2d):
     1e-5; the two differ by the factor sqrt(n / (n - 1)), identical for every channel with the
     same fan-in, which the following GroupNorm cancels (up to its eps). eps 1e-5 matches
     Detectron2's and the WS paper's value and only matters for an all-constant filter.
+
+    Cost: ``W_hat`` is computed in fp32 (fp16/bf16 weights are upcast) and cast once to the
+    dtype the conv runs in (the autocast dtype under autocast), so the conv does not cast it
+    again. In eval mode, when no gradient to the weight is needed, ``W_hat`` is cached until
+    the weight changes: the cache key is the Parameter object (weakref), its ``_version``
+    (bumped by optimizer steps, ``load_state_dict`` and any in-place write), ``data_ptr``,
+    dtype and device, the compute dtype and the grad/inference mode. This cache is never used
+    in training mode, when the weight needs a gradient, or under ``torch.compile`` (which
+    fuses the standardization); there, ``ws_forward_cache()`` limits the work to once per
+    model forward.
     """
 
     def __init__(self, *args: Any, ws: bool = False, ws_eps: float = WS_EPS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ws = bool(ws)
         self.ws_eps = float(ws_eps)
+        self._ws_cache: tuple[Any, tuple, torch.Tensor] | None = None  # (weakref, key, W_hat)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", ws=True" if self.ws else "")
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_ws_cache"] = None  # a weakref does not pickle, and the cache is not state
+        return state
+
+    def train(self, mode: bool = True) -> "Conv2d":
+        if mode:
+            self._ws_cache = None  # not used in training: free it
+        return super().train(mode)
+
+    def _standardize(self, dtype: torch.dtype, autocast_device: str | None) -> torch.Tensor:
+        """W_hat computed in fp32 (or the weight's wider dtype), cast once to ``dtype``."""
+        w = self.weight
+        src = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+        if autocast_device is None:
+            return standardize_weight(src, self.ws_eps).to(dtype)
+        with torch.autocast(autocast_device, enabled=False):
+            return standardize_weight(src, self.ws_eps).to(dtype)
+
+    def ws_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardized weight in the dtype the conv computes in for input ``x``."""
+        w = self.weight
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type) and w.is_floating_point()
+        dtype = torch.get_autocast_dtype(device_type) if autocast else w.dtype
+        if torch.compiler.is_compiling():
+            return self._standardize(dtype, device_type if autocast else None)
+        eval_cache = not (self.training or (torch.is_grad_enabled() and w.requires_grad))
+        memo = None if eval_cache else _FORWARD_MEMO.get()
+        key = (w._version, w.data_ptr(), w.dtype, w.device, dtype, self.ws_eps,
+               torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        hit = getattr(self, "_ws_cache", None) if eval_cache else (memo or {}).get(id(self))
+        if hit is not None and hit[0]() is w and hit[1] == key:
+            return hit[2]
+        w_hat = self._standardize(dtype, device_type if autocast else None)
+        if eval_cache:
+            self._ws_cache = (weakref.ref(w), key, w_hat)
+        elif memo is not None:
+            memo[id(self)] = (weakref.ref(w), key, w_hat)
+        return w_hat
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = standardize_weight(self.weight, self.ws_eps) if self.ws else self.weight
+        weight = self.ws_weight(x) if self.ws else self.weight
         return self._conv_forward(x, weight, self.bias)
 
 

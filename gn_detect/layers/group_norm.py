@@ -1,17 +1,65 @@
-"""GroupNorm helpers: choosing the number of groups, with errors that say how to fix them.
+"""GroupNorm layers: the number of groups, the implementation (``impl``), GN + ReLU fused.
 
-The layer itself is ``torch.nn.GroupNorm`` (Wu & He, 2018): for each sample and each group of
-C/G channels, ``y = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c]`` with mean and *biased*
-variance over (C/G, H, W). LayerNorm over (C, H, W) is G = 1 and InstanceNorm is G = C.
+GroupNorm (Wu & He, 2018): for each sample and each group of C/G channels,
+``y = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c]`` with mean and *biased* variance over
+(C/G, H, W). LayerNorm over (C, H, W) is G = 1 and InstanceNorm is G = C.
+
+``impl`` picks the code that runs, per call, from the input:
+  auto    the Triton kernel (``gn_triton.py``) for CUDA float32/bfloat16/float16 inputs when
+          triton is installed, ``F.group_norm`` otherwise (so CPU runs are unchanged);
+  torch   always ``F.group_norm`` (``get_norm`` then builds a plain ``nn.GroupNorm``);
+  triton  always the kernel: CPU tensors only under ``TRITON_INTERPRET=1``, else a clear error.
+The modules are ``nn.GroupNorm`` subclasses with the same ``weight``/``bias`` parameters, so
+state dicts, ``NORM_TYPES`` and checkpoints do not depend on ``impl``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["resolve_num_groups", "group_norm"]
+__all__ = ["resolve_num_groups", "group_norm", "GroupNorm", "GroupNormAct", "GN_IMPLS", "check_impl"]
 
 DEFAULT_NUM_GROUPS = 32
+GN_IMPLS: tuple[str, ...] = ("auto", "torch", "triton")
+GN_ACTS: tuple[str, ...] = ("relu", "none")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # = gn_triton.KERNEL_DTYPES
+
+
+def check_impl(impl: str, *, layer_name: str = "") -> str:
+    """The canonical GroupNorm implementation name; ValueError naming the choices otherwise."""
+    key = str(impl).strip().lower()
+    if key not in GN_IMPLS:
+        where = f"layer {layer_name!r}" if layer_name else "GroupNorm"
+        raise ValueError(f"{where}: unknown impl {impl!r}; valid choices: {', '.join(GN_IMPLS)}")
+    return key
+
+
+@lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _kernel():
+    """The kernel entry point, imported on first use (triton is optional; see gn_triton.py)."""
+    if not _triton_installed():
+        raise RuntimeError(
+            "GroupNorm impl='triton' needs the triton package, which is not installed; "
+            "fix: pip install triton, or use impl='auto'/'torch'"
+        )
+    from .gn_triton import triton_group_norm  # noqa: PLC0415 (optional dependency, see above)
+
+    return triton_group_norm
+
+
+def _use_kernel(impl: str, x: torch.Tensor) -> bool:
+    if impl == "triton":
+        return True
+    return impl == "auto" and x.is_cuda and x.dtype in _KERNEL_DTYPES and _triton_installed()
 
 
 def _divisors(n: int) -> list[int]:
@@ -50,6 +98,66 @@ def resolve_num_groups(
     return groups
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that runs the Triton kernel or torch's GN per ``impl`` (module docstring)."""
+
+    def __init__(
+        self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+        device=None, dtype=None, *, bias: bool = True, impl: str = "auto",
+    ) -> None:
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine, device=device, dtype=dtype,
+                         bias=bias)
+        self.impl = check_impl(impl)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.impl == "auto" else f", impl={self.impl}")
+
+    def _group_norm(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        if _use_kernel(self.impl, x):
+            return _kernel()(x, self.num_groups, self.weight, self.bias, self.eps, relu=relu)
+        y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.relu(y, inplace=True) if relu else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._group_norm(x, relu=False)
+
+
+class GroupNormAct(GroupNorm):
+    """GroupNorm followed by an activation in one call (timm's ``GroupNormAct``).
+
+    ``act="relu"``: with the kernel, ReLU is applied in the same pass and its backward mask is
+    recomputed from x (no extra saved tensor); with torch's GN, ``F.relu`` in place. Same
+    ``weight``/``bias`` keys as ``nn.GroupNorm``; an ``nn.GroupNorm`` subclass, so NORM_TYPES
+    and the solver's norm weight decay see it.
+    """
+
+    def __init__(
+        self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+        device=None, dtype=None, *, bias: bool = True, act: str = "relu", impl: str = "auto",
+    ) -> None:
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias, impl=impl)
+        key = str(act).strip().lower()
+        if key not in GN_ACTS:
+            raise ValueError(f"GroupNormAct: unknown act {act!r}; valid choices: {', '.join(GN_ACTS)}")
+        self.act = key
+
+    @classmethod
+    def from_group_norm(cls, norm: nn.GroupNorm, act: str = "relu") -> "GroupNormAct":
+        """The same layer plus ``act``, taking over ``norm``'s Parameter objects (optimizer
+        references and tied weights stay valid); ``impl`` is kept (plain nn.GroupNorm: torch)."""
+        new = cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta",
+                  bias=norm.bias is not None, act=act, impl=getattr(norm, "impl", "torch"))
+        new.weight, new.bias = norm.weight, norm.bias
+        new.train(norm.training)
+        return new
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", act={self.act}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._group_norm(x, relu=self.act == "relu")
+
+
 def group_norm(
     channels: int,
     num_groups: int | None = None,
@@ -58,6 +166,11 @@ def group_norm(
     eps: float = 1e-5,
     affine: bool = True,
     layer_name: str = "",
+    impl: str = "auto",
 ) -> nn.GroupNorm:
+    """``nn.GroupNorm`` for impl='torch' (exactly torch's layer), else ``GroupNorm(impl=...)``."""
+    impl = check_impl(impl, layer_name=layer_name)
     groups = resolve_num_groups(channels, num_groups, channels_per_group, layer_name=layer_name)
-    return nn.GroupNorm(groups, channels, eps=eps, affine=affine)
+    if impl == "torch":
+        return nn.GroupNorm(groups, channels, eps=eps, affine=affine)
+    return GroupNorm(groups, channels, eps=eps, affine=affine, impl=impl)

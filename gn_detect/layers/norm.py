@@ -20,19 +20,19 @@ because its meaning there would be ambiguous.
 
 from __future__ import annotations
 
-from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .activation import ProxyNormAct
+from .activation import ProxyNormAct, get_activation
 from .affine import AffineChannel
 from .batch_norm import BatchNorm2d
-from .group_norm import group_norm
+from .names import canonical_name
+from .group_norm import GroupNormAct, check_impl, group_norm
 from .sync_batch_norm import SyncBatchNorm, check_syncbn_usable
 
-__all__ = ["get_norm", "split_norm_name", "norm_layer", "NormFactory", "NORM_NAMES", "NORM_TYPES"]
+__all__ = ["get_norm", "get_norm_act", "split_norm_name", "NORM_NAMES", "NORM_TYPES"]
 
 NORM_NAMES: tuple[str, ...] = ("affine", "bn", "syncbn", "gn", "gn_ws", "ln", "in", "none")
 
@@ -47,12 +47,6 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def _normalize(name: str | None) -> str:
-    if name is None:
-        return "none"
-    return str(name).strip().lower().replace("-", "_").replace(" ", "_")
-
-
 def _where(layer_name: str) -> str:
     return f"layer {layer_name!r}" if layer_name else "get_norm"
 
@@ -62,7 +56,7 @@ def split_norm_name(name: str | None, *, layer_name: str = "") -> tuple[str, boo
 
     ``None`` and ``""`` give ``("none", False)``. Unknown names raise ValueError.
     """
-    key = _normalize(name) or "none"
+    key = canonical_name(name)
     if key not in NORM_NAMES:
         raise ValueError(
             f"{_where(layer_name)}: unknown norm {name!r}; valid choices: {', '.join(NORM_NAMES)}"
@@ -83,6 +77,7 @@ def get_norm(
     bn_group_size: int | None = None,
     trainable: bool = False,
     affine: bool = True,
+    impl: str | None = "auto",
     layer_name: str = "",
 ) -> nn.Module:
     """Build the norm ``name`` for ``channels`` channels (see the module docstring for names).
@@ -95,9 +90,13 @@ def get_norm(
         trainable: ``affine`` only: make scale/bias Parameters instead of frozen buffers.
         affine: False builds bn/syncbn/gn/ln/in without the elementwise affine (used before a
             proxy-normalized activation, which owns the affine). Invalid for ``affine``.
+        impl: GroupNorm code for gn/gn_ws/ln/in: ``auto`` (Triton kernel on CUDA, torch's GN
+            elsewhere; None means auto), ``torch`` (a plain nn.GroupNorm) or ``triton`` (see
+            group_norm.py). Checked for every norm, used only by the GN family.
         layer_name: named in error messages.
     """
     norm, _ws = split_norm_name(name, layer_name=layer_name)
+    impl = check_impl("auto" if impl is None else impl, layer_name=layer_name)
     channels = int(channels)
     if channels < 1:
         raise ValueError(f"{_where(layer_name)}: channels must be positive, got {channels}")
@@ -123,39 +122,25 @@ def get_norm(
             )
         check_syncbn_usable()  # raises now, at build time, if the process group cannot work
         return SyncBatchNorm(channels, eps=eps, momentum=momentum, affine=affine, layer_name=layer_name)
-    if norm == "gn":
+    if norm in ("gn", "ln", "in"):  # ln: G = 1, in: G = C; their num_groups options are ignored
+        groups = {"gn": num_groups, "ln": 1, "in": channels}[norm]
+        per_group = channels_per_group if norm == "gn" else None
         return group_norm(
-            channels, num_groups, channels_per_group, eps=eps, affine=affine, layer_name=layer_name
+            channels, groups, per_group, eps=eps, affine=affine, layer_name=layer_name, impl=impl
         )
-    if norm == "ln":
-        return nn.GroupNorm(1, channels, eps=eps, affine=affine)
-    if norm == "in":
-        return nn.GroupNorm(channels, channels, eps=eps, affine=affine)
     raise AssertionError(f"unhandled norm {norm!r}")  # NORM_NAMES and this function disagree
 
 
-class NormFactory:
-    """``channels -> get_norm(name, channels, **opts)``, for torchvision's ``norm_layer=``.
+def get_norm_act(name: str | None, channels: int, act: str | None, **opts) -> tuple[nn.Module, nn.Module]:
+    """``(norm, activation)`` modules for ``act(norm(x))``, fusing where a kernel can.
 
-    A class rather than a closure so it pickles and has a readable repr.
+    A GN-family norm (gn, gn_ws, ln, in) followed by ``relu`` gives
+    ``(GroupNormAct(..., act="relu"), nn.Identity())``: one pass with the Triton kernel, and the
+    same ``weight``/``bias`` keys as the unfused pair. Anything else gives
+    ``(get_norm(name, channels, **opts), get_activation(act, channels))``. ``opts`` are
+    ``get_norm``'s keyword options (validated the same way).
     """
-
-    def __init__(self, name: str | None, **opts: Any) -> None:
-        split_norm_name(name, layer_name=opts.get("layer_name", ""))  # fail at config time
-        self.name = name
-        self.opts = opts
-
-    def __call__(self, channels: int) -> nn.Module:
-        return get_norm(self.name, channels, **self.opts)
-
-    def __repr__(self) -> str:
-        opts = "".join(f", {k}={v!r}" for k, v in self.opts.items())
-        return f"norm_layer({self.name!r}{opts})"
-
-
-def norm_layer(name: str | None, **opts: Any) -> NormFactory:
-    """A ``Callable[[int], nn.Module]`` building ``get_norm(name, channels, **opts)``.
-
-    For ``gn_ws`` this builds the GN only; make the convs WS with ``convert_ws(model)``.
-    """
-    return NormFactory(name, **opts)
+    norm = get_norm(name, channels, **opts)
+    if isinstance(norm, nn.GroupNorm) and canonical_name(act) == "relu":
+        return GroupNormAct.from_group_norm(norm, act="relu"), nn.Identity()
+    return norm, get_activation(act, channels)

@@ -11,8 +11,9 @@ from torch import nn
 class AnchorGenerator(nn.Module):
     """Anchors in (level, y, x, anchor) order, the order the head flattens its outputs in.
 
-    Cell anchors are centred on the pixel grid offset by half a stride, as in torchvision's
-    and detectron2's RetinaNet (offset 0.5 keeps anchors symmetric around each feature cell).
+    Anchor centres sit at ``(i + offset) * stride`` for feature cell ``i``. ``offset=0.0`` (the
+    default) is what torchvision's AnchorGenerator and detectron2's DefaultAnchorGenerator use;
+    0.5 centres each anchor on its cell's receptive field instead.
     """
 
     def __init__(
@@ -21,7 +22,7 @@ class AnchorGenerator(nn.Module):
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
         ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        offset: float = 0.5,
+        offset: float = 0.0,
     ) -> None:
         super().__init__()
         if len(sizes) != len(strides):

@@ -3,6 +3,12 @@
 State-dict keys are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...) whatever the
 norm, so a torchvision checkpoint loads by name and keys never change with the norm type
 (``bn1`` is then just a slot name: it holds a GroupNorm when ``norm: gn``).
+
+GN followed by ReLU is fused: a GN-family norm in a slot whose output goes straight into ReLU
+(the stem's ``bn1``, each block's ``bn1``, and a Bottleneck's ``bn2``) is replaced by a
+``GroupNormAct`` holding the same Parameters, and the blocks' forward skips the separate ReLU
+there. Keys and numbers are unchanged; with the Triton GN kernel it saves one read and one
+write of the activation per slot.
 """
 from __future__ import annotations
 
@@ -10,9 +16,54 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models import resnet as tv_resnet
 
-from gn_detect.layers import convert_ws, get_norm, split_norm_name
+from gn_detect.layers import GroupNormAct, convert_ws, get_norm, split_norm_name
+
+
+def _norm_relu(norm: nn.Module, relu: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """relu(norm(x)), where ``norm`` may already apply the ReLU (a fused GroupNormAct)."""
+    x = norm(x)
+    return x if isinstance(norm, GroupNormAct) and norm.act == "relu" else relu(x)
+
+
+class BasicBlock(tv_resnet.BasicBlock):
+    """torchvision's block (same children and keys); ``bn1`` may be a fused GN + ReLU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = _norm_relu(self.bn1, self.relu, self.conv1(x))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class Bottleneck(tv_resnet.Bottleneck):
+    """torchvision's block (same children and keys); ``bn1``/``bn2`` may be fused GN + ReLU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = _norm_relu(self.bn1, self.relu, self.conv1(x))
+        out = _norm_relu(self.bn2, self.relu, self.conv2(out))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+def fuse_gn_relu(model: nn.Module) -> int:
+    """Turn each GN in a slot followed by ReLU (stem ``bn1``, block ``bn1``, Bottleneck ``bn2``)
+    into a ``GroupNormAct`` sharing its Parameters; returns how many were fused."""
+    slots = [(model, "bn1")] if isinstance(getattr(model, "relu", None), nn.ReLU) else []
+    for m in model.modules():
+        if isinstance(m, (BasicBlock, Bottleneck)):
+            slots += [(m, "bn1"), (m, "bn2")] if isinstance(m, Bottleneck) else [(m, "bn1")]
+    fused = 0
+    for parent, name in slots:
+        norm = getattr(parent, name)
+        if isinstance(norm, nn.GroupNorm) and not isinstance(norm, GroupNormAct):
+            setattr(parent, name, GroupNormAct.from_group_norm(norm, act="relu"))
+            fused += 1
+    return fused
 
 _SPECS: dict[str, tuple[type[nn.Module], tuple[int, ...], tuple[int, ...]]] = {
     # depth: (block, blocks per stage, stage widths before expansion)
@@ -66,6 +117,7 @@ class ResNet(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)) and getattr(last, "weight", None) is not None:
                     if isinstance(last.weight, nn.Parameter):
                         nn.init.zeros_(last.weight)
+        fuse_gn_relu(self)
         self._frozen: list[nn.Module] = []
         self.freeze(freeze_at)
 
@@ -98,7 +150,7 @@ class ResNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(_norm_relu(self.bn1, self.relu, self.conv1(x)))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)

@@ -1,4 +1,5 @@
-"""RetinaNet classification and box towers with convolutions shared across pyramid levels."""
+"""RetinaNet classification and box towers: convolutions shared across pyramid levels, norms
+shared too except for batch statistics (BN/SyncBN get one norm per level, as in detectron2)."""
 from __future__ import annotations
 
 import math
@@ -7,49 +8,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from gn_detect.layers import Conv2d, get_activation, get_norm, split_norm_name
+from gn_detect.layers import ConvNormAct, split_norm_name
+
+# Norms whose statistics come from the batch: P3 and P7 features differ in scale, so one BN
+# shared across levels would mix their statistics (detectron2 and torchvision v2 keep BN per level).
+_BATCH_STAT_NORMS = ("bn", "syncbn")
 
 
-class LevelConvNormAct(nn.Module):
-    """A conv shared by all pyramid levels followed by a norm and activation per level.
-
-    Norms are per level for every norm type: a BN shared across levels mixes the statistics of
-    P3 and P7 features, which differ in scale (the reason detectron2 keeps BN per level). Doing
-    the same for GN/affine keeps state-dict keys independent of the norm type, at the cost of
-    a few extra affine parameters.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        num_levels: int,
-        *,
-        norm: str,
-        ws: bool,
-        act: str,
-        norm_opts: dict[str, Any] | None,
-        layer_name: str,
-    ) -> None:
-        super().__init__()
-        norm_name, implied_ws = split_norm_name(norm)
-        has_norm = norm_name != "none"
-        self.conv = Conv2d(channels, channels, 3, padding=1, bias=not has_norm, ws=ws or implied_ws)
-        # The proxy-normalized activation owns the affine, so the norm before it has none.
-        affine = not str(act).lower().startswith("pn_")
-        self.norm = nn.ModuleList(
-            get_norm(norm_name, channels, layer_name=f"{layer_name}.norm.{lvl}", affine=affine, **(norm_opts or {}))
-            for lvl in range(num_levels)
-        )
-        self.act = nn.ModuleList(get_activation(act, channels) for _ in range(num_levels))
-        nn.init.normal_(self.conv.weight, std=0.01)
-        if self.conv.bias is not None:
-            nn.init.zeros_(self.conv.bias)
-
-    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        return self.act[level](self.norm[level](self.conv(x)))
+def uses_per_level_norm(norm: str, per_level_norm: bool | None) -> bool:
+    """``per_level_norm`` null: per level for bn/syncbn, shared for the others."""
+    if per_level_norm is not None:
+        return per_level_norm
+    return split_norm_name(norm)[0] in _BATCH_STAT_NORMS
 
 
 class RetinaNetHead(nn.Module):
+    """Two towers of ``num_convs`` ConvNormAct layers (``cls_subnet``, ``bbox_subnet``), then the
+    class-logit and box-delta convs; every layer is applied to every pyramid level."""
+
     def __init__(
         self,
         channels: int,
@@ -63,15 +39,18 @@ class RetinaNetHead(nn.Module):
         act: str = "relu",
         norm_opts: dict[str, Any] | None = None,
         prior_prob: float = 0.01,
+        per_level_norm: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
+        self.per_level = uses_per_level_norm(norm, per_level_norm)
+        levels = num_levels if self.per_level else None
 
         def tower(name: str) -> nn.ModuleList:
             return nn.ModuleList(
-                LevelConvNormAct(channels, num_levels, norm=norm, ws=ws, act=act, norm_opts=norm_opts,
-                                 layer_name=f"head.{name}.{i}")
+                ConvNormAct(channels, channels, 3, norm=norm, ws=ws or None, act=act, norm_opts=norm_opts,
+                            layer_name=f"head.{name}.{i}", num_levels=levels)
                 for i in range(num_convs)
             )
 
@@ -79,6 +58,10 @@ class RetinaNetHead(nn.Module):
         self.bbox_subnet = tower("bbox_subnet")
         self.cls_score = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
+        for layer in (*self.cls_subnet, *self.bbox_subnet):
+            nn.init.normal_(layer.conv.weight, std=0.01)
+            if layer.conv.bias is not None:
+                nn.init.zeros_(layer.conv.bias)
         for conv in (self.cls_score, self.bbox_pred):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
@@ -86,17 +69,17 @@ class RetinaNetHead(nn.Module):
         # many easy negatives do not swamp the first iterations.
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
 
+    def _tower(self, tower: nn.ModuleList, x: torch.Tensor, level: int) -> torch.Tensor:
+        for layer in tower:
+            x = layer(x, level) if self.per_level else layer(x)
+        return x
+
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns logits (B, sum HWA, K) and deltas (B, sum HWA, 4) in anchor order."""
         logits, deltas = [], []
         for lvl, f in enumerate(features):
-            c, b = f, f
-            for layer in self.cls_subnet:
-                c = layer(c, lvl)
-            for layer in self.bbox_subnet:
-                b = layer(b, lvl)
-            logits.append(_flatten(self.cls_score(c), self.num_classes))
-            deltas.append(_flatten(self.bbox_pred(b), 4))
+            logits.append(_flatten(self.cls_score(self._tower(self.cls_subnet, f, lvl)), self.num_classes))
+            deltas.append(_flatten(self.bbox_pred(self._tower(self.bbox_subnet, f, lvl)), 4))
         return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
 
 

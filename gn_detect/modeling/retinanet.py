@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gn_detect.layers.conv import ws_forward_cache
 from gn_detect.modeling.anchors import AnchorGenerator
 from gn_detect.modeling.box_coder import BoxCoder
 from gn_detect.modeling.loss import RetinaNetLoss
@@ -37,8 +38,9 @@ class RetinaNet(nn.Module):
         targets: list[dict[str, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """Training: losses. Eval: per image {"boxes", "scores", "labels"} in input pixels."""
-        feats = self.fpn(self.backbone(images))
-        logits, deltas = self.head(feats)
+        with ws_forward_cache():  # each WS weight standardized once, though the head runs per level
+            feats = self.fpn(self.backbone(images))
+            logits, deltas = self.head(feats)
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in feats])
         if self.training:
             if targets is None:

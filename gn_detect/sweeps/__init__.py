@@ -1,6 +1,6 @@
 """Reading the run folders of a sweep: summary tables, figures, written comparison.
 
-Entry points: :func:`write_sweep_report` (called by the trainer after a Hydra multirun) and
+Entry points: :func:`write_sweep_report` (called by the Hydra callback when a multirun ends) and
 ``python tools/sweep_report.py <sweep folder> [--out DIR]``. See docs/sweeps.md.
 """
 

@@ -8,13 +8,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from gn_detect.sweeps.report import write_sweep_report
+
 log = logging.getLogger(__name__)
 
 
 class SweepReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from gn_detect.sweeps import write_sweep_report
-
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_absolute():
             sweep_dir = Path(config.hydra.runtime.cwd) / sweep_dir

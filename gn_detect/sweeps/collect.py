@@ -218,6 +218,34 @@ def batch_mode(ims_per_device: int | None, bn_group_size: int | None, world_size
     return "single process"
 
 
+def _group_size(v: Any) -> int | None:
+    n = _as_int(v)
+    return n if n is not None and n > 0 else None
+
+
+def read_bn_group_size(cfg: dict, components: tuple) -> tuple[int | None, str | None]:
+    """(images per BN statistics group, note) of a run config; None: the whole device batch.
+
+    Each component whose norm is ``bn`` uses ``model.<part>.norm_opts.bn_group_size``, where
+    null inherits ``model.norm_opts.bn_group_size``. Without a bn component the model-wide
+    value is returned as set (it then has no effect on training). When the bn components
+    disagree, the smallest group is the batch axis and the note says so.
+    """
+    default = _group_size(_get(cfg, "model.norm_opts.bn_group_size"))
+    per: dict[str, int | None] = {}
+    for part, comp in zip(COMPONENTS, components):
+        if comp[0] == "bn":
+            own = _group_size(_get(cfg, f"model.{part}.norm_opts.bn_group_size"))
+            per[part] = default if own is None else own
+    sizes = set(per.values())
+    if len(sizes) <= 1:
+        return (sizes.pop() if sizes else default), None
+    ints = [v for v in sizes if v is not None]
+    smallest = min(ints)
+    listed = ", ".join(f"{part}={'device batch' if v is None else v}" for part, v in per.items())
+    return smallest, f"bn_group_size differs by component ({listed}): the smallest, {smallest}, is the batch axis"
+
+
 def images_per_group(components: tuple, ims_per_device: int | None, bn_group_size: int | None,
                      world_size: int) -> int | None:
     """The batch axis: bn_group_size if set, else the device batch (times the world size for
@@ -270,9 +298,9 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     if run.ims_per_device is None and run.ims_per_batch is not None:
         run.ims_per_device = run.ims_per_batch // run.world_size
         run.notes.append("data.ims_per_device missing: solver.ims_per_batch / world size used")
-    run.bn_group_size = _as_int(_get(cfg, "data.bn_group_size"))
-    if run.bn_group_size is not None and run.bn_group_size <= 0:
-        run.bn_group_size = None
+    run.bn_group_size, note = read_bn_group_size(cfg, run.components)
+    if note:
+        run.notes.append(note)
     run.ims_per_group = images_per_group(run.components, run.ims_per_device, run.bn_group_size,
                                          run.world_size)
 

@@ -129,5 +129,5 @@ def comparison_markdown(rows: list[dict], comparisons: list[dict]) -> str:
     emulated = [r for r in rows if "emulated" in r["mode"]]
     if emulated:
         lines += ["Rows marked *emulated* compute the norm statistics over sub-groups of one "
-                  "device's batch (bn_group_size) instead of over separate processes.", ""]
+                  "device's batch (model.norm_opts.bn_group_size) instead of over separate processes.", ""]
     return "\n".join(lines)

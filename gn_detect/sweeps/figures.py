@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from .collect import Run
 
 _SPLIT_FIELDS = ("mode", "world_size", "ims_per_device", "ims_per_batch", "max_iter")
 
 
-def _new_figure(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+def _new_figure(w: float, h: float) -> Figure:
     fig = Figure(figsize=(w, h), dpi=110)
     FigureCanvasAgg(fig)
     return fig
@@ -33,8 +33,6 @@ def _save(fig, path: Path) -> None:
 
 
 def label_colors(labels: list[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
     uniq = sorted(set(labels))
     cmap = colormaps["tab10" if len(uniq) <= 10 else "tab20"]
     return {lab: cmap(i % cmap.N) for i, lab in enumerate(uniq)}
@@ -175,8 +173,6 @@ def plot_loss_curves(runs: list[Run], path: Path) -> dict:
     runs = sorted(runs, key=lambda r: (r.label, r.ims_per_group or 0, r.mode, r.seed or 0, r.rel_dir))
     names = [run_setting_name(r) for r in runs]
     order = list(dict.fromkeys(names))
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if len(order) <= 10 else "tab20"]
     colors = {n: cmap(i % cmap.N) for i, n in enumerate(order)}
     fig = _new_figure(7.0, 4.6)

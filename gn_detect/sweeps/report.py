@@ -9,12 +9,12 @@ the comparison), ``summary.json``, ``runs.csv`` (one row per run folder, any sta
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from gn_detect.io import to_jsonable, write_json_atomic
 
 from .collect import METRICS, Run, collect_runs
 from .compare import compare, comparison_markdown
@@ -24,29 +24,6 @@ from .summary import (aggregate, problem_table_md, run_record, settings_table_md
 
 OUTPUT_FILES = ("summary.csv", "summary.md", "summary.json", "runs.csv", "comparison.md",
                 "ap_vs_batch.png", "label_pr_bars.png", "loss_curves.png", "figures.json")
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN/inf -> None, tuples -> lists, paths -> str (summary.json is strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _jsonable(obj.item())
-    return obj
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(obj), f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def split_runs(runs: list[Run]) -> dict[str, list[Run]]:
@@ -77,8 +54,9 @@ def _summary_md(sweep_dir: Path, runs: list[Run], parts: dict, rows: list[dict],
     )
     lines += ["", "## Settings (mean ± std over seeds)", "",
               "Std is the sample standard deviation over seeds (ddof=1); n/a with one seed. "
-              "*img/group* is the batch axis: images per normalization group (bn_group_size if "
-              "set, else images per device; SyncBN across processes: images per device × world "
+              "*img/group* is the batch axis: images per normalization group (the BN components' "
+              "model.<part>.norm_opts.bn_group_size, null inheriting model.norm_opts.bn_group_size, "
+              "if set; else images per device; SyncBN across processes: images per device × world "
               "size). *emulated*: one process computes norm statistics over sub-groups of its "
               "batch; *real processes*: world size > 1.", ""]
     lines.append(settings_table_md(rows) if rows else "No finished runs.")
@@ -134,7 +112,7 @@ def write_sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike 
         "label_pr_bars": plot_label_pr_bars(rows, out / "label_pr_bars.png"),
         "loss_curves": plot_loss_curves(runs, out / "loss_curves.png"),
     }
-    _write_json(figures, out / "figures.json")
+    write_json_atomic(out / "figures.json", figures)
 
     write_summary_csv(rows, out / "summary.csv")
     write_runs_csv(runs, out / "runs.csv")
@@ -152,8 +130,8 @@ def write_sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike 
         "comparisons": comparisons,
         "figures": figures,
     }
-    _write_json(result, out / "summary.json")
-    result = _jsonable(result)
+    write_json_atomic(out / "summary.json", result)
+    result = to_jsonable(result)
     result["outputs"] = {name: str(out / name) for name in OUTPUT_FILES}
     if not quiet:
         c = result["counts"]

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from gn_detect.config.schema import TrainConfig
 from gn_detect.data import build_dataset
-from gn_detect.data.build import DEFAULTS, build_transform
+from gn_detect.data.build import build_transform, data_config
 
 REPO = Path(__file__).resolve().parents[2]
+DATA_PRESETS = REPO / "configs" / "data"
 
 
 def load_tool(name: str):
@@ -22,8 +25,6 @@ def load_tool(name: str):
 
 
 def test_shapes_relative_root_and_dictconfig(tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
-
     cfg = OmegaConf.create({"name": "shapes", "root": "datasets/shapes", "min_size_train": [64, 80],
                             "max_size": 128, "min_size_test": 64,
                             "synthetic": {"num_train": 5, "num_val": 2, "image_size": 64, "seed": 9}})
@@ -49,19 +50,87 @@ def test_coco_layout_and_filter_empty_only_for_train(coco128: Path, tiny_coco: P
 
 
 def test_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="root"):
+    with pytest.raises(ValueError, match=r"data\.root is required.*data\.root=/path/to/coco"):
         build_dataset({"name": "coco"}, "train")
-    with pytest.raises(ValueError, match="unknown dataset name"):
+    with pytest.raises(ValueError, match="unknown dataset name data.name='voc'"):
         build_dataset({"name": "voc", "root": "x"}, "train", base_dir=tmp_path)
-    with pytest.raises(KeyError, match="test"):
+    with pytest.raises(ValueError, match="unknown split 'test'.*eval.split=val"):
         build_dataset({"name": "coco", "root": "x"}, "test", base_dir=tmp_path)
+    # keys and types come from the schema: a key that moved or a scalar for a list fails, named
+    with pytest.raises(ValueError, match=r"data\.bn_group_size: Key 'bn_group_size' not in 'DataConfig'"):
+        build_dataset({"name": "coco", "root": "x", "bn_group_size": 2}, "train", base_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"data\.min_size_train: .*not a ListConfig"):
+        build_transform({"min_size_train": 600}, train=True)
+    with pytest.raises(ValueError, match=r"data\.train\.imgs"):
+        data_config({"train": {"imgs": "a"}})
+    with pytest.raises(TypeError, match="must be a mapping"):
+        data_config(["coco"])  # type: ignore[arg-type]
+    # the generated shapes dataset has a fixed layout: moving a split is refused, not ignored
+    with pytest.raises(ValueError, match=r"data\.train = .*cannot move the generated shapes"):
+        build_dataset({"name": "shapes", "root": "s", "train": {"images": "imgs", "ann": "a.json"}}, "train",
+                      base_dir=tmp_path)
+    assert not (tmp_path / "s").exists()  # refused before generating anything
 
 
 def test_build_transform_defaults() -> None:
+    # docs/data.md: Detectron's sizes, short side 800, long side at most 1333, flip 0.5
     t = build_transform({}, train=True)
-    assert t.min_sizes == tuple(DEFAULTS["min_size_train"]) and t.max_size == DEFAULTS["max_size"]
-    t = build_transform({"min_size_train": 600, "max_size_train": 1000}, train=True)
+    assert t.min_sizes == (800,) and t.max_size == 1333 and t.flip_prob == 0.5
+    t = build_transform({}, train=False)
+    assert t.min_sizes == (800,) and t.max_size == 1333 and t.flip_prob == 0.0
+    t = build_transform({"min_size_train": [600], "max_size_train": 1000}, train=True)
     assert t.min_sizes == (600,) and t.max_size == 1000
+    assert build_transform({"min_size_train": [600], "max_size_train": 1000}, train=False).max_size == 1333
+
+
+def test_typed_config_is_used_as_is(tiny_coco: Path) -> None:
+    """What Hydra composes (the data node of TrainConfig) reaches build_dataset unchanged."""
+    cfg = OmegaConf.structured(TrainConfig)
+    cfg.data.root = str(tiny_coco)
+    cfg.data.verify_images = False
+    assert data_config(cfg.data) is cfg.data
+    ds = build_dataset(cfg.data, "val")  # standard COCO layout: the schema's default paths
+    assert len(ds) == 50 and ds.image_dir == tiny_coco / "val2017"
+
+
+@pytest.mark.parametrize("preset", ["coco", "coco128", "shapes"])
+def test_data_presets_state_only_schema_keys(preset: str) -> None:
+    raw = OmegaConf.load(DATA_PRESETS / f"{preset}.yaml")
+    c = data_config(raw)  # an unknown key would raise here
+    stated = OmegaConf.to_container(raw)
+    defaults = OmegaConf.to_container(OmegaConf.structured(TrainConfig).data)
+    for key, value in stated.items():  # each key stated differs from the schema (name: the preset's label)
+        assert key == "name" or value != defaults[key], f"{preset}.yaml restates the default {key}"
+    assert c.name == ("shapes" if preset == "shapes" else "coco")
+
+
+def test_coco_preset_needs_root_and_reads_the_standard_layout(tiny_coco: Path) -> None:
+    cfg = OmegaConf.load(DATA_PRESETS / "coco.yaml")
+    with pytest.raises(ValueError, match="data.root=/path/to/coco"):
+        build_dataset(cfg, "val")
+    cfg.root = str(tiny_coco)
+    cfg.verify_images = False
+    ds = build_dataset(cfg, "val")
+    assert len(ds) == 50 and ds.ann_file == tiny_coco / "annotations" / "instances_val2017.json"
+    assert ds.transform.min_sizes == (800,) and ds.transform.max_size == 1333
+
+
+def test_coco128_preset_reads_the_shared_data(coco128: Path, tiny_coco: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = OmegaConf.load(DATA_PRESETS / "coco128.yaml")
+    cfg.verify_images = False
+    monkeypatch.setenv("GN_DETECT_SHARED_DATA", str(coco128.parent))
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert (len(train), len(val)) == (126, 50)  # coco128 minus 2 images without boxes; tiny_coco val
+    assert train.image_dir == coco128 / "train2017" and val.image_dir == tiny_coco / "val2017"
+    # without the variable: ../shared/data relative to the launch folder
+    monkeypatch.delenv("GN_DETECT_SHARED_DATA")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(coco128.parent)
+    (tmp_path / "launch").mkdir()
+    rel = build_dataset(cfg, "val", base_dir=tmp_path / "launch")
+    assert rel.ann_file == tmp_path / "launch" / "../shared/data/tiny_coco/annotations/instances_val2017.json"
+    assert len(rel) == 50
 
 
 def test_make_synthetic_tool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,11 @@ import pytest
 import torch
 
 from gn_detect.data import AnnotationFileError, CocoDetection, EmptyDatasetError, write_skip_summary
-from gn_detect.data.checks import SKIP_REASONS, check_box
+from gn_detect.data import checks
+from gn_detect.data.checks import SKIP_REASONS, check_box, file_name_problem
 from gn_detect.data.transforms import DetectionTransform
+
+from .conftest import save_image
 
 # small test-time transform: keeps images at their size (short side 32 -> images below are 32+)
 T = DetectionTransform(32, 10_000)
@@ -184,13 +188,90 @@ def test_no_images_is_clear_error(make_coco) -> None:
         load(d, f)
 
 
-def test_invalid_and_duplicate_image_entries(make_coco) -> None:
+def test_invalid_image_entries(make_coco) -> None:
     d, f = make_coco([img(1), img(2)], [ann(1, 1, [1, 1, 5, 5])])
     data = json.loads(f.read_text())
-    data["images"] += [dict(data["images"][0]), {"file_name": "x.jpg"}]
+    data["images"] += [{"file_name": "x.jpg"}, {"id": 9, "file_name": ""}, {"id": 10, "file_name": 3}, "junk"]
     f.write_text(json.dumps(data))
     ds = load(d, f)
-    assert ds.image_ids == [1, 2] and ds.skipped["invalid_image_entry"] == 2
+    assert ds.image_ids == [1, 2] and ds.skipped["invalid_image_entry"] == 4
+
+
+def test_duplicate_image_ids_drop_every_entry_and_its_boxes(make_coco, tmp_path: Path) -> None:
+    """Issue 10 A. Before: the second entry of id 1 was dropped but its boxes were attached to
+    the first entry's image (wrong ground truth in training and in .coco, no error)."""
+    d, f = make_coco([img(1), img(2), img(3, w=48)],
+                     [ann(1, 1, [1, 1, 5, 5]), ann(2, 1, [20, 10, 8, 8]), ann(3, 2, [1, 1, 5, 5]),
+                      ann(4, 3, [30, 2, 9, 9])])
+    data = json.loads(f.read_text())
+    data["images"][2]["id"] = 1  # 3.jpg claims id 1 too: annotations 1, 2 and 4 could belong to either image
+    data["annotations"][3]["image_id"] = 1
+    f.write_text(json.dumps(data))
+    ds = load(d, f)
+    assert ds.image_ids == [2] and ds.skipped["duplicate_image_id"] == 2
+    assert ds.skipped["invalid_image_entry"] == 0 and ds.skipped["unknown_image"] == 0
+    # the evaluation ground truth holds neither entry nor any of their boxes
+    assert sorted(ds.coco.imgs) == [2] and [a["id"] for a in ds.coco.dataset["annotations"]] == [3]
+    summary = json.loads(json.dumps(write_skip_summary(ds, tmp_path / "data_skipped.json")))
+    assert summary == json.loads((tmp_path / "data_skipped.json").read_text())
+    assert summary["counts"]["duplicate_image_id"] == 2
+    assert summary["examples"]["duplicate_image_id"] == [{"id": 1, "file_name": "1.jpg"}, {"id": 1, "file_name": "3.jpg"}]
+
+
+def test_only_duplicate_ids_is_one_line_error(make_coco) -> None:
+    d, f = make_coco([img(1), img(2)], [ann(1, 1, [1, 1, 5, 5])])
+    data = json.loads(f.read_text())
+    data["images"][1]["id"] = 1
+    f.write_text(json.dumps(data))
+    with pytest.raises(EmptyDatasetError) as e:
+        load(d, f)
+    msg = str(e.value)
+    assert "\n" not in msg and "2 duplicate_image_id" in msg and "Fix: give every image entry its own 'id'" in msg
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("a.jpg", None), ("sub/a.jpg", None), ("sub/../a.jpg", None), ("./a.jpg", None), ("..a.jpg", None),
+    ("../a.jpg", "outside_image_dir"), ("../../etc/passwd", "outside_image_dir"),
+    ("sub/../../a.jpg", "outside_image_dir"), ("/etc/passwd", "outside_image_dir"), ("..", "outside_image_dir"),
+    ("", "invalid_image_entry"), (".", "invalid_image_entry"), ("a\x00.jpg", "invalid_image_entry"),
+])  # fmt: skip
+def test_file_name_problem(name: str, problem: str | None) -> None:
+    assert file_name_problem(name) == problem
+
+
+def test_file_names_leaving_the_image_folder_are_never_opened(make_coco, tmp_path: Path, monkeypatch) -> None:
+    """Issue 10 B. Before: '../x.jpg' and absolute file names were opened and trained on."""
+    d, f = make_coco([img(1), img(5)], [ann(k, k, [1, 1, 5, 5]) for k in (1, 2, 3, 4, 5, 6)])
+    outside = save_image(tmp_path / "outside" / "secret.jpg", 40, 32)  # a valid image, but not the dataset's
+    (d / "sub").mkdir()
+    (d / "link.jpg").symlink_to(outside)  # a symlink inside the folder is the user's choice: followed
+    data = json.loads(f.read_text())
+    data["images"][1]["file_name"] = "sub/../5.jpg"  # stays inside: fine
+    data["images"] += [img(2, file_name="../outside/secret.jpg"), img(3, file_name=str(outside)),
+                       img(4, file_name="sub/../../outside/secret.jpg"), img(6, file_name="link.jpg")]
+    f.write_text(json.dumps(data))
+    opened: list[str] = []
+    real_open = checks.Image.open
+    monkeypatch.setattr(checks.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    ds = load(d, f)
+    assert ds.image_ids == [1, 5, 6] and ds.skipped["outside_image_dir"] == 3
+    assert [e["file_name"] for e in ds.skip_log.examples["outside_image_dir"]] == [
+        "../outside/secret.jpg", str(outside), "sub/../../outside/secret.jpg"]
+    assert opened and all(os.path.normpath(p).startswith(f"{d}{os.sep}") for p in opened)
+    assert sorted(ds.coco.imgs) == [1, 5, 6] and {a["image_id"] for a in ds.coco.dataset["annotations"]} == {1, 5, 6}
+    assert ds.skipped["unknown_image"] == 0  # annotations of a refused image go with it
+
+
+def test_only_escaping_file_names_is_one_line_error(make_coco) -> None:
+    d, f = make_coco([img(1, write=False), img(2, write=False)], [])
+    data = json.loads(f.read_text())
+    data["images"][0]["file_name"] = "../../etc/passwd"
+    data["images"][1]["file_name"] = "/etc/passwd"
+    f.write_text(json.dumps(data))
+    with pytest.raises(EmptyDatasetError) as e:
+        load(d, f, verify_images=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "2 outside_image_dir" in msg and "relative to the images folder" in msg
 
 
 def test_write_skip_summary(make_coco, tmp_path: Path) -> None:

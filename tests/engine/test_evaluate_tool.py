@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 
-from ._train_utils import REPO, child_env, read_status, records, run_train, shapes_root, tail, tiny_overrides  # noqa: F401
+from gn_detect.engine.trainer import train
+
+from ._train_utils import REPO, child_env, one_thread, read_status, records, shapes_root, tail, tiny_cfg  # noqa: F401
 
 
-def test_evaluate_checkpoint_reproduces_final_metrics(shapes_root, tmp_path):  # noqa: F811
+def test_evaluate_checkpoint_reproduces_final_metrics(shapes_root, tmp_path, one_thread):  # noqa: F811
     run_dir = tmp_path / "run"
-    proc = run_train(tiny_overrides(shapes_root, **{"solver.max_iter": 3, "hydra.run.dir": run_dir}), cwd=tmp_path)
-    assert proc.returncode == 0, tail(proc)
+    train(tiny_cfg(shapes_root, **{"solver.max_iter": 3}), run_dir, base_dir=tmp_path)  # in-process
     assert read_status(run_dir)["state"] == "done"
     final = records(run_dir, "final")[-1]
 

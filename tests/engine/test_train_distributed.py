@@ -1,5 +1,6 @@
-"""DDP on CPU (gloo, 2 processes through torchrun): a few steps on uneven data, the final
-evaluation on uneven inference shards, one run folder written by rank 0 only, no hang."""
+"""DDP on CPU (gloo, 2 processes through torchrun): a few steps on uneven data, PreciseBN and a
+periodic evaluation, the final evaluation on uneven inference shards, one run folder written
+by rank 0 only, no hang."""
 from __future__ import annotations
 
 import subprocess
@@ -39,6 +40,8 @@ def test_ddp_two_ranks(shapes_root, tmp_path, norm):  # noqa: F811
     overrides = tiny_overrides(shapes_root, **{
         "norm": norm, "solver.max_iter": MAX_ITER, "data.ims_per_device": IMS_PER_DEVICE,
         "checkpoint.period": 2, "eval.ims_per_device": 1,
+        # a periodic evaluation with PreciseBN before it: every rank runs both, none hangs
+        "eval.period": 2, "solver.precise_bn.enabled": "true", "solver.precise_bn.num_iter": 2,
     })
     proc = _torchrun(overrides, tmp_path, timeout=90)
     assert proc.returncode == 0, proc.stdout[-6000:]
@@ -74,3 +77,6 @@ def test_ddp_two_ranks(shapes_root, tmp_path, norm):  # noqa: F811
     # both ranks took part in the final evaluation, on uneven shards of the 7 val images
     assert "inference: 4 images" in proc.stdout and "inference: 3 images" in proc.stdout, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    # PreciseBN on both ranks, before the evaluation at iter 1 and the final one
+    assert proc.stdout.count("PreciseBN: statistics of") == 2 * WORLD, proc.stdout[-3000:]
+    assert [r["iter"] for r in records(run_dir, "eval")] == [1, MAX_ITER - 1]

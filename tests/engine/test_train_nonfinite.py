@@ -8,7 +8,7 @@ import torch
 
 from gn_detect.engine.trainer import NonFiniteLossError, train
 
-from ._train_utils import compose, one_thread, read_status, records, shapes_root, tiny_overrides  # noqa: F401
+from ._train_utils import one_thread, read_status, records, shapes_root, tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,7 +19,7 @@ DIVERGE = {"solver.base_lr": 1e6, "solver.warmup_iters": 0, "solver.max_iter": 6
 
 def test_nonfinite_stop(shapes_root, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
-    cfg = compose(tiny_overrides(shapes_root, **DIVERGE, **{"solver.nonfinite": "stop"}))
+    cfg = tiny_cfg(shapes_root, **DIVERGE, **{"solver.nonfinite": "stop"})
     with pytest.raises(NonFiniteLossError) as info:
         train(cfg, run_dir, base_dir=tmp_path)
     msg = str(info.value)
@@ -42,7 +42,7 @@ def test_nonfinite_stop(shapes_root, tmp_path):  # noqa: F811
 
 def test_nonfinite_skip(shapes_root, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
-    cfg = compose(tiny_overrides(shapes_root, **DIVERGE, **{"solver.nonfinite": "skip"}))
+    cfg = tiny_cfg(shapes_root, **DIVERGE, **{"solver.nonfinite": "skip"})
     final = train(cfg, run_dir, base_dir=tmp_path)
     assert read_status(run_dir)["state"] == "done"
     finals = records(run_dir, "final")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pycocotools.coco import COCO
 
-from gn_detect.evaluation.synthetic import coco_from_dict
+from gn_detect.cocoapi import coco_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,9 +19,9 @@ from gn_detect.evaluation.matching import (
     iou_xywh,
     match_boxes,
 )
-from gn_detect.evaluation.synthetic import jitter_detections, make_coco
 
 from .conftest import det, make_gt
+from .synthetic import jitter_detections, make_coco
 
 
 def run(gt, dets, thr=0.5):

@@ -10,9 +10,9 @@ import pytest
 
 from gn_detect.evaluation import HEADLINE_KEYS, evaluate_detections, filter_detections, split_coco
 from gn_detect.evaluation.report import build_report
-from gn_detect.evaluation.synthetic import jitter_detections, make_coco
 
 from .conftest import det, make_gt
+from .synthetic import jitter_detections, make_coco
 
 PER_CLASS_KEYS = {"name", "cat_id", "AP", "AP50", "threshold", "threshold_source", "box", "label"}
 BOX_KEYS = {"precision", "recall", "f1", "num_gt", "num_det", "tp", "fp", "num_ignored", "num_det_all"}

@@ -43,7 +43,9 @@ def by_name(rep):
 
 
 def test_box_outcomes_and_ious():
-    rep, ev, _, _ = build_report(*example())
+    rep, parts, _, _ = build_report(*example())
+    ev = parts.full
+    assert parts.tune is ev and parts.report is ev  # tune="same": one set of images for everything
     assert ev.matches.status.tolist() == [TP, FP, FP, TP, FP, IGNORED]
     assert ev.matches.iou.tolist() == approx([1.0, 0.0, 0.0, 0.5, 0.0, 1.0])
     assert ev.box.num_pos.tolist() == [3, 1] and ev.label.num_pos.tolist() == [2, 1]

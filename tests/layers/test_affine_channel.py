@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from gn_detect.layers import AffineChannel, fold_into_conv, get_norm, norm_layer
+from gn_detect.layers import AffineChannel, get_norm
 
 
 def _random_bn(c: int, gen: torch.Generator, dtype=torch.float64) -> nn.BatchNorm2d:
@@ -19,18 +19,12 @@ def _random_bn(c: int, gen: torch.Generator, dtype=torch.float64) -> nn.BatchNor
     return bn.eval()
 
 
-def test_equals_eval_batchnorm_and_round_trip():
+def test_equals_eval_batchnorm():
     gen = torch.Generator().manual_seed(0)
     bn = _random_bn(5, gen)
     x = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64)
     aff = AffineChannel.from_batchnorm(bn).double()
     torch.testing.assert_close(aff(x), bn(x), rtol=1e-12, atol=1e-12)
-    bn2 = aff.to_batchnorm()
-    assert not bn2.training
-    torch.testing.assert_close(bn2(x), bn(x), rtol=1e-10, atol=1e-10)
-    aff2 = AffineChannel.from_batchnorm(bn2).double()
-    torch.testing.assert_close(aff2.weight, aff.weight, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(aff2.bias, aff.bias, rtol=1e-10, atol=1e-12)
 
 
 def test_fresh_is_exact_identity_and_frozen():
@@ -81,17 +75,9 @@ def test_torchvision_resnet_checkpoint_loads_into_affine_backbone():
                 m.running_mean.normal_(0, 0.1, generator=gen)
                 m.running_var.uniform_(0.5, 2.0, generator=gen)
     ref.eval()
-    aff = torchvision.models.resnet18(num_classes=3, norm_layer=norm_layer("affine"))
+    aff = torchvision.models.resnet18(num_classes=3, norm_layer=lambda c: get_norm("affine", c))
     aff.load_state_dict(ref.state_dict(), strict=True)
     assert set(aff.state_dict()) < set(ref.state_dict())  # same names, minus the BN statistics
     x = torch.randn(1, 3, 64, 64, generator=gen)
     with torch.no_grad():
         torch.testing.assert_close(aff(x), ref(x), rtol=1e-4, atol=1e-4)
-
-
-def test_fold_into_conv():
-    gen = torch.Generator().manual_seed(3)
-    conv = nn.Conv2d(3, 4, 3, bias=True).double()
-    aff = AffineChannel.from_batchnorm(_random_bn(4, gen)).double()
-    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(fold_into_conv(conv, aff)(x), aff(conv(x)))

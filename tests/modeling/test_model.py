@@ -62,11 +62,40 @@ def test_proxy_norm_activation_in_head():
     assert any(type(m).__name__ == "ProxyNormAct" for m in model.head.modules())
 
 
-def test_state_dict_keys_do_not_depend_on_norm():
-    keys = {n: set(k for k in build_model(tiny_cfg(n, n, n), 3).state_dict()
-                   if not k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked"))
-            for n in ["bn", "gn", "gn_ws", "affine"]}
-    assert keys["bn"] == keys["gn"] == keys["gn_ws"] == keys["affine"]
+def _param_keys(cfg):
+    return {k for k in build_model(cfg, 3).state_dict()
+            if k.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_state_dict_keys_do_not_depend_on_norm_outside_batch_statistics_heads():
+    keys = {n: _param_keys(tiny_cfg(n, n, "gn")) for n in ["bn", "gn", "gn_ws", "affine", "ln", "in"]}
+    assert all(k == keys["gn"] for k in keys.values())
+    # the head's norms: shared across levels for GN-type norms, per level for BN (as detectron2)
+    head_gn = {k for k in _param_keys(tiny_cfg(head="gn")) if k.startswith("head.")}
+    head_bn = {k for k in _param_keys(tiny_cfg(head="bn")) if k.startswith("head.")}
+    assert "head.cls_subnet.0.norm.weight" in head_gn
+    assert {f"head.cls_subnet.0.norm.{lvl}.weight" for lvl in range(5)} <= head_bn
+
+
+@pytest.mark.parametrize("norm, per_level, expected", [
+    ("gn", None, False), ("ln", None, False), ("none", None, False), ("affine", None, False),
+    ("bn", None, True), ("syncbn", None, True), ("gn", True, True), ("bn", False, False),
+])
+def test_head_norm_sharing_follows_the_references(norm, per_level, expected):
+    cfg = tiny_cfg(head=norm)
+    cfg["head"]["per_level_norm"] = per_level
+    model = build_model(cfg, 3)
+    norm_module = model.head.cls_subnet[0].norm
+    assert isinstance(norm_module, torch.nn.ModuleList) == expected
+    _step(cfg)
+
+
+def test_head_layers_share_the_conv_norm_act_checks():
+    # pn_relu needs a normalized input: the head used to accept it after norm=none
+    with pytest.raises(ValueError, match="pn_relu"):
+        build_model(tiny_cfg(head="none", act="pn_relu"), 3)
+    with pytest.warns(UserWarning, match="weight standardization"):
+        build_model(tiny_cfg(head="none") | {"head": {"num_convs": 1, "norm": "none", "ws": True}}, 3)
 
 
 def test_head_bn_is_per_level():

@@ -18,18 +18,23 @@ NORM_PRESETS = {
 
 
 def make_config(norm_name, seed, ims_per_device, bn_group_size=None, world_size=1, max_iter=100,
-                components=None, act=None):
+                components=None, act=None, part_bn_group_size=None):
+    """A run's config.yaml as the schema lays it out. bn_group_size: model.norm_opts.bn_group_size;
+    part_bn_group_size: {component: model.<component>.norm_opts.bn_group_size} (unset: null)."""
     comps, default_act = NORM_PRESETS.get(norm_name, (None, "relu"))
     comps = dict(comps or {})
     comps.update(components or {})
-    model = {c: {"norm": comps[c][0], "ws": comps[c][1]} for c in ("backbone", "fpn", "head")}
+    parts = part_bn_group_size or {}
+    model = {c: {"norm": comps[c][0], "ws": comps[c][1], "norm_opts": {"bn_group_size": parts.get(c)}}
+             for c in ("backbone", "fpn", "head")}
     model["head"]["act"] = act or default_act
+    model["norm_opts"] = {"num_groups": 32, "eps": 1e-5, "bn_group_size": bn_group_size, "impl": "auto"}
     return {
         "seed": seed,
         "output_dir": f"/somewhere/{norm_name}/{seed}",
         "norm": {"name": norm_name},
         "model": model,
-        "data": {"ims_per_device": ims_per_device, "bn_group_size": bn_group_size},
+        "data": {"ims_per_device": ims_per_device},
         "solver": {"ims_per_batch": ims_per_device * world_size, "max_iter": max_iter, "base_lr": 0.01},
     }
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gn_detect.sweeps import collect_runs, component_label, find_run_dirs, label_matches, write_sweep_report
-from gn_detect.sweeps.collect import batch_mode, images_per_group, normalize_norm
+from gn_detect.sweeps.collect import batch_mode, images_per_group, normalize_norm, read_bn_group_size
 
 from .fabricate import make_config, write_run
 
@@ -55,6 +55,40 @@ def test_batch_axis_and_mode():
     assert batch_mode(16, None, 1) == "single process"
     assert batch_mode(2, None, 4) == "real processes"
     assert batch_mode(8, 2, 4) == "real processes + emulated"
+
+
+def test_bn_group_size_from_model_norm_opts():
+    """model.<part>.norm_opts.bn_group_size of the bn components, null inheriting
+    model.norm_opts.bn_group_size; without bn the model-wide value as set."""
+    bn_head = {"components": {"head": ("bn", False)}}
+    cases = [
+        # (make_config kwargs, expected size, note expected)
+        ({"bn_group_size": 4}, 4, False),
+        ({"part_bn_group_size": {"backbone": 2}}, 2, False),
+        ({"bn_group_size": 4, "part_bn_group_size": {"backbone": 2}}, 2, False),
+        ({"bn_group_size": 4, "part_bn_group_size": {"fpn": 2}}, 4, False),  # fpn has no bn: override unused
+        ({"bn_group_size": 4, "part_bn_group_size": {"head": 2}, **bn_head}, 2, True),  # backbone 4, head 2
+        ({"part_bn_group_size": {"head": 2}, **bn_head}, 2, True),  # backbone: the whole device batch
+        ({"bn_group_size": 0}, None, False),  # not a group size
+    ]
+    for kwargs, size, noted in cases:
+        cfg = make_config("bn", 0, 8, **kwargs)
+        c = comps("bn", "none", "bn" if "components" in kwargs else "none")
+        got, note = read_bn_group_size(cfg, c)
+        assert got == size, kwargs
+        assert (note is not None) == noted, (kwargs, note)
+    cfg = make_config("bn", 0, 8, part_bn_group_size={"head": 2}, **bn_head)
+    assert read_bn_group_size(cfg, comps("bn", "none", "bn"))[1] == (
+        "bn_group_size differs by component (backbone=device batch, head=2): the smallest, 2, is the batch axis")
+    assert read_bn_group_size(make_config("gn", 0, 8, bn_group_size=2), comps("gn", "gn", "gn")) == (2, None)
+
+
+def test_per_component_group_size_sets_the_batch_axis(tmp_path):
+    write_run(tmp_path / "a", make_config("bn", 0, 8, part_bn_group_size={"backbone": 2}), final=FINAL)
+    write_run(tmp_path / "b", make_config("bn", 1, 8, part_bn_group_size={"backbone": 2}), final=FINAL)
+    res = write_sweep_report(tmp_path, quiet=True)
+    [row] = res["rows"]
+    assert (row["ims_per_group"], row["bn_group_size"], row["mode"], row["n"]) == (2, 2, "emulated", 2)
 
 
 def test_find_run_dirs_skips_hidden_and_nested(tmp_path):

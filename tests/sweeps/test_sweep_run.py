@@ -41,14 +41,15 @@ def tiny_overrides(tmp: Path) -> list[str]:
     ]
 
 
-def run_sweep(tmp: Path, sweep_dir: Path, sweep_args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+def run_sweep(tmp: Path, sweep_dir: Path, sweep_args: list[str],
+              check: bool = True) -> tuple[subprocess.CompletedProcess, float]:
     cmd = [sys.executable, str(TRAIN), "-m", *sweep_args, *tiny_overrides(tmp),
            f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - t0
-    assert proc.returncode == 0, f"sweep exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert not check or proc.returncode == 0, f"sweep exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc, elapsed
 
 
@@ -159,37 +160,49 @@ def test_rerun_skips_finished_and_reruns_deleted_or_failed(sweep: dict) -> None:
 
 def test_failed_run_is_reported_and_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "failing"
-    # bn_group_size=3 does not divide 2 images per device: a ValueError at start-up, before
-    # the trainer writes anything; bn_group_size=1 (ghost BN, emulated) runs after it.
-    proc, _ = run_sweep(tmp_path, sweep_dir, ["norm=bn", "data.ims_per_device=2", "data.bn_group_size=3,1",
-                                              "seed=0"])
+    # A backbone weights file that is not a checkpoint: the config is valid (pre-flight passes),
+    # the run fails while building its model; the run without weights goes on after it.
+    bad = tmp_path / "not_a_checkpoint.pth"
+    bad.write_text("not a checkpoint")
+    proc, _ = run_sweep(tmp_path, sweep_dir, ["norm=bn", "data.ims_per_device=2", "model.norm_opts.bn_group_size=1",
+                                              f"model.backbone.weights={bad},null", "seed=0"])
     out = output(proc)
     failed_lines = [line for line in proc.stdout.splitlines() if line.startswith("[gn-detect] FAILED run")]
-    assert len(failed_lines) == 1 and "data.bn_group_size=3" in failed_lines[0], out[-3000:]
-    assert "must divide data.ims_per_device" in failed_lines[0]
+    assert len(failed_lines) == 1 and "not_a_checkpoint" in failed_lines[0], out[-3000:]
+    assert "cannot read" in failed_lines[0]
     assert "1 done, 1 failed" in out
 
-    runs = {run_config(r)["data"]["bn_group_size"]: r for r in run_dirs(sweep_dir)}
-    assert set(runs) == {1, 3}
-    status = json.loads((runs[3] / "status.json").read_text())
-    assert status["state"] == "failed" and "ValueError" in status["error"]
-    assert json.loads((runs[1] / "status.json").read_text())["state"] == "done"
+    runs = {run_config(r)["model"]["backbone"]["weights"]: r for r in run_dirs(sweep_dir)}
+    assert set(runs) == {str(bad), None}
+    status = json.loads((runs[str(bad)] / "status.json").read_text())
+    assert status["state"] == "failed" and "RuntimeError" in status["error"]
+    assert json.loads((runs[None] / "status.json").read_text())["state"] == "done"
 
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["counts"]["failed"] == 1 and summary["counts"]["done"] == 1
     [failed] = summary["failed"]
-    assert "must divide" in json.dumps(failed)
+    assert "cannot read" in json.dumps(failed)
     md = (sweep_dir / "summary.md").read_text()
     failed_section = md.split("## Failed runs", 1)[1].split("##", 1)[0]
-    assert "data.bn_group_size=3" in failed_section and "must divide" in failed_section
+    assert "not_a_checkpoint" in failed_section and "cannot read" in failed_section
     [row] = summary["rows"]
     assert row["mode"] == "emulated" and row["ims_per_group"] == 1
+
+
+def test_invalid_sweep_value_is_refused_before_any_run(tmp_path: Path) -> None:
+    """A config error in any combination stops the whole command at once, one line, no folder."""
+    sweep_dir = tmp_path / "refused"
+    proc, _ = run_sweep(tmp_path, sweep_dir, ["norm=bn", "data.ims_per_device=2",
+                                              "model.norm_opts.bn_group_size=1,3", "seed=0"], check=False)
+    assert proc.returncode == 2
+    assert "model.norm_opts.bn_group_size: 3 must divide data.ims_per_device=2" in output(proc)
+    assert not sweep_dir.exists()
 
 
 STUDIES = {
     # study: (hydra.sweeper.params, data.ims_per_device it sets)
     "batch_size": ({"norm": "bn,gn,gn_ws", "data.ims_per_device": "1,2,4,8,16", "seed": "0"}, 2),
-    "batch_size_emulated": ({"data.bn_group_size": "1,2,4,8,16", "seed": "0"}, 16),
+    "batch_size_emulated": ({"model.norm_opts.bn_group_size": "1,2,4,8,16", "seed": "0"}, 16),
     "where_gn": ({"norm": "affine,gn_fpn_head,gn_ws", "seed": "0,1,2"}, 16),
     "from_scratch": ({"norm": "bn,gn,gn_ws,ln_pn", "seed": "0,1,2"}, 16),
 }

@@ -1,8 +1,9 @@
-"""Seeded synthetic ground truth and detections for tests and the benchmark.
+"""Seeded synthetic ground truth and detections: fixtures of the evaluation tests, also the
+ground truth of scripts/bench_eval.py.
 
 Detections imitate a detector: most GT boxes get a jittered copy (sometimes several, the
 duplicates a missing NMS would leave), scored higher than the random false positives, with
-a few class confusions. Nothing here is used at evaluation time.
+a few class confusions.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from pycocotools.coco import COCO
 
 from gn_detect.cocoapi import coco_from_dict
 
-__all__ = ["make_coco", "coco_from_dict", "jitter_detections"]
-
+__all__ = ["make_coco", "jitter_detections"]
 
 
 def make_coco(

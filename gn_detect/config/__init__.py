@@ -1,0 +1,31 @@
+"""The config: typed schema (schema.py), its registration with Hydra (store.py), start-up
+validation (validate.py) and the one-line errors both produce (errors.py)."""
+from .errors import ConfigError, one_line
+from .preflight import check_command_line, preflight
+from .schema import CHOICES, EvaluateConfig, TrainConfig
+from .store import register_schemas
+from .validate import (
+    check_bn_statistics,
+    component_norm_opts,
+    lr_steps,
+    resolve_batch,
+    validate_evaluate_config,
+    validate_train_config,
+)
+
+__all__ = [
+    "CHOICES",
+    "ConfigError",
+    "EvaluateConfig",
+    "TrainConfig",
+    "check_bn_statistics",
+    "check_command_line",
+    "component_norm_opts",
+    "lr_steps",
+    "one_line",
+    "preflight",
+    "register_schemas",
+    "resolve_batch",
+    "validate_evaluate_config",
+    "validate_train_config",
+]

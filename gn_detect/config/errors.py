@@ -1,0 +1,48 @@
+"""ConfigError and the one-line rendering of Hydra/OmegaConf composition errors."""
+from __future__ import annotations
+
+import re
+
+
+class ConfigError(ValueError):
+    """A bad config value, named by its dotted key, with the fix; raised before any data is read."""
+
+    def __init__(self, key: str, problem: str, fix: str = "") -> None:
+        self.key = key
+        super().__init__(f"{key}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+_FULL_KEY = re.compile(r"full_key:\s*(\S+)")
+_NOT_IN_STRUCT = re.compile(r"Key '([^']+)' (?:is not in struct|not in '(\w+)')")
+_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config use",
+          "Set the environment variable HYDRA_FULL_ERROR")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return out
+
+
+def one_line(exc: BaseException) -> str:
+    """One line naming the key and the problem, from a ConfigError or a Hydra/OmegaConf error
+    (which spread the key, the reason and a hint over several lines and chained causes)."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    text = "\n".join(str(e) for e in _chain(exc))
+    key_match = _FULL_KEY.search(text)
+    key = key_match.group(1) if key_match else ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
+    missing = _NOT_IN_STRUCT.search(text)
+    if missing and key:
+        return f"{key}: unknown key; check the spelling (`python tools/train.py --cfg job` lists every key)"
+    reason = next((ln for ln in lines if not ln.startswith(("Error merging", "Could not override",
+                                                              "Error composing"))), lines[0] if lines else "")
+    if "could not be converted" in reason or "Value '" in reason:
+        return f"{key}: {reason}" if key else reason
+    first = lines[0] if lines else type(exc).__name__
+    if key and key not in first:
+        first = f"{key}: {first}"
+    return first if reason == first or not reason else f"{first} ({reason})"

@@ -1,0 +1,201 @@
+"""What every checkpoint says about the model in it, and the rules a resume or an evaluation
+checks against it.
+
+A checkpoint's ``description`` (gn_detect/engine/checkpoint.py) is plain data::
+
+    {"config": the run's resolved config (dict; solver.ims_per_batch as derived),
+     "model": {"backbone": {"depth", "widths", "norm", "ws", "num_groups", "eps"},
+               "fpn": {"out_channels", "norm", "ws", "num_groups", "eps"},
+               "head": {"num_convs", "norm", "ws", "num_groups", "eps", "per_level_norm", "act"},
+               "num_classes": int, "categories": [{"id", "name"}, ...] in label order},
+     "version": the gn-detect package version that wrote it}
+
+``per_level_norm`` is resolved (null -> per level for bn/syncbn); ``ws`` is true for ``gn_ws``
+too; the categories are the training dataset's.
+
+Resuming (:func:`check_resume`) refuses any difference from the checkpoint's description that
+would change the model, the optimizer or the data, listing every differing key in one line.
+Only these keys may change when a run is resumed (:data:`RESUME_MAY_CHANGE`):
+
+* ``log.period``, ``log.progress``: how progress is printed;
+* ``eval.period``, ``eval.full_reports``, ``eval.num_vis_images``: when periodic evaluations run
+  and how many figures they draw (not what they compute);
+* ``checkpoint.period``: how often ``last.pth`` is written;
+* ``data.num_workers``: the batches depend only on (seed, iteration), not on the workers;
+* ``solver.max_iter``: only a longer schedule, and only with ``solver.lr_schedule=step`` and the
+  drops given in iterations (``solver.steps``), where the learning rate of the iterations
+  already trained does not depend on it (``step_fractions`` and ``cosine`` move with it).
+
+Everything else (model, solver, data, seed, eval split and tuning, ``init_weights``, ``device``...)
+and the model description itself (e.g. the categories of the training data) must match.
+An evaluation (:func:`check_same_model`) refuses a ``run_config`` whose ``model`` section
+differs from the checkpoint's (``model.backbone.weights`` and ``weights_strict`` aside: they only
+say where a run's initial weights came from).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gn_detect.config import ConfigError, TrainConfig, component_norm_opts
+from gn_detect.layers import split_norm_name
+from gn_detect.modeling.build import model_config
+from gn_detect.modeling.head import uses_per_level_norm
+
+__all__ = [
+    "RESUME_MAY_CHANGE",
+    "ResumeRefusedError",
+    "categories_of_dataset",
+    "check_resume",
+    "check_same_model",
+    "config_differences",
+    "describe_run",
+    "model_signature",
+    "package_version",
+]
+
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    "log.period", "log.progress", "eval.period", "eval.full_reports", "eval.num_vis_images",
+    "checkpoint.period", "data.num_workers",
+)
+# Keys of the model section that do not describe the trained model (see the module docstring).
+_NOT_THE_MODEL = ("model.backbone.weights", "model.backbone.weights_strict")
+_MISSING = "<absent>"
+
+
+class ResumeRefusedError(ConfigError):
+    """The run folder's checkpoint was written with settings this start would change."""
+
+
+def package_version() -> str:
+    """The installed gn-detect version ('unknown' when running from a checkout that is not installed)."""
+    try:
+        return importlib.metadata.version("gn-detect")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def categories_of_dataset(dataset: Any) -> list[dict[str, Any]]:
+    """``[{"id", "name"}]`` in the dataset's label order (``label_to_cat_id``)."""
+    cats = dataset.coco.cats
+    return [{"id": int(cid), "name": str(cats[cid].get("name", cid))} for cid in dataset.label_to_cat_id]
+
+
+def _part(model: DictConfig, part: str) -> dict[str, Any]:
+    norm, named_ws = split_norm_name(model[part].norm)
+    opts = component_norm_opts(model, part)
+    return {"norm": norm, "ws": bool(named_ws or model[part].ws), "num_groups": opts["num_groups"],
+            "eps": opts["eps"]}
+
+
+def model_signature(model: Mapping[str, Any] | DictConfig, categories: list[dict[str, Any]]) -> dict[str, Any]:
+    """The architecture a ``model`` config section builds for ``categories`` (module docstring)."""
+    m = model_config(model)
+    head = m.head
+    widths = None if m.backbone.widths is None else list(m.backbone.widths)
+    return {
+        "backbone": {"depth": str(m.backbone.depth), "widths": widths, **_part(m, "backbone")},
+        "fpn": {"out_channels": m.fpn.out_channels, **_part(m, "fpn")},
+        "head": {"num_convs": head.num_convs, **_part(m, "head"),
+                 "per_level_norm": uses_per_level_norm(head.norm, head.per_level_norm), "act": head.act},
+        "num_classes": len(categories),
+        "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in categories],
+    }
+
+
+def describe_run(config: Mapping[str, Any], categories: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``description`` a run's checkpoints carry; ``config`` is the resolved config dict."""
+    return {"config": dict(config), "model": model_signature(config["model"], categories),
+            "version": package_version()}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _on_schema(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config on today's schema (keys added since get their defaults); as saved if it
+    no longer fits (a key was removed), so the difference is reported, not an exception."""
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(TrainConfig), dict(config)), resolve=True)
+    except Exception:  # noqa: BLE001 - reported as differences by the caller
+        return dict(config)
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old value, new value) for every leaf that differs (``<absent>`` if missing)."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(a.keys() | b.keys())
+            if a.get(k, _MISSING) != b.get(k, _MISSING)}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 3:
+        return f"[{len(value)} entries]"
+    text = value if value == _MISSING else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _max_iter_note(old: Any, new: Any, solver: Mapping[str, Any]) -> str | None:
+    """Why a changed solver.max_iter cannot be resumed, or None when it can."""
+    if not isinstance(old, int) or not isinstance(new, int) or new < old:
+        return "only a longer schedule can be resumed"
+    if solver.get("lr_schedule") != "step" or solver.get("step_fractions"):
+        return ("the learning rate of the iterations already trained depends on it "
+                "(solver.lr_schedule=cosine or solver.step_fractions)")
+    return None
+
+
+def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], path: str | os.PathLike, iteration: int) -> None:
+    """Raises :class:`ResumeRefusedError` (one line, every differing key) unless the ``new``
+    description differs from the checkpoint's ``saved`` one only where the module docstring allows."""
+    diffs = {k: v for k, v in config_differences(_on_schema(saved["config"]), new["config"]).items()
+             if k not in RESUME_MAY_CHANGE}
+    notes: dict[str, str] = {}
+    if "solver.max_iter" in diffs:
+        note = _max_iter_note(*diffs["solver.max_iter"], new["config"]["solver"])
+        if note is None:
+            del diffs["solver.max_iter"]
+        else:
+            notes["solver.max_iter"] = note
+    described = {f"model description: {k}": v for k, v in config_differences(saved["model"], new["model"]).items()
+                 # a model.* key listed above already explains the rest of the description
+                 if k in ("num_classes", "categories") or not any(d.startswith("model.") for d in diffs)}
+    if not diffs and not described:
+        return
+    shown = [f"{k} ({_show(a)} -> {_show(b)}{'; ' + notes[k] if k in notes else ''})"
+             for k, (a, b) in {**diffs, **described}.items()]
+    fix = "use a new run folder"
+    if diffs:
+        fix += f", or revert {', '.join(diffs)}"
+    if described:
+        fix += ", or train on the data (categories) and code the run started with"
+    raise ResumeRefusedError(
+        "resume", f"{path} (iteration {iteration}) was written with other settings than this start: "
+        f"{'; '.join(shown)}", fix)
+
+
+def check_same_model(ckpt_model: Mapping[str, Any], other_model: Mapping[str, Any], ckpt_path: Any,
+                     other_path: Any) -> None:
+    """Raises a one-line ConfigError when ``other_model`` (a run_config's ``model`` section)
+    differs from the checkpoint's, apart from where the initial weights came from."""
+    diffs = {k: v for k, v in config_differences(
+        {"model": OmegaConf.to_container(model_config(ckpt_model), resolve=True)},
+        {"model": OmegaConf.to_container(model_config(other_model), resolve=True)}).items()
+        if k not in _NOT_THE_MODEL}
+    if diffs:
+        shown = "; ".join(f"{k} ({_show(a)} -> {_show(b)})" for k, (a, b) in diffs.items())
+        raise ConfigError(
+            "run_config", f"{other_path} describes another model than the checkpoint {ckpt_path}: {shown}",
+            "leave run_config unset to evaluate with the checkpoint's own config, or give the config.yaml of "
+            "the run that wrote the checkpoint")

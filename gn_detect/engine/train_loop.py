@@ -1,0 +1,268 @@
+"""The training loop: :class:`Trainer` runs the steps, :class:`HookBase` subclasses do the rest.
+
+What happens around a step (LR schedule, checkpoints, evaluation, PreciseBN, logging, signals,
+timing) lives in hooks (gn_detect/engine/hooks.py); a new behaviour is a new hook, not an edit
+of this loop. ``Trainer.train(start_iter, max_iter)`` calls, in registration order::
+
+    before_train()
+    for iter in range(start_iter, max_iter):
+        before_step(); run_step(); after_step()     # the loop ends early after a stop (below)
+    after_train()                                   # always, also when a step raised
+
+Iteration numbering, the same everywhere (metrics.jsonl, TensorBoard, eval records, logs):
+``trainer.iter`` is the 0-based index of the current iteration inside a step, and of the last
+completed one from ``after_step`` on. ``trainer.iters_done`` counts completed iterations
+(``iter + 1`` from ``after_step`` on): what checkpoints store, the ``start_iter`` to resume at.
+
+Stopping: ``request_stop(reason)`` (a signal handler, a hook) only raises a local flag. Each
+step folds it, together with "the loss is not finite", into one all-reduce across ranks, so
+all ranks agree in the same step: ``trainer.stopping`` is then True in that step's
+``after_step``, the loop ends after it and ``trainer.state`` becomes ``"interrupted"`` (unless
+it was the last iteration anyway). A non-finite loss on any rank goes to the
+:class:`NonFinitePolicy`: stop (save ``nonfinite_debug`` and raise) or skip the step.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gn_detect.engine import dist as gdist
+from gn_detect.engine.checkpoint import Checkpointer, unwrap_model
+from gn_detect.engine.solver import clip_gradients
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HookBase", "NonFiniteLossError", "NonFinitePolicy", "StepStorage", "Trainer"]
+
+TrainState = Literal["idle", "running", "done", "interrupted", "failed"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss was NaN/Inf on some rank and ``solver.nonfinite=stop``."""
+
+
+class HookBase:
+    """Called by :class:`Trainer` around the loop; override what you need. ``self.trainer`` is
+    set by :meth:`Trainer.register_hooks`. Hooks read ``trainer.iter``, ``trainer.iters_done``,
+    ``trainer.storage`` (this step's numbers), ``trainer.stopping`` and ``trainer.state`` (in
+    ``after_train``: done, interrupted or failed) and may add to ``trainer.results``."""
+
+    trainer: "Trainer"
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+
+@dataclass
+class StepStorage:
+    """What one step measured, for the hooks of that step."""
+
+    losses: dict[str, float] = field(default_factory=dict)  # each loss term, and "loss" (their sum)
+    lr: float | None = None          # learning rate the optimizer step used (param group 0)
+    grad_norm: float | None = None   # before clipping; None without solver.clip_grad_norm
+    data_time: float = 0.0           # seconds waiting for the batch
+    step_time: float = 0.0           # seconds of run_step (batch, forward, backward, update)
+    num_images: int = 0              # images in this step over all ranks
+    skipped: bool = False            # non-finite loss, step dropped (solver.nonfinite=skip)
+    eval: dict[str, Any] | None = None  # metrics of an evaluation run after this step (EvalHook)
+
+
+class NonFinitePolicy:
+    """What a step does when its loss is not finite on some rank (``solver.nonfinite``).
+
+    ``stop``: saves ``checkpoints/nonfinite_debug.pth`` (the state that produced the loss, when
+    a checkpointer is given) and raises :class:`NonFiniteLossError` naming the fixes. ``skip``:
+    the step is dropped (no backward, no update; the LR schedule still advances) and counted in
+    ``trainer.skipped_steps``, which checkpoints keep.
+    """
+
+    def __init__(self, mode: str = "stop", checkpointer: Checkpointer | None = None) -> None:
+        if mode not in ("stop", "skip"):
+            raise ValueError(f"solver.nonfinite={mode!r}: use stop or skip")
+        self.mode, self.checkpointer = mode, checkpointer
+
+    def __call__(self, trainer: "Trainer", losses: dict[str, float]) -> None:
+        if self.mode == "skip":
+            trainer.skipped_steps += 1
+            log.warning("iteration %d: non-finite loss %s, step skipped (%d so far)",
+                        trainer.iter, losses, trainer.skipped_steps)
+            return
+        saved = "No state was saved."
+        if self.checkpointer is not None:
+            self.checkpointer.save("nonfinite_debug", trainer.iters_done, **trainer.checkpoint_extra())
+            saved = f"State saved to {self.checkpointer.path('nonfinite_debug')}."
+        raise NonFiniteLossError(
+            f"iteration {trainer.iter}: loss is not finite ({losses}). {saved} Lower solver.base_lr, raise "
+            "solver.warmup_iters, set solver.clip_grad_norm, or solver.nonfinite=skip to skip such steps."
+        )
+
+
+class Trainer:
+    """Owns the loop and the step; everything else is a hook.
+
+    ``model`` is what the step calls (DDP-wrapped under torchrun); ``bare_model`` the module
+    inside. ``data_loader`` yields ``(images, targets, image_sizes)`` batches (endless);
+    ``ims_per_batch`` is the number of images of one step over all ranks (for timing).
+    """
+
+    def __init__(self, model: nn.Module, data_loader: Iterable[Any], optimizer: torch.optim.Optimizer, *,
+                 device: torch.device, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                 clip_grad_norm: float | None = None, nonfinite: NonFinitePolicy | None = None,
+                 ims_per_batch: int = 0) -> None:
+        self.model, self.bare_model = model, unwrap_model(model)
+        self.data_loader, self.optimizer = data_loader, optimizer
+        self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
+        self.clip_grad_norm = clip_grad_norm
+        self.nonfinite = nonfinite or NonFinitePolicy("stop")
+        self.ims_per_batch = ims_per_batch
+        self.hooks: list[HookBase] = []
+        self.start_iter = self.max_iter = 0
+        self.iter = -1
+        self.iters_done = 0  # completed iterations: what a checkpoint taken now stores
+        self.skipped_steps = 0
+        self.storage = StepStorage()
+        self.state: TrainState = "idle"
+        self.stopping = False
+        self.stop_reason: str | None = None  # set locally by request_stop
+        self.results: dict[str, Any] = {}     # final numbers hooks contribute (eval metrics, timing)
+        self._data_iter: Any = None
+
+    # ------------------------------------------------------------------ hooks
+    def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
+        """Appends hooks (None entries are ignored); they run in the order registered."""
+        for h in hooks:
+            if h is None:
+                continue
+            if not isinstance(h, HookBase):
+                raise TypeError(f"{type(h).__name__} is not a hook: subclass gn_detect.engine.train_loop.HookBase")
+            h.trainer = self
+            self.hooks.append(h)
+
+    def remove_hooks(self, kind: type[HookBase]) -> list[HookBase]:
+        """Removes and returns every registered hook that is an instance of ``kind``."""
+        removed = [h for h in self.hooks if isinstance(h, kind)]
+        self.hooks = [h for h in self.hooks if not isinstance(h, kind)]
+        return removed
+
+    def get_hook(self, kind: type[HookBase]) -> HookBase | None:
+        """The first registered hook that is an instance of ``kind``, or None."""
+        return next((h for h in self.hooks if isinstance(h, kind)), None)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Loop state that checkpoints carry besides model, optimizer, scheduler and RNG."""
+        return {"skipped_steps": self.skipped_steps}
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current step (decided with the other ranks, see module doc)."""
+        self.stop_reason = reason
+
+    # ------------------------------------------------------------------ loop
+    def train(self, start_iter: int, max_iter: int) -> None:
+        """Runs iterations ``start_iter .. max_iter - 1``; ``self.state`` tells how it ended."""
+        self.start_iter, self.max_iter = start_iter, max_iter
+        self.iter, self.iters_done, self.state, self.stopping = start_iter - 1, start_iter, "running", False
+        self.stop_reason, self.results = None, {}
+        log.info("training from iteration %d to %d", start_iter, max_iter)
+        try:
+            self._call("before_train")
+            self._data_iter = iter(self.data_loader)
+            for self.iter in range(start_iter, max_iter):
+                self._call("before_step")
+                self.run_step()
+                self.iters_done = self.iter + 1
+                self._call("after_step")
+                if self.stopping:
+                    break
+            self.state = "interrupted" if self.iters_done < max_iter else "done"
+        except BaseException:
+            self.state, self._data_iter = "failed", None
+            self.after_train()
+            raise
+        self._data_iter = None  # the loader's workers can exit before the final evaluation
+        self.after_train()
+
+    def _call(self, name: str) -> None:
+        for h in self.hooks:
+            getattr(h, name)()
+
+    def after_train(self) -> None:
+        """Every hook's ``after_train``, even when one raises (the first error is re-raised
+        after the others ran, with ``state`` set to failed); errors during a failed run's
+        clean-up are logged, the original error propagates."""
+        first: BaseException | None = None
+        for h in self.hooks:
+            try:
+                h.after_train()
+            except BaseException as exc:  # noqa: BLE001 - the others still release their resources
+                if first is None and self.state != "failed":
+                    first = exc
+                else:
+                    log.error("%s.after_train failed: %s: %s", type(h).__name__, type(exc).__name__, exc)
+                self.state = "failed"
+        if first is not None:
+            raise first
+
+    # ------------------------------------------------------------------ step
+    def prepare_batch(self, batch: Any) -> tuple[torch.Tensor, list[dict[str, Any]], list[tuple[int, int]]]:
+        """A loader batch on the device (channels_last when enabled)."""
+        images, targets, image_sizes = batch
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        return images, targets, image_sizes
+
+    def forward(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """The loss terms of ``model`` (training mode) on ``batch``, under the run's autocast."""
+        images, targets, image_sizes = self.prepare_batch(batch)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            return model(images, image_sizes, targets)
+
+    def _agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag True on every rank when any rank raised it, in one all-reduce: a decision one
+        rank took alone (skip a step, stop) would leave the others waiting in DDP's all-reduce."""
+        if gdist.get_world_size() == 1:
+            return flags
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
+        dist.all_reduce(t)
+        return tuple(bool(v > 0) for v in t.tolist())
+
+    def run_step(self) -> None:
+        """Batch, forward, loss; the one collective deciding non-finite and stop; then backward,
+        clipping and the optimizer step (or the non-finite policy). Fills ``self.storage``."""
+        t0 = time.perf_counter()
+        batch = next(self._data_iter)
+        data_time = time.perf_counter() - t0
+        losses = self.forward(self.model, batch)
+        loss = sum(losses.values())
+        values = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+        nonfinite, stop = self._agree(not bool(torch.isfinite(loss)), self.stop_reason is not None)
+        self.stopping = stop and self.iter + 1 < self.max_iter
+        self.storage = StepStorage(losses=values, data_time=data_time, num_images=self.ims_per_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if nonfinite:
+            self.nonfinite(self, values)  # raises, or counts the skip
+            self.storage.skipped = True
+        else:
+            loss.backward()
+            self.storage.grad_norm = clip_gradients(self.bare_model, self.clip_grad_norm)
+            self.storage.lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+        self.storage.step_time = time.perf_counter() - t0

@@ -1,0 +1,68 @@
+"""Strict JSON out: ``to_jsonable`` and the one atomic JSON writer every package uses.
+
+Lives at the package root so that data, evaluation, sweeps and engine share it without data
+or evaluation depending on engine. No torch import: tensors and NumPy values are recognised
+by their ``tolist``/``item`` methods.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["to_jsonable", "write_json_atomic"]
+
+
+def _numel(obj: Any) -> int:
+    # torch tensors have numel(); NumPy arrays and scalars have an int .size
+    numel = getattr(obj, "numel", None)
+    return int(numel()) if callable(numel) else int(getattr(obj, "size", 1))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Tensors/NumPy values to Python numbers or lists, paths to str; non-finite floats to None.
+
+    One-element tensors and arrays become a number. NaN/Infinity are not JSON (strict parsers
+    such as ``jq`` reject them), so a diverged loss is written as null. Anything else
+    unknown becomes its ``str``.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if callable(getattr(obj, "tolist", None)) and callable(getattr(obj, "item", None)):
+        return to_jsonable(obj.item() if _numel(obj) == 1 else obj.tolist())
+    return str(obj)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``to_jsonable(obj)`` as strict JSON via temp file + fsync + ``os.replace``.
+
+    Readers never see half a file, and a killed writer leaves the old file (or none) in place.
+    ``indent=None`` writes one compact line (large annotation files). Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(to_jsonable(obj), f, indent=indent, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,470 @@
+"""GroupNorm (optionally fused with ReLU) in Triton: kernels, launch plan, autograd Function.
+
+Imported lazily by ``group_norm.py`` (only when the kernel is asked for), because Triton is
+optional and because ``TRITON_INTERPRET=1`` only takes effect if it is set before Triton is
+first imported: Triton's own ``tl.sum`` & co. are decorated when ``triton.language`` loads.
+
+Layout: x is read as (N, C, HW) through its strides, so one kernel serves contiguous NCHW
+(stride_c = HW, stride_hw = 1) and channels-last NHWC (stride_c = 1, stride_hw = C): a
+group's data is a (HW, C/G) tile grid. Triton specializes integer arguments equal to 1, so
+the contiguous axis is known at compile time and loads vectorize along it.
+
+Work split: one program per (sample n, group g, chunk s of HW). ``split`` chunks per group
+keep the GPU busy when N*G is small and HW is large.
+
+Forward, two launches:
+  1. stats: per (n, g, s) the count, mean and centred sum of squares M2 of the chunk (each
+     tile is centred on its own mean and merged by Chan's formula, all in fp32).
+  2. normalize: each program merges the ``split`` partials of its (n, g) into mean and
+     rstd = 1/sqrt(var + eps) (var biased), writes y = x * scale + shift with
+     scale = rstd * gamma, shift = beta - mean * scale, then ReLU if asked; chunk 0 also
+     stores mean and rstd for the backward.
+Backward (dx, dgamma, dbeta; two passes over x and dy):
+  1. reduce: per (n, s, c) partial sums of g and g * xhat, where g = dy, or dy * (y > 0)
+     with ReLU (y recomputed from x by the forward's own formula: no mask is stored);
+  2. finalize (tiny): per (n, c) sums over chunks, and per (n, g) the two coefficients
+     a = mean(dy_hat), b = mean(dy_hat * xhat), dy_hat = g * gamma;
+  3. dx = rstd * (g * gamma - a - xhat * b).
+  dgamma = sum_n of the per-(n, c) sums of g * xhat, dbeta = of g (torch, (N, C) tensors).
+Saved for backward: x, mean, rstd (and gamma, beta); never y.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+__all__ = ["triton_group_norm", "KERNEL_DTYPES", "interpreted"]
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_SPLIT = 256  # chunks per (n, g); the normalize kernel merges them in one block
+
+
+@triton.jit
+def _scale_shift(W, B, chans, mask_c, mean, rstd, HAS_AFFINE: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(gamma, scale, shift) for channels ``chans``: y = x * scale + shift."""
+    if HAS_AFFINE:
+        gamma = tl.load(W + chans, mask=mask_c, other=0.0).to(tl.float32)
+        beta = tl.load(B + chans, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
+        beta = tl.zeros([BLOCK_C], tl.float32)
+    scale = gamma * rstd
+    return gamma, scale, beta - mean * scale
+
+
+@triton.jit
+def _gn_fwd_stats_kernel(
+    X, PART, HW, CPG, G, CHUNK,
+    stride_xn, stride_xc, stride_xhw,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """PART[n*G + g, s] = (count, mean, M2) of group g of sample n over HW chunk s."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    x_base = X + n.to(tl.int64) * stride_xn + (g * CPG).to(tl.int64) * stride_xc
+    hw_lo = pid_s * CHUNK
+    hw_hi = tl.minimum(hw_lo + CHUNK, HW)
+    cnt = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for c0 in range(0, CPG, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        n_c = tl.minimum(CPG - c0, BLOCK_C)
+        for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+            hws = hw0 + tl.arange(0, BLOCK_HW)
+            mask = (hws < hw_hi)[:, None] & (cs < CPG)[None, :]
+            offs = hws[:, None] * stride_xhw + cs[None, :] * stride_xc
+            x = tl.load(x_base + offs, mask=mask, other=0.0).to(tl.float32)
+            t_cnt = (tl.minimum(hw_hi - hw0, BLOCK_HW) * n_c).to(tl.float32)
+            t_mean = tl.sum(x) / t_cnt
+            d = tl.where(mask, x - t_mean, 0.0)
+            new_cnt = cnt + t_cnt
+            delta = t_mean - mean
+            mean += delta * (t_cnt / new_cnt)
+            m2 += tl.sum(d * d) + delta * delta * (cnt / new_cnt) * t_cnt
+            cnt = new_cnt
+    out = PART + (pid_ng * tl.num_programs(1) + pid_s) * 3
+    tl.store(out, cnt)
+    tl.store(out + 1, mean)
+    tl.store(out + 2, m2)
+
+
+@triton.jit
+def _gn_fwd_norm_kernel(
+    X, Y, W, B, PART, MEAN, RSTD, HW, CPG, G, CHUNK, SPLIT, eps,
+    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
+    HAS_AFFINE: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Merge the chunk statistics of (n, g); y = x * scale + shift (then ReLU) over chunk s."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    ss = tl.arange(0, BLOCK_S)
+    part = PART + pid_ng * SPLIT * 3 + ss * 3
+    cnt = tl.load(part, mask=ss < SPLIT, other=0.0)
+    mu = tl.load(part + 1, mask=ss < SPLIT, other=0.0)
+    total = tl.sum(cnt)
+    mean = tl.sum(cnt * mu) / total
+    d = mu - mean
+    var = (tl.sum(tl.load(part + 2, mask=ss < SPLIT, other=0.0)) + tl.sum(cnt * d * d)) / total
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(MEAN + pid_ng, mean, mask=pid_s == 0)
+    tl.store(RSTD + pid_ng, rstd, mask=pid_s == 0)
+    x_base = X + n.to(tl.int64) * stride_xn + (g * CPG).to(tl.int64) * stride_xc
+    y_base = Y + n.to(tl.int64) * stride_yn + (g * CPG).to(tl.int64) * stride_yc
+    hw_lo = pid_s * CHUNK
+    hw_hi = tl.minimum(hw_lo + CHUNK, HW)
+    for c0 in range(0, CPG, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cs < CPG
+        _, scale, shift = _scale_shift(W, B, g * CPG + cs, mask_c, mean, rstd, HAS_AFFINE, BLOCK_C)
+        for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+            hws = hw0 + tl.arange(0, BLOCK_HW)
+            mask = (hws < hw_hi)[:, None] & mask_c[None, :]
+            x_offs = hws[:, None] * stride_xhw + cs[None, :] * stride_xc
+            x = tl.load(x_base + x_offs, mask=mask, other=0.0).to(tl.float32)
+            y = x * scale[None, :] + shift[None, :]
+            if RELU:
+                y = tl.where(y < 0.0, 0.0, y)  # not maximum(): NaN must stay NaN, as in torch
+            y_offs = hws[:, None] * stride_yhw + cs[None, :] * stride_yc
+            tl.store(y_base + y_offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gn_bwd_reduce_kernel(
+    X, DY, W, B, MEAN, RSTD, DS, DB, C, HW, CPG, G, CHUNK,
+    stride_xn, stride_xc, stride_xhw, stride_dn, stride_dc, stride_dhw,
+    HAS_AFFINE: tl.constexpr, RELU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """DS[n, s, c] = sum over chunk s of g, DB[n, s, c] = of g * xhat (g: dy through ReLU)."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    mean = tl.load(MEAN + pid_ng)
+    rstd = tl.load(RSTD + pid_ng)
+    x_base = X + n.to(tl.int64) * stride_xn + (g * CPG).to(tl.int64) * stride_xc
+    d_base = DY + n.to(tl.int64) * stride_dn + (g * CPG).to(tl.int64) * stride_dc
+    out = (n.to(tl.int64) * tl.num_programs(1) + pid_s) * C + g * CPG
+    hw_lo = pid_s * CHUNK
+    hw_hi = tl.minimum(hw_lo + CHUNK, HW)
+    for c0 in range(0, CPG, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cs < CPG
+        _, scale, shift = _scale_shift(W, B, g * CPG + cs, mask_c, mean, rstd, HAS_AFFINE, BLOCK_C)
+        acc_s = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
+        acc_b = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
+        for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+            hws = hw0 + tl.arange(0, BLOCK_HW)
+            mask = (hws < hw_hi)[:, None] & mask_c[None, :]
+            x_offs = hws[:, None] * stride_xhw + cs[None, :] * stride_xc
+            d_offs = hws[:, None] * stride_dhw + cs[None, :] * stride_dc
+            x = tl.load(x_base + x_offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(d_base + d_offs, mask=mask, other=0.0).to(tl.float32)
+            if RELU:
+                dy = tl.where(x * scale[None, :] + shift[None, :] > 0.0, dy, 0.0)
+            acc_s += dy
+            acc_b += dy * ((x - mean) * rstd)
+        tl.store(DS + out + cs, tl.sum(acc_s, axis=0), mask=mask_c)
+        tl.store(DB + out + cs, tl.sum(acc_b, axis=0), mask=mask_c)
+
+
+@triton.jit
+def _gn_bwd_finalize_kernel(
+    DS, DB, W, DSN, DBN, COEF, C, CPG, G, SPLIT, inv_m,
+    HAS_AFFINE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """DSN/DBN[n, c] = sums over chunks; COEF[n*G + g] = (mean(dy_hat), mean(dy_hat * xhat))."""
+    pid_ng = tl.program_id(0)
+    n = pid_ng // G
+    g = pid_ng % G
+    a = 0.0
+    b = 0.0
+    for c0 in range(0, CPG, BLOCK_C):
+        chans = g * CPG + c0 + tl.arange(0, BLOCK_C)
+        mask_c = c0 + tl.arange(0, BLOCK_C) < CPG
+        sum_s = tl.zeros([BLOCK_C], tl.float32)
+        sum_b = tl.zeros([BLOCK_C], tl.float32)
+        for s0 in range(0, SPLIT, BLOCK_S):
+            ss = s0 + tl.arange(0, BLOCK_S)
+            mask = (ss < SPLIT)[:, None] & mask_c[None, :]
+            offs = (n.to(tl.int64) * SPLIT + ss)[:, None] * C + chans[None, :]
+            sum_s += tl.sum(tl.load(DS + offs, mask=mask, other=0.0), axis=0)
+            sum_b += tl.sum(tl.load(DB + offs, mask=mask, other=0.0), axis=0)
+        tl.store(DSN + n * C + chans, sum_s, mask=mask_c)
+        tl.store(DBN + n * C + chans, sum_b, mask=mask_c)
+        if HAS_AFFINE:
+            gamma = tl.load(W + chans, mask=mask_c, other=0.0).to(tl.float32)
+            sum_s = sum_s * gamma
+            sum_b = sum_b * gamma
+        a += tl.sum(sum_s)
+        b += tl.sum(sum_b)
+    tl.store(COEF + pid_ng * 2, a * inv_m)
+    tl.store(COEF + pid_ng * 2 + 1, b * inv_m)
+
+
+@triton.jit
+def _gn_bwd_dx_kernel(
+    X, DY, DX, W, B, MEAN, RSTD, COEF, HW, CPG, G, CHUNK,
+    stride_xn, stride_xc, stride_xhw, stride_dn, stride_dc, stride_dhw,
+    stride_gn, stride_gc, stride_ghw,
+    HAS_AFFINE: tl.constexpr, RELU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx = rstd * (g * gamma - a - xhat * b) over chunk s of (n, g)."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    mean = tl.load(MEAN + pid_ng)
+    rstd = tl.load(RSTD + pid_ng)
+    coef_a = tl.load(COEF + pid_ng * 2)
+    coef_b = tl.load(COEF + pid_ng * 2 + 1)
+    x_base = X + n.to(tl.int64) * stride_xn + (g * CPG).to(tl.int64) * stride_xc
+    d_base = DY + n.to(tl.int64) * stride_dn + (g * CPG).to(tl.int64) * stride_dc
+    g_base = DX + n.to(tl.int64) * stride_gn + (g * CPG).to(tl.int64) * stride_gc
+    hw_lo = pid_s * CHUNK
+    hw_hi = tl.minimum(hw_lo + CHUNK, HW)
+    for c0 in range(0, CPG, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cs < CPG
+        gamma, scale, shift = _scale_shift(W, B, g * CPG + cs, mask_c, mean, rstd, HAS_AFFINE, BLOCK_C)
+        for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+            hws = hw0 + tl.arange(0, BLOCK_HW)
+            mask = (hws < hw_hi)[:, None] & mask_c[None, :]
+            x = tl.load(x_base + hws[:, None] * stride_xhw + cs[None, :] * stride_xc,
+                        mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(d_base + hws[:, None] * stride_dhw + cs[None, :] * stride_dc,
+                         mask=mask, other=0.0).to(tl.float32)
+            if RELU:
+                dy = tl.where(x * scale[None, :] + shift[None, :] > 0.0, dy, 0.0)
+            dx = rstd * (dy * gamma[None, :] - coef_a - (x - mean) * rstd * coef_b)
+            tl.store(g_base + hws[:, None] * stride_ghw + cs[None, :] * stride_gc,
+                     dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def interpreted() -> bool:
+    """True when these kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return not isinstance(_gn_fwd_stats_kernel, JITFunction)
+
+
+def _mode_mismatch() -> bool:
+    # tl.sum & co. were decorated when triton.language was imported, ours when this module was.
+    return isinstance(tl.sum, JITFunction) != isinstance(_gn_fwd_stats_kernel, JITFunction)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Launch geometry shared by the forward and backward of one call."""
+
+    block_hw: int
+    block_c: int
+    split: int  # HW chunks per (n, g); grid = (N * G, split)
+    chunk: int  # HW positions per chunk, a multiple of block_hw
+    num_warps: int
+
+
+@lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def make_plan(
+    x3: torch.Tensor, num_groups: int, *,
+    block_hw: int | None = None, block_c: int | None = None, split: int | None = None,
+) -> Plan:
+    """Tile and split sizes for x3 = (N, C, HW). The keyword overrides are for tests/tuning.
+
+    A tile holds about 2048 elements on a GPU (8 per thread with 8 warps: no kernel then
+    needs more than ~110 registers, checked with ptxas for sm_90, so two programs fit per SM;
+    16384 in the interpreter, where each program costs Python time), wide along the
+    contiguous axis. ``split`` aims at 8 programs per SM. Not tuned on a GPU yet.
+    """
+    n, c, hw = x3.shape
+    cpg = c // num_groups
+    tile = 2048 if x3.is_cuda else 16384
+    if block_c is None:
+        if x3.stride(1) == 1 and c > 1:  # channels-last: channels are contiguous
+            block_c = min(triton.next_power_of_2(cpg), 512)
+        else:
+            block_c = min(triton.next_power_of_2(cpg), max(1, tile // min(triton.next_power_of_2(hw), 1024)))
+    if block_hw is None:
+        block_hw = max(1, min(triton.next_power_of_2(hw), tile // block_c))
+    if split is None:
+        target = 8 * _sm_count(x3.device.index or 0) if x3.is_cuda and not interpreted() else 1
+        split = min(triton.cdiv(target, n * num_groups), triton.cdiv(hw, block_hw), _MAX_SPLIT)
+    split = max(1, min(int(split), _MAX_SPLIT))
+    chunk = triton.cdiv(triton.cdiv(hw, split), block_hw) * block_hw
+    split = triton.cdiv(hw, chunk)  # no empty chunks
+    num_warps = 8 if block_hw * block_c >= 1024 else 4
+    return Plan(block_hw, block_c, split, chunk, num_warps)
+
+
+def _view3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t or a contiguous copy, its (N, C, HW) view); a copy only if H, W do not flatten."""
+    shape = (t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+    try:
+        return t, t.view(shape)
+    except RuntimeError:
+        t = t.contiguous()
+        return t, t.view(shape)
+
+
+def check_input(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None) -> None:
+    """One-line errors naming the cause and the fix for inputs the kernel cannot take."""
+    where = "GroupNorm impl='triton'"
+    if _mode_mismatch():
+        raise RuntimeError(
+            f"{where}: TRITON_INTERPRET changed between importing triton and this kernel module; "
+            f"fix: set (or unset) TRITON_INTERPRET=1 before Python starts"
+        )
+    if x.device.type == "cpu" and not interpreted():
+        raise RuntimeError(
+            f"{where} got a CPU tensor, but Triton kernels run on CPU only in Triton's "
+            f"interpreter; fix: set TRITON_INTERPRET=1 before Python starts, or use impl='auto'"
+        )
+    if x.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{where} supports float32/bfloat16/float16 inputs, got {x.dtype}; "
+                        f"fix: cast the input or use impl='torch'")
+    if x.dim() < 2 or x.shape[1] % num_groups != 0:
+        raise ValueError(f"{where} needs an (N, C, *) input with C divisible by {num_groups} "
+                         f"groups, got shape {tuple(x.shape)}; fix: change num_groups")
+    if weight is not None and weight.shape != (x.shape[1],):
+        raise ValueError(f"{where}: weight has shape {tuple(weight.shape)} for {x.shape[1]} "
+                         f"channels; fix: build the layer with num_channels={x.shape[1]}")
+    per_sample = x.numel() // max(x.shape[0], 1)
+    if per_sample >= 2**31:
+        raise ValueError(f"{where}: one sample has {per_sample} elements, more than the "
+                         f"kernel's int32 indexing allows; fix: use impl='torch'")
+
+
+def _strides(t3: torch.Tensor) -> tuple[int, int, int]:
+    return t3.stride(0), t3.stride(1), t3.stride(2)
+
+
+def _forward(x, weight, bias, num_groups, eps, relu, plan_opts):
+    """-> (y, mean, rstd, plan); y has x's memory format, mean/rstd are fp32 (N*G,)."""
+    x, x3 = _view3(x)
+    n, c, hw = x3.shape
+    y = torch.empty_like(x)
+    mean = torch.empty(n * num_groups, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    if x.numel() == 0:
+        return y, mean, rstd, None
+    plan = make_plan(x3, num_groups, **plan_opts)
+    part = torch.empty((n * num_groups, plan.split, 3), device=x.device, dtype=torch.float32)
+    grid = (n * num_groups, plan.split)
+    cpg = c // num_groups
+    _gn_fwd_stats_kernel[grid](
+        x3, part, hw, cpg, num_groups, plan.chunk, *_strides(x3),
+        BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps,
+    )
+    affine = weight is not None
+    y3 = y.view(n, c, hw)
+    _gn_fwd_norm_kernel[grid](
+        x3, y3, weight if affine else x3, bias if affine else x3, part, mean, rstd,
+        hw, cpg, num_groups, plan.chunk, plan.split, float(eps), *_strides(x3),
+        *_strides(y3), HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw,
+        BLOCK_C=plan.block_c, BLOCK_S=triton.next_power_of_2(plan.split), num_warps=plan.num_warps,
+    )
+    return y, mean, rstd, plan
+
+
+def _backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan):
+    """-> (dx, per-(n, c) sums of g * xhat (for dgamma), of g (for dbeta))."""
+    x, x3 = _view3(x)
+    _, dy3 = _view3(dy)
+    n, c, hw = x3.shape
+    cpg = c // num_groups
+    dx = torch.empty_like(x)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    if x.numel() == 0:
+        return dx, torch.zeros((n, c), **f32), torch.zeros((n, c), **f32)
+    part_s = torch.empty((n, plan.split, c), **f32)
+    part_b = torch.empty_like(part_s)
+    affine = weight is not None
+    w, b = (weight, bias) if affine else (x3, x3)
+    grid = (n * num_groups, plan.split)
+    consts = dict(HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
+                  num_warps=plan.num_warps)
+    _gn_bwd_reduce_kernel[grid](
+        x3, dy3, w, b, mean, rstd, part_s, part_b, c, hw, cpg, num_groups, plan.chunk,
+        *_strides(x3), *_strides(dy3), **consts,
+    )
+    sum_s = torch.empty((n, c), **f32)
+    sum_b = torch.empty_like(sum_s)
+    coef = torch.empty((n * num_groups, 2), **f32)
+    block_s = min(triton.next_power_of_2(plan.split), 64)
+    _gn_bwd_finalize_kernel[(n * num_groups,)](
+        part_s, part_b, w, sum_s, sum_b, coef, c, cpg, num_groups, plan.split, 1.0 / (cpg * hw),
+        HAS_AFFINE=affine, BLOCK_S=block_s,
+        BLOCK_C=min(triton.next_power_of_2(cpg), max(1, 4096 // block_s)),
+    )
+    dx3 = dx.view(n, c, hw)
+    _gn_bwd_dx_kernel[grid](
+        x3, dy3, dx3, w, b, mean, rstd, coef, hw, cpg, num_groups, plan.chunk,
+        *_strides(x3), *_strides(dy3), *_strides(dx3), **consts,
+    )
+    return dx, sum_b, sum_s
+
+
+class GroupNormFunction(torch.autograd.Function):
+    """``apply(x, weight, bias, num_groups, eps, relu, plan_opts)``; weight/bias may be None."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps, relu, plan_opts):
+        y, mean, rstd, plan = _forward(x, weight, bias, num_groups, eps, relu, plan_opts)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.config = (num_groups, relu, plan)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        num_groups, relu, plan = ctx.config
+        dx, sum_b, sum_s = _backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dweight = sum_b.sum(0).to(weight.dtype) if need_w else None
+        dbias = sum_s.sum(0).to(bias.dtype) if need_b else None
+        return (dx if need_x else None), dweight, dbias, None, None, None, None
+
+
+def triton_group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    relu: bool = False,
+    block_hw: int | None = None,
+    block_c: int | None = None,
+    split: int | None = None,
+) -> torch.Tensor:
+    """GroupNorm of x (N, C, *) like ``F.group_norm``, then ReLU if ``relu``; differentiable.
+
+    Statistics in fp32 whatever x's dtype; y has x's dtype and memory format. ``block_hw``,
+    ``block_c``, ``split`` override the launch plan (tests, tuning). Only one of weight/bias
+    given: the other is taken as ones/zeros (no gradient for it).
+    """
+    check_input(x, num_groups, weight)
+    if (weight is None) != (bias is None):
+        ref = weight if weight is not None else bias
+        weight = torch.ones_like(ref) if weight is None else weight
+        bias = torch.zeros_like(ref) if bias is None else bias
+    plan_opts = {"block_hw": block_hw, "block_c": block_c, "split": split}
+    return GroupNormFunction.apply(x, weight, bias, int(num_groups), float(eps), bool(relu), plan_opts)

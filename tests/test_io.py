@@ -1,0 +1,45 @@
+"""gn_detect.io: strict JSON of tensors / NumPy values, and the atomic writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gn_detect.io import to_jsonable, write_json_atomic
+
+
+def test_to_jsonable_values() -> None:
+    obj = {
+        1: np.float32(0.5), "i": np.int64(7), "b": np.bool_(True), "arr": np.arange(3), "one": np.array([2.5]),
+        "t": torch.tensor(1.5), "t1": torch.tensor([[3]]), "tv": torch.tensor([1, 2]), "empty": np.zeros(0),
+        "nan": float("nan"), "inf": np.float64("inf"), "p": Path("a/b"), "tup": (1, "x", None), "other": {1, 2} - {1, 2},
+    }
+    assert to_jsonable(obj) == {
+        "1": 0.5, "i": 7, "b": True, "arr": [0, 1, 2], "one": 2.5,
+        "t": 1.5, "t1": 3, "tv": [1, 2], "empty": [],
+        "nan": None, "inf": None, "p": "a/b", "tup": [1, "x", None], "other": "set()",
+    }
+    assert type(to_jsonable(np.int64(7))) is int and type(to_jsonable(torch.tensor(True))) is bool
+
+
+def test_write_json_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sub" / "x.json"
+    assert write_json_atomic(path, {"a": torch.tensor(1.5), "b": float("inf")}) == path
+    text = path.read_text()
+    assert json.loads(text) == {"a": 1.5, "b": None} and text.endswith("}\n") and "\n  " in text
+    write_json_atomic(path, [1, 2], indent=None)
+    assert path.read_text() == "[1, 2]\n"
+    # a write failing halfway leaves the previous file whole and no temporary file behind
+    def half_then_fail(obj, f, **kwargs) -> None:
+        f.write("{")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(json, "dump", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_json_atomic(path, {"x": 1})
+    assert path.read_text() == "[1, 2]\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
