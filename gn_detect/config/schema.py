@@ -144,6 +144,7 @@ class SyntheticConfig:
     min_radius: float = 0.035            # shape radii, log-uniform, as fractions of the short side
     max_radius: float = 0.3
     clutter: float = 1.0                 # distractor lines/dots and pixel noise (0: plain gradient)
+    class_colours: bool = False          # each class drawn in its own band of hues (colour is a cue too)
 
 
 @dataclass
@@ -186,6 +187,7 @@ class SolverConfig:
     amp: str = "auto"                    # auto: bf16 on CUDA, fp32 on CPU
     channels_last: str = "auto"          # auto: on CUDA only
     nonfinite: str = "stop"              # stop: save state and raise; skip: drop the step
+    max_skipped_steps: Optional[int] = None  # skip: stop beyond this many in a row; null: max(10, 1% of max_iter)
     compile: bool = False                # torch.compile of backbone, FPN and head
     max_iter: int = 1000
     warmup_iters: int = 100

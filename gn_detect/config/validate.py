@@ -3,6 +3,7 @@ one ConfigError naming the key and the fix, before any data is read. Also derive
 those rules define (the batch notions, LR steps, per-component norm options)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ PARTS = ("backbone", "fpn", "head")
 _MINIMA: tuple[tuple[str, float], ...] = (
     ("data.ims_per_device", 1), ("data.num_workers", 0), ("data.min_size_test", 1), ("data.max_size", 1),
     ("solver.max_iter", 1), ("solver.warmup_iters", 0), ("solver.reference_batch", 1),
+    ("solver.max_skipped_steps", 0),
     ("solver.momentum", 0), ("solver.weight_decay", 0), ("solver.weight_decay_norm", 0),
     ("solver.precise_bn.num_iter", 1), ("eval.period", 0), ("eval.ims_per_device", 1),
     ("eval.max_dets", 1), ("eval.num_vis_images", 0), ("checkpoint.period", 0), ("log.period", 1),
@@ -81,6 +83,14 @@ def lr_steps(solver: DictConfig) -> list[int]:
         raise ConfigError("solver.steps", f"{steps} must lie inside (0, solver.max_iter={solver.max_iter})",
                           "they are iterations; use solver.step_fractions for fractions of max_iter")
     return steps
+
+
+def max_skipped_steps(solver: DictConfig) -> int:
+    """How many non-finite steps in a row a ``solver.nonfinite=skip`` run may skip before it stops:
+    ``solver.max_skipped_steps``, or when null the larger of 10 and 1% of ``solver.max_iter``."""
+    if solver.max_skipped_steps is not None:
+        return int(solver.max_skipped_steps)
+    return max(10, math.ceil(solver.max_iter / 100))
 
 
 def component_norm_opts(model: DictConfig, part: str) -> dict[str, Any]:

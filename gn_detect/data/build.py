@@ -1,7 +1,8 @@
 """build_dataset: a data config, checked against the schema's ``DataConfig``, -> CocoDetection.
 
 Every key, its type and its default live in :class:`gn_detect.config.schema.DataConfig`
-(documented in docs/data.md); this module only reads them.
+(documented in docs/data.md); this module only reads them. ``data.name=shapes`` generates its
+data first, only where ``check_shapes_root`` allows.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from gn_detect.config.schema import CHOICES, DataConfig
 
 from .checks import categories_of, load_coco_json
 from .coco import CocoDetection
-from .synthetic import SHAPES_LAYOUT, ensure_shapes_dataset
+from .synthetic import META_FILE, SHAPES_LAYOUT, ensure_shapes_dataset
 from .transforms import DetectionTransform
 
 SPLITS = ("train", "val")
+DATASETS_DIR = "datasets"  # the project's datasets folder, relative to the launch folder
 _SCHEMA_FIX = "use the keys and types of DataConfig in gn_detect/config/schema.py (see docs/data.md)"
 
 
@@ -96,6 +98,35 @@ def split_paths(c: DictConfig, split: str) -> tuple[str, str]:
     return fixed["images"], fixed["ann"]
 
 
+def check_shapes_root(raw: str, root: Path, base_dir: str | Path | None) -> None:
+    """Where generated shapes data may go (docs/data.md): anywhere under the launch folder's
+    ``datasets/`` (folders made as needed), a new folder whose parent exists, an existing empty
+    folder, or an existing shapes dataset (it has shapes_meta.json). Anything else raises a
+    one-line ValueError naming ``data.root`` (as configured: ``raw``) and the fix, before
+    anything is written; so a mistyped ``data.root=/nonexistent/shapes`` makes no folders."""
+    if root.exists():
+        if not root.is_dir():
+            raise ValueError(f"data.root={raw}: {root} is a file, not a folder. Fix: give a new or empty folder, "
+                             "or leave data.root at datasets/shapes")
+        if not (root / META_FILE).is_file() and any(root.iterdir()):
+            raise ValueError(f"data.root={raw}: {root} is not empty and holds no shapes dataset (no {META_FILE}); "
+                             "generating there would mix files. Fix: give a new or empty folder, or leave data.root "
+                             "at datasets/shapes")
+        return
+    datasets = resolve_path(DATASETS_DIR, base_dir).resolve()
+    target = root.resolve()
+    if target != datasets and datasets not in target.parents and not root.parent.is_dir():
+        raise ValueError(f"data.root={raw}: the parent folder {root.parent} does not exist; shapes data is only "
+                         f"generated in a new folder whose parent exists, or under {datasets}. Fix: create "
+                         f"{root.parent} first, or leave data.root at datasets/shapes")
+
+
+def _ensure_shapes(c: DictConfig, root: Path, base_dir: str | Path | None) -> None:
+    """Generate (or reuse) the shapes dataset of ``c`` at ``root`` after ``check_shapes_root``."""
+    check_shapes_root(str(_read(c, "root")), root, base_dir)
+    ensure_shapes_dataset(root, **OmegaConf.to_container(c.synthetic))
+
+
 def split_categories(cfg: Mapping[str, Any] | DictConfig, split: str, *,
                      base_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """The categories of ``split`` (sorted by id, checked as ``build_dataset`` checks them) from
@@ -105,7 +136,7 @@ def split_categories(cfg: Mapping[str, Any] | DictConfig, split: str, *,
     root = resolve_path(_read(c, "root"), base_dir)
     _, ann = split_paths(c, split)
     if c.name == "shapes":
-        ensure_shapes_dataset(root, **OmegaConf.to_container(c.synthetic))
+        _ensure_shapes(c, root, base_dir)
     ann_file = resolve_path(ann, root)
     return categories_of({"categories": load_coco_json(ann_file)["categories"]})
 
@@ -131,7 +162,7 @@ def build_dataset(
     train = split == "train" if train is None else train
     images, ann = split_paths(c, split)
     if c.name == "shapes":
-        ensure_shapes_dataset(root, **OmegaConf.to_container(c.synthetic))
+        _ensure_shapes(c, root, base_dir)
     return CocoDetection(
         resolve_path(images, root),
         resolve_path(ann, root),

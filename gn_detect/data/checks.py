@@ -269,8 +269,8 @@ def check_same_categories(train_set: Any, val_set: Any, *, map_by_name: bool = F
         raise ValueError(
             f"the {a} and {b} categories differ ({len(train)} vs {len(val)} categories, {len(diffs)} differences; "
             f"e.g. {'; '.join(diffs[:5])}), so predictions would be scored as the wrong classes. Fix: evaluate on "
-            "data labelled with the training categories (same ids and names), or match them by name "
-            "(map_by_name=True) if only the ids differ"
+            "data labelled with the training categories (same ids and names), or renumber the evaluation "
+            "json's category ids to the training ones if only the ids differ"
         )
     return [c["id"] for c in train]
 

@@ -77,7 +77,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise EmptyDatasetError(
                 f"{self.ann_file}: no images left to load (listed: {len(data['images'])}, "
                 f"skips: {self.skip_log.nonzero()}). Fix: check the json and images folder"
-                + ("; or set filter_empty=false" if filter_empty else "") + "."
+                + ("; or set data.filter_empty=false" if filter_empty else "") + "."
             )
 
         # contiguous labels follow the sorted ids of ALL categories in the json, not only those
@@ -162,7 +162,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 if attempt == _MAX_FALLBACKS:
                     raise RuntimeError(
                         f"{self.name}: {_MAX_FALLBACKS + 1} images in a row failed to load, last: {e}. "
-                        f"Build the dataset with verify_images=True to find and skip them up front."
+                        f"Set data.verify_images=true to find and skip them up front."
                     ) from e
                 logger.warning("%s: cannot read %s (%s); using the next image instead",
                                self.name, self.image_path(index), e)

@@ -9,7 +9,7 @@ all there is to save for an exact resume.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -204,10 +204,14 @@ def build_train_loader(
     start_iter: int = 0,
     size_divisibility: int = 128,
     pin_memory: bool = False,
+    buckets: Sequence[tuple[int, int]] | None = None,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
     """Endless training loader; batch i (counting from iteration 0) depends only on (seed, i).
 
-    `loader.batch_sampler` is the TrainBatchSampler (state_dict / set_iteration).
+    `loader.batch_sampler` is the TrainBatchSampler (state_dict / set_iteration). ``buckets``
+    pads every batch to one of a few shapes (see collate); ``worker_init_fn`` runs in each
+    loader worker.
     """
     ratios = getattr(dataset, "aspect_ratios", None)
     if ratios is None:
@@ -218,10 +222,11 @@ def build_train_loader(
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=functools.partial(collate, size_divisibility=size_divisibility),
+        collate_fn=functools.partial(collate, size_divisibility=size_divisibility, buckets=buckets),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
+        worker_init_fn=worker_init_fn,
     )
 
 
@@ -233,6 +238,8 @@ def build_test_loader(
     world_size: int = 1,
     num_workers: int = 0,
     size_divisibility: int = 128,
+    buckets: Sequence[tuple[int, int]] | None = None,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
     """Finite, in-order loader over this rank's slice (see InferenceSampler)."""
     sampler = InferenceSampler(len(dataset), rank, world_size)
@@ -242,6 +249,7 @@ def build_test_loader(
         sampler=sampler,
         shuffle=False,
         drop_last=False,
-        collate_fn=functools.partial(collate, size_divisibility=size_divisibility),
+        collate_fn=functools.partial(collate, size_divisibility=size_divisibility, buckets=buckets),
         num_workers=num_workers,
+        worker_init_fn=worker_init_fn,
     )

@@ -110,11 +110,12 @@ def _background(rng: np.random.Generator, h: int, w: int, clutter: float = 1.0) 
     return np.array(pil)
 
 
-def _shape_colour(rng: np.random.Generator, near: np.ndarray) -> np.ndarray:
-    """A saturated colour that differs clearly from the background colour `near`."""
+def _shape_colour(rng: np.random.Generator, near: np.ndarray, hue_range: tuple[float, float] = (0.0, 6.0)) -> np.ndarray:
+    """A saturated colour that differs clearly from the background colour `near`; the hue
+    (0..6, six sectors of the colour wheel) is drawn from ``hue_range``."""
     best, best_d = None, -1.0
     for _ in range(8):
-        hue = rng.uniform(0, 6)
+        hue = rng.uniform(*hue_range) % 6
         sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)
         i, f = int(hue) % 6, hue - int(hue)
         p, q, t = val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))
@@ -128,6 +129,15 @@ def _shape_colour(rng: np.random.Generator, near: np.ndarray) -> np.ndarray:
     return np.asarray(best, dtype=np.float32)
 
 
+def _hue_range(label: int, num_classes: int, class_colours: bool) -> tuple[float, float]:
+    """Any hue, or with ``class_colours`` a band of the colour wheel that belongs to the class
+    (1/num_classes of the wheel, its middle 60%), so colour is a cue to the class as well as shape."""
+    if not class_colours:
+        return 0.0, 6.0
+    width = 6.0 / num_classes
+    return label * width + 0.2 * width, label * width + 0.8 * width
+
+
 def render_image(
     rng: np.random.Generator,
     height: int,
@@ -138,11 +148,13 @@ def render_image(
     min_radius: float = 0.035,
     max_radius: float = 0.3,
     clutter: float = 1.0,
+    class_colours: bool = False,
 ) -> tuple[np.ndarray, list[DrawnShape]]:
     """Draw one image; returns (uint8 HxWx3, shapes with their visible masks).
 
     Shape radii are log-uniform in [min_radius, max_radius] x the short side; ``clutter``
-    scales the distractors and the pixel noise (0: a plain gradient)."""
+    scales the distractors and the pixel noise (0: a plain gradient); ``class_colours`` gives
+    each class its own band of hues."""
     img = _background(rng, height, width, clutter).astype(np.float32)
     shapes: list[DrawnShape] = []
     short = min(height, width)
@@ -165,7 +177,7 @@ def render_image(
                 break
         else:
             continue  # no room: fewer objects in this image
-        colour = _shape_colour(rng, img[mask].mean(axis=0))
+        colour = _shape_colour(rng, img[mask].mean(axis=0), _hue_range(label, num_classes, class_colours))
         # a little shading so shapes are not flat blocks
         shade = rng.uniform(0.85, 1.0, size=(1, 3)).astype(np.float32)
         img[mask] = np.clip(colour * shade, 0, 255)
@@ -195,8 +207,8 @@ def _image_hw(rng: np.random.Generator, image_size: int) -> tuple[int, int]:
 
 
 def iter_split(split: str, num_images: int, *, image_size: int, seed: int, num_classes: int,
-               max_objects: int = 6, **style: float) -> Iterator[tuple[int, np.ndarray, list[DrawnShape]]]:
-    """(index, image, shapes) of a split; ``style``: render_image's min_radius, max_radius, clutter."""
+               max_objects: int = 6, **style: Any) -> Iterator[tuple[int, np.ndarray, list[DrawnShape]]]:
+    """(index, image, shapes) of a split; ``style``: render_image's keyword options."""
     for i in range(num_images):
         rng = image_rng(seed, split, i)
         h, w = _image_hw(rng, image_size)
@@ -206,7 +218,7 @@ def iter_split(split: str, num_images: int, *, image_size: int, seed: int, num_c
 
 def generate_split(out_dir: Path, split: str, num_images: int, *, image_size: int, seed: int,
                    num_classes: int, image_format: str = "jpg", max_objects: int = 6,
-                   **style: float) -> dict[str, Any]:
+                   **style: Any) -> dict[str, Any]:
     """Write one split's images under out_dir/<images> and return its COCO dict."""
     layout = SHAPES_LAYOUT[split]
     img_dir = out_dir / layout["images"]
@@ -278,6 +290,7 @@ def ensure_shapes_dataset(
     min_radius: float = 0.035,
     max_radius: float = 0.3,
     clutter: float = 1.0,
+    class_colours: bool = False,
 ) -> Path:
     """Make sure `root` holds the shapes dataset for these parameters; return root.
 
@@ -296,7 +309,8 @@ def ensure_shapes_dataset(
                          f"short side), got {min_radius} and {max_radius}")
     if clutter < 0:
         raise ValueError(f"clutter must be >= 0, got {clutter}")
-    style = {"min_radius": float(min_radius), "max_radius": float(max_radius), "clutter": float(clutter)}
+    style = {"min_radius": float(min_radius), "max_radius": float(max_radius), "clutter": float(clutter),
+             "class_colours": bool(class_colours)}
     root = Path(root).absolute()
     meta = {
         "generator": "gn_detect.data.synthetic.shapes",

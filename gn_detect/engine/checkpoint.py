@@ -4,9 +4,17 @@ File layout written by :class:`Checkpointer` (one dict, ``torch.save``)::
 
     {"format": "gn_detect.checkpoint/1", "iteration": int, "model": state_dict,
      "optimizer": ..., "scheduler": ..., "rng": rank-0 RNG state, "world_size": int,
-     "time": float, "extra": {keyword arguments of save(); the trainer stores "skipped_steps"}}
+     "time": float, "extra": {keyword arguments of save(); the trainer stores "skipped_steps"
+     and "skipped_in_a_row"}, "description": {"config", "model", "version"}}
 
-(model-only files such as ``model_final.pth`` have no optimizer, scheduler or rng.)
+(model-only files such as ``model_final.pth`` have no optimizer, scheduler or rng; the
+``description`` -- resolved config, model signature, package version -- is in every file the
+trainer writes, see gn_detect/engine/description.py.)
+
+Every value is a tensor, dict, list, tuple, str, int, float, bool or None, so every file is read
+with ``torch.load(weights_only=True)`` (:func:`load_checkpoint`, the only loader): a file whose
+unpickling would import and call anything else (e.g. a planted ``last.pth``) is refused before
+any of it runs.
 
 plus, under DDP, ``<name>.rank<k>.rng.pth`` = ``{"iteration", "rng"}`` written by rank k > 0.
 
@@ -17,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -88,29 +98,37 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, weights_only: bool = False
-) -> dict[str, Any]:
-    """Load a checkpoint dict, with an error that names the file and what to do.
+_GLOBAL = re.compile(r"GLOBAL (\S+)")
+# torch's explanation around the actual cause of a refused weights_only load
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
-    ``weights_only=False`` by default: the files are a run's own (trusted). Ours hold only
-    tensors, numbers, strings, lists and dicts, so they also load with ``weights_only=True``;
-    pass True for files from elsewhere.
-    """
+
+def _load_error(path: Path, exc: Exception) -> CheckpointError:
+    """One line naming the file and why it cannot be used."""
+    text = str(exc)
+    code = _GLOBAL.search(text)
+    if isinstance(exc, pickle.UnpicklingError) and code:
+        return CheckpointError(
+            f"checkpoint {path} refused: unpickling it would import and call {code.group(1)} (code, not "
+            "tensors, numbers, strings, lists or dicts), so nothing of it was run. Use a checkpoint written by "
+            "gn-detect (a run's checkpoints/last.pth or model_final.pth)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(_BOILERPLATE)]
+    cause = f"{type(exc).__name__}: {lines[0]}" if lines else f"{type(exc).__name__}: empty or cut off"
+    return CheckpointError(
+        f"checkpoint {path} is unreadable ({cause}); it is probably truncated or corrupt (e.g. copied while "
+        "being written). Delete or rename it to start without it, or point to another checkpoint file")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint dict, read with ``weights_only=True`` (see the module docstring); a missing,
+    unreadable or refused file raises one line naming the file and the cause."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {path}. Check the path, or start without resuming "
-            "(resume=false, init_weights=null) to train from scratch."
-        )
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}). It is probably "
-            "truncated or corrupt (e.g. copied while being written). Delete or rename it to "
-            "train from scratch, or point to another checkpoint file."
-        ) from exc
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every cause becomes one line naming the file
+        raise _load_error(path, exc) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
@@ -122,14 +140,16 @@ def load_checkpoint(
 def capture_rng_state() -> dict[str, Any]:
     """Python ``random``, NumPy global, torch CPU and (if available) current-CUDA-device RNG.
 
-    NumPy's key is stored as a plain list, so the file does not pickle NumPy arrays (whose
-    pickles differ between NumPy 1 and 2). Only the *current* CUDA device is captured: under
-    DDP each rank owns one device, and touching the others would create contexts on them.
+    Python's and NumPy's states are stored as plain lists, so the file does not pickle NumPy
+    arrays (whose pickles differ between NumPy 1 and 2) and loads with ``weights_only=True``.
+    Only the *current* CUDA device is captured: under DDP each rank owns one device, and
+    touching the others would create contexts on them.
     """
     kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (kind, key.tolist(), int(pos), int(has_gauss), float(gauss)),
+        "python": [version, list(internal), py_gauss],
+        "numpy": [kind, key.tolist(), int(pos), int(has_gauss), float(gauss)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -175,6 +195,7 @@ class Checkpointer:
     must describe state that is the same on all ranks (the trainer's ``skipped_steps``). The
     data position needs no entry: the sampler is positioned from ``iteration``, and model
     buffers (BN statistics, the loss normalizer's EMA) are in the model's state dict.
+    ``description`` (plain data, gn_detect/engine/description.py) goes into every main file.
     """
 
     def __init__(
@@ -183,12 +204,14 @@ class Checkpointer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any | None = None,
+        description: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / "checkpoints"
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self.description = description
         if gdist.is_main_process():
             self._remove_stale_tmp()
 
@@ -231,6 +254,8 @@ class Checkpointer:
             "time": time.time(),
             "extra": extra,
         }
+        if self.description is not None:
+            state["description"] = self.description
         if not model_only:
             state["rng"] = capture_rng_state()
             if self.optimizer is not None:
@@ -241,9 +266,11 @@ class Checkpointer:
         logger.info("saved checkpoint %s (iteration %d)", path, iteration)
         return path
 
-    def load_model(self, path: str | os.PathLike, *, strict: bool = True) -> dict[str, Any]:
-        """Load only the model weights from one of our checkpoints or a bare state dict."""
-        ckpt = load_checkpoint(path)
+    def load_model(self, path: str | os.PathLike, *, strict: bool = True,
+                   state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load only the model weights from one of our checkpoints or a bare state dict
+        (``state``: the file's content, when already loaded)."""
+        ckpt = load_checkpoint(path) if state is None else state
         self._load_weights(ckpt, path, strict=strict)
         return ckpt
 
@@ -253,9 +280,12 @@ class Checkpointer:
         try:
             result = unwrap_model(self.model).load_state_dict(sd, strict=strict)
         except RuntimeError as exc:
+            detail = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise CheckpointError(
-                f"weights in {path} do not fit the model ({exc}). Was it trained with another "
-                "architecture/norm/num_classes? Pass strict=False to load the matching part."
+                f"weights in {path} do not fit the model ({detail}); it was trained with another model "
+                "(model.* norms, depth, head) or other categories. Use a checkpoint of this model config, "
+                "or init_weights=null"
             ) from exc
         if result.missing_keys or result.unexpected_keys:
             logger.warning(
@@ -263,9 +293,10 @@ class Checkpointer:
                 path, result.missing_keys, result.unexpected_keys,
             )
 
-    def load(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Full restore (model, optimizer, scheduler, this rank's RNG); returns extra + iteration."""
-        ckpt = load_checkpoint(path)
+    def load(self, path: str | os.PathLike, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Full restore (model, optimizer, scheduler, this rank's RNG); returns extra + iteration.
+        ``state``: the content of ``path``, when the caller already loaded it."""
+        ckpt = load_checkpoint(path) if state is None else state
         if ckpt.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a gn_detect training checkpoint; cannot resume from it")
         self._load_weights(ckpt, path, strict=True)
@@ -295,17 +326,19 @@ class Checkpointer:
         else:
             logger.warning("no RNG state for rank %d matching %s; random streams are not resumed", rank, path)
 
-    def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True) -> dict[str, Any]:
+    def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True,
+                       state: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume from ``checkpoints/last.pth`` if it exists (and ``resume``); otherwise load
         model weights from ``path`` if given (initialization, iteration restarts at 0).
+        ``state``: the content of the file that will be used, when the caller already loaded it.
 
         Returns the saved ``extra`` dict plus ``"iteration"`` (0 when starting fresh), so the
         loop starts at ``out["iteration"]``.
         """
         if resume and self.has_checkpoint():
             logger.info("resuming from %s", self.last_path)
-            return self.load(self.last_path)
+            return self.load(self.last_path, state)
         if path is not None:
             logger.info("initializing model weights from %s", path)
-            self.load_model(path)
+            self.load_model(path, state=state)
         return {"iteration": 0}

@@ -158,7 +158,8 @@ def _max_iter_note(old: Any, new: Any, solver: Mapping[str, Any]) -> str | None:
 
 def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], path: str | os.PathLike, iteration: int) -> None:
     """Raises :class:`ResumeRefusedError` (one line, every differing key) unless the ``new``
-    description differs from the checkpoint's ``saved`` one only where the module docstring allows."""
+    description differs from the checkpoint's ``saved`` one only where the module docstring allows.
+    ``new`` without ``"model"`` compares the configs only (before the data is read)."""
     diffs = {k: v for k, v in config_differences(_on_schema(saved["config"]), new["config"]).items()
              if k not in RESUME_MAY_CHANGE}
     notes: dict[str, str] = {}
@@ -168,9 +169,11 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], path: str | o
             del diffs["solver.max_iter"]
         else:
             notes["solver.max_iter"] = note
-    described = {f"model description: {k}": v for k, v in config_differences(saved["model"], new["model"]).items()
-                 # a model.* key listed above already explains the rest of the description
-                 if k in ("num_classes", "categories") or not any(d.startswith("model.") for d in diffs)}
+    described: dict[str, tuple[Any, Any]] = {}
+    if "model" in new:
+        explained = any(d.startswith("model.") for d in diffs)  # a model.* key explains the rest
+        described = {f"model description: {k}": v for k, v in config_differences(saved["model"], new["model"]).items()
+                     if k in ("num_classes", "categories") or not explained}
     if not diffs and not described:
         return
     shown = [f"{k} ({_show(a)} -> {_show(b)}{'; ' + notes[k] if k in notes else ''})"

@@ -11,11 +11,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gn_detect.config.schema import EvalConfig
-from gn_detect.data import build_dataset, build_test_loader
+from gn_detect.data import build_dataset, build_test_loader, check_same_categories
 from gn_detect.engine import dist as gdist
-from gn_detect.engine.checkpoint import load_checkpoint
+from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
+from gn_detect.engine.description import check_same_model, config_differences, model_signature, package_version
 from gn_detect.engine.inference import run_inference
-from gn_detect.evaluation import evaluate_detections, filter_detections, split_coco
+from gn_detect.engine.signals import ignore_stop_signals
+from gn_detect.evaluation import evaluate_detections, format_results
 from gn_detect.modeling import build_model
 
 log = logging.getLogger(__name__)
@@ -57,48 +59,88 @@ def evaluate_model(
     return evaluate_detections(dataset.coco, dets, Path(out_dir) if full_report else None, **kwargs)
 
 
-def _run_config(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, DictConfig]:
-    """The config.yaml of the run that wrote ``ckpt_path`` (or ``run_config``)."""
-    path = Path(cfg.run_config) if cfg.run_config else ckpt_path.parent.parent / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"evaluate: no run config at {path}; a checkpoint is evaluated with the model config of "
-            "its run. Pass run_config=<path to that run's config.yaml>"
-        )
-    return path, OmegaConf.load(path)
-
-
-def _load_model(run_cfg: DictConfig, run_cfg_path: Path, ckpt_path: Path, dataset: Any) -> nn.Module:
-    model = build_model(run_cfg.model, len(dataset.label_to_cat_id))
+def _checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The checkpoint's path, content (read with weights_only) and description."""
+    ckpt_path = Path(cfg.checkpoint)
+    if not ckpt_path.is_absolute():
+        ckpt_path = base / ckpt_path
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}; give checkpoint=<run folder>/checkpoints/"
+                                "model_final.pth")
     state = load_checkpoint(ckpt_path)
-    weights = state["model"] if isinstance(state.get("model"), dict) else state
+    description = state.get("description")
+    if not isinstance(description, dict) or not {"config", "model"} <= description.keys():
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} has no model description (written before gn-detect checkpoints carried one), "
+            "so the model in it is unknown; evaluate it with the gn-detect version that wrote it, or retrain")
+    return ckpt_path, state, description
+
+
+def _run_config(cfg: DictConfig, base: Path, ckpt_path: Path, description: dict[str, Any]) -> DictConfig:
+    """The config whose data and eval sections apply: the checkpoint's own, or ``run_config``
+    when it describes the same model (gn_detect/engine/description.py: check_same_model)."""
+    own = OmegaConf.create(description["config"])
+    if not cfg.run_config:
+        return own
+    path = Path(cfg.run_config)
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise FileNotFoundError(f"run_config not found: {path}; leave run_config unset to evaluate with the "
+                                "checkpoint's own config")
+    other = OmegaConf.load(path)
+    if not isinstance(other.get("model"), DictConfig):
+        raise ValueError(f"run_config: {path} has no model section; give a run's config.yaml, or leave run_config "
+                         "unset to evaluate with the checkpoint's own config")
+    check_same_model(own.model, other.model, ckpt_path, path)
+    return other
+
+
+def _load_model(description: dict[str, Any], state: dict[str, Any], ckpt_path: Path) -> nn.Module:
+    """The checkpoint's model, built from its own config after checking that this version builds
+    the model its signature describes; the checkpoint's weights replace the initial ones."""
+    model_cfg = OmegaConf.create(description["config"]["model"])
+    OmegaConf.update(model_cfg, "backbone.weights", None)  # no need for the file the run started from
+    categories = description["model"]["categories"]
+    diffs = config_differences(description["model"], model_signature(model_cfg, categories))
+    written_by = description.get("version", "unknown")
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path}: gn-detect {package_version()} builds another model from its config than "
+            f"gn-detect {written_by} did ({', '.join(diffs)} differ); evaluate it with gn-detect {written_by}")
+    model = build_model(model_cfg, len(categories))
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise RuntimeError(
-            f"evaluate: {ckpt_path} does not fit the model of {run_cfg_path} with {len(dataset.label_to_cat_id)} "
-            f"classes ({e}). Evaluate on a dataset with the categories the model was trained on."
-        ) from e
+        detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:300]
+        raise CheckpointError(f"checkpoint {ckpt_path}: the weights do not fit the model its description names "
+                              f"({detail}); the file is damaged or was edited") from e
     return model
 
 
 def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
-    """tools/evaluate.py (``cfg`` on the schema's EvaluateConfig): rebuild the run's model, load
-    the checkpoint, evaluate, write the report. ``eval.*`` overrides that are not null replace
-    the run's own settings; ``data`` null means the run's data section."""
+    """tools/evaluate.py (``cfg`` on the schema's EvaluateConfig): build the model the checkpoint
+    describes (its config and signature, gn_detect/engine/description.py), load its weights,
+    evaluate on a split with the same categories, write the report. ``eval.*`` overrides that
+    are not null replace the run's own settings; ``data`` null means the run's data section;
+    ``run_config`` (optional) supplies data and eval settings, and must describe the same model."""
     base = Path(base_dir or ".")
-    ckpt_path = Path(cfg.checkpoint)
-    if not ckpt_path.is_absolute():
-        ckpt_path = base / ckpt_path
-    run_cfg_path, run_cfg = _run_config(cfg, ckpt_path)
+    ckpt_path, state, description = _checkpoint(cfg, base)
+    run_cfg = _run_config(cfg, base, ckpt_path, description)
+    model = _load_model(description, state, ckpt_path)
     data_cfg = cfg.data if cfg.data is not None else run_cfg.data
     overrides = {k: v for k, v in cfg.eval.items() if v is not None}
     eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), run_cfg.eval, overrides)
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = build_dataset(data_cfg, eval_cfg.split, base_dir=base)
-    model = _load_model(run_cfg, run_cfg_path, ckpt_path, dataset).to(device)
+    check_same_categories(description["model"]["categories"], dataset)
+    model = model.to(device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "evaluate" / stamp
-    loader = build_test_loader(dataset, eval_cfg.ims_per_device, num_workers=data_cfg.num_workers)
+    loader = build_test_loader(dataset, eval_cfg.ims_per_device, num_workers=data_cfg.num_workers,
+                               worker_init_fn=ignore_stop_signals)
     amp = torch.bfloat16 if device.type == "cuda" else None
-    return evaluate_model(model, loader, dataset, out_dir, eval_cfg, device=device, amp_dtype=amp)
+    metrics = evaluate_model(model, loader, dataset, out_dir, eval_cfg, device=device, amp_dtype=amp)
+    if gdist.is_main_process():
+        print(format_results(metrics, run_dir=ckpt_path.parent.parent, report_path=out_dir / "report.md"), flush=True)
+    return metrics

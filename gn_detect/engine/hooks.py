@@ -28,6 +28,7 @@ from torch import nn
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import Checkpointer
 from gn_detect.engine.precise_bn import bn_layers, update_bn_stats
+from gn_detect.engine.signals import STOP_SIGNALS, exit_code
 from gn_detect.engine.train_loop import HookBase
 from gn_detect.engine.writers import MetricWriter
 
@@ -179,11 +180,14 @@ class IterationTimer(HookBase):
 
 
 class SignalHandler(HookBase):
-    """SIGTERM/SIGINT (a scheduler's preemption, Ctrl-C) ask the trainer to stop: all ranks
-    agree at the next step, ``last.pth`` is saved and the run ends ``interrupted``. The previous
-    handlers come back after training. Not on the main thread, signals cannot be caught: noted."""
+    """SIGTERM/SIGINT (a scheduler's preemption, Ctrl-C) ask the trainer to stop with exit status
+    128 + the signal number (gn_detect/engine/signals.py): all ranks agree at the next step,
+    ``last.pth`` is saved and the run ends ``interrupted``. The data-loader workers ignore both
+    signals (``ignore_stop_signals``), so a signal to the whole process group is handled here
+    alone. The previous handlers come back after training. Not on the main thread, signals
+    cannot be caught: noted."""
 
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def __init__(self, signals: Sequence[int] = STOP_SIGNALS) -> None:
         self.signals = tuple(signals)
         self._old: dict[int, Any] = {}
 
@@ -195,7 +199,7 @@ class SignalHandler(HookBase):
                 log.info("not on the main thread: %s will not stop training gracefully", signal.Signals(s).name)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.trainer.request_stop(f"signal {signal.Signals(signum).name}")
+        self.trainer.request_stop(f"signal {signal.Signals(signum).name}", exit_code(signum))
 
     def after_train(self) -> None:
         for s, h in self._old.items():

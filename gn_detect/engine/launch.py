@@ -1,5 +1,14 @@
 """Hydra entry points of tools/train.py and tools/evaluate.py: config pre-flight, run folders,
-multirun skip/resume, failure isolation. The only engine module that touches Hydra."""
+multirun skip/resume, failure isolation, exit status. The only engine module that touches Hydra.
+
+Exit status of tools/train.py: 0 when every run ended done (or, in a sweep, done or failed:
+failures are recorded and the sweep goes on); 2 after a one-line start-up refusal of a single
+run (config error, refused resume, run folder in use, unusable checkpoint); 128 + the signal
+number (143 SIGTERM, 130 SIGINT) when a run was stopped by a signal -- after its checkpoint and
+status 'interrupted' are written and Hydra has finished the job. A stopped run also stops its
+sweep: the remaining runs are skipped (the sweep report is still written) and the sweep exits
+with that status; rerunning the same command resumes it.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +19,7 @@ import shutil
 import sys
 import traceback
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +28,31 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gn_detect.config import one_line, preflight, validate_evaluate_config, validate_train_config
+from gn_detect.config import ConfigError, one_line, preflight, validate_evaluate_config, validate_train_config
 from gn_detect.engine import dist as gdist
+from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.evaluate import evaluate_checkpoint
-from gn_detect.engine.trainer import is_finished, train
+from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
 from gn_detect.engine.writers import read_status, write_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 log = logging.getLogger("gn_detect")
+
+# Refusals at the start of a single run: one line and exit status 2, no traceback.
+_START_REFUSALS = (ConfigError, RunFolderInUse, CheckpointError)
+# Failures that leave a run folder as they found it (it belongs to another process or run).
+_NOT_OURS = (RunFolderInUse, ResumeRefusedError)
+
+
+@dataclass
+class _Outcome:
+    """The exit status tools/train.py ends with once Hydra has finished (module docstring)."""
+
+    exit_code: int = 0
+    reason: str = ""
+
+
+_OUTCOME = _Outcome()
 
 # Cached, so the run folder name is computed once per process even if resolved twice.
 if not OmegaConf.has_resolver("gn_uid"):
@@ -107,24 +134,50 @@ def _rank0_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
     return shared
 
 
+def _note_interruption(result: Any, run_dir: Path) -> None:
+    """A run stopped early (a signal): the command exits with its status, a sweep stops."""
+    if isinstance(result, dict) and result.get("interrupted"):
+        _OUTCOME.exit_code = int(result.get("exit_code") or 1)
+        _OUTCOME.reason = f"{run_dir} was interrupted"
+
+
+def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
+    try:
+        result = train(cfg, _rank0_run_dir(cfg, run_dir), base_dir)
+    except _START_REFUSALS as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
+        _OUTCOME.exit_code, _OUTCOME.reason = 2, "start-up refused"
+        return None
+    _note_interruption(result, run_dir)
+    return result
+
+
 def run_job(cfg: DictConfig) -> Any:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     base_dir = Path(hc.runtime.cwd)  # the launch folder: relative data paths resolve against it
     if hc.mode != RunMode.MULTIRUN:
-        return train(cfg, _rank0_run_dir(cfg, run_dir), base_dir)
+        return _single_run(cfg, run_dir, base_dir)
     # A sweep: finished runs are skipped, others resume from their last checkpoint, and one
-    # failure is reported at once without stopping the remaining runs.
+    # failure is reported at once without stopping the remaining runs; a signal stops the sweep.
+    if _OUTCOME.exit_code:
+        log.warning("skip (sweep stopped: %s): %s", _OUTCOME.reason, run_dir)
+        return None
     if is_finished(run_dir):
         log.info("skip (already done): %s", run_dir)
         return None
     try:
-        return train(cfg, run_dir, base_dir)
+        result = train(cfg, run_dir, base_dir)
     except Exception as exc:  # noqa: BLE001 - recorded in status.json, sweep goes on
         log.error("FAILED run %s: %s: %s\n%s", run_dir, type(exc).__name__, exc, traceback.format_exc())
-        _record_failure(cfg, run_dir, exc)
+        if not isinstance(exc, _NOT_OURS):
+            _record_failure(cfg, run_dir, exc)
         print(f"[gn-detect] FAILED run {run_dir}: {type(exc).__name__}: {exc}", flush=True)
         return None
+    _note_interruption(result, run_dir)
+    return result
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -137,19 +190,22 @@ def _evaluate_main(cfg: DictConfig) -> Any:
     try:
         validate_evaluate_config(cfg)
         metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return metrics
 
 
 def main() -> Any:
-    """tools/train.py: one-line config errors before Hydra starts, then the run or sweep."""
+    """tools/train.py: one-line config errors before Hydra starts, then the run or sweep, then
+    the exit status (module docstring)."""
     preflight(CONFIG_DIR, "config", validate_train_config)
-    return _train_main()
+    result = _train_main()
+    if _OUTCOME.exit_code:
+        sys.exit(_OUTCOME.exit_code)
+    return result
 
 
 def evaluate_main() -> Any:

@@ -2,20 +2,26 @@
 
 Such a signal reaches the data-loader workers as well as the main process. A worker that dies
 of it takes the run down with a traceback before the main process could save anything, so the
-workers ignore SIGTERM and SIGINT (:func:`ignore_stop_signals`, installed by
-:func:`shield_loader_workers` as the loader's ``worker_init_fn``): the main process alone
-handles them (gn_detect/engine/hooks.py: SignalHandler), saves ``last.pth`` and ends the loader,
-which shuts its workers down. The process then exits with :func:`exit_code` (128 + the signal
-number, as a shell reports a process killed by it), so a scheduler does not record success.
+workers ignore SIGTERM and SIGINT (:func:`ignore_stop_signals`, every loader's ``worker_init_fn``
+in the engine): the main process alone handles them (gn_detect/engine/hooks.py: SignalHandler),
+saves ``last.pth`` and ends the loader, which shuts its workers down. The process then exits
+with :func:`exit_code` (128 + the signal number, as a shell reports a process killed by it), so
+a scheduler does not record success.
+
+One SIGTERM still ends a worker: its parent's. Python's multiprocessing terminates daemon
+workers left at interpreter exit with SIGTERM and then waits for them, and PyTorch ends workers
+that way too; a worker deaf to it would hang the exit forever. So a worker blocks both signals
+and one thread takes them with ``sigwaitinfo``, exiting (as PyTorch's own handler does) only
+when the sender is the parent. Where ``sigwaitinfo`` does not exist (macOS) the worker ignores
+SIGINT only and keeps PyTorch's SIGTERM handler.
 """
 from __future__ import annotations
 
-import functools
+import os
 import signal
-from collections.abc import Callable
-from typing import Any
+import threading
 
-__all__ = ["EXIT_INTERRUPTED", "STOP_SIGNALS", "exit_code", "ignore_stop_signals", "shield_loader_workers"]
+__all__ = ["EXIT_INTERRUPTED", "STOP_SIGNALS", "exit_code", "ignore_stop_signals"]
 
 STOP_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 # Exit status of a run stopped early without a signal (a hook's request_stop): not a success.
@@ -27,22 +33,20 @@ def exit_code(signum: int | None) -> int:
     return EXIT_INTERRUPTED if signum is None else 128 + int(signum)
 
 
-def ignore_stop_signals(worker_id: int = 0, previous: Callable[[int], Any] | None = None) -> None:
-    """A data-loader ``worker_init_fn``: SIGTERM and SIGINT are ignored in the worker (PyTorch
-    installs its own SIGTERM handler before calling it, which this replaces), then ``previous``
-    (the loader's own ``worker_init_fn``, if it had one) runs."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    if previous is not None:
-        previous(worker_id)
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A data-loader ``worker_init_fn``: SIGTERM and SIGINT from anyone but the worker's parent
+    are ignored in the worker (see the module docstring); the parent's SIGTERM ends it."""
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return
+    # Threads started from here on inherit the mask: the signals reach only the thread below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    threading.Thread(target=_take_stop_signals, args=(os.getppid(),), name="gn-detect-stop-signals",
+                     daemon=True).start()
 
 
-def shield_loader_workers(loader: Any) -> Any:
-    """Makes ``loader``'s worker processes ignore the stop signals (see the module docstring);
-    an existing ``worker_init_fn`` still runs after. Returns ``loader``. Call it before the
-    loader's first ``iter()``: workers started before keep the default behaviour."""
-    if getattr(loader, "num_workers", 0) > 0:
-        previous = loader.worker_init_fn
-        if not (isinstance(previous, functools.partial) and previous.func is ignore_stop_signals):
-            loader.worker_init_fn = functools.partial(ignore_stop_signals, previous=previous)
-    return loader
+def _take_stop_signals(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(STOP_SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)

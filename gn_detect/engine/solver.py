@@ -135,7 +135,7 @@ def build_lr_scheduler(
     if max_iter <= 0:
         raise ValueError(f"max_iter must be > 0, got {max_iter}")
     if warmup_iters < 0 or not 0.0 < warmup_factor <= 1.0:
-        raise ValueError(f"bad warm-up: warmup_iters={warmup_iters}, warmup_factor={warmup_factor}")
+        raise ValueError(f"bad warm-up: solver.warmup_iters={warmup_iters}, solver.warmup_factor={warmup_factor}")
     if schedule not in ("step", "cosine"):
         raise ValueError(f"unknown LR schedule {schedule!r}; expected 'step' or 'cosine'")
     steps = [int(s) for s in steps]

@@ -14,12 +14,13 @@ Iteration numbering, the same everywhere (metrics.jsonl, TensorBoard, eval recor
 completed one from ``after_step`` on. ``trainer.iters_done`` counts completed iterations
 (``iter + 1`` from ``after_step`` on): what checkpoints store, the ``start_iter`` to resume at.
 
-Stopping: ``request_stop(reason)`` (a signal handler, a hook) only raises a local flag. Each
+Stopping: ``request_stop(reason, exit_code)`` (a signal handler, a hook) only raises a local flag. Each
 step folds it, together with "the loss is not finite", into one all-reduce across ranks, so
 all ranks agree in the same step: ``trainer.stopping`` is then True in that step's
 ``after_step``, the loop ends after it and ``trainer.state`` becomes ``"interrupted"`` (unless
 it was the last iteration anyway). A non-finite loss on any rank goes to the
-:class:`NonFinitePolicy`: stop (save ``nonfinite_debug`` and raise) or skip the step.
+:class:`NonFinitePolicy`: stop (save ``nonfinite_debug`` and raise) or skip the step -- up to
+``max_skipped`` steps in a row, beyond which a skipping run stops as with ``stop``.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,7 @@ from torch import nn
 
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import Checkpointer, unwrap_model
+from gn_detect.engine.signals import EXIT_INTERRUPTED
 from gn_detect.engine.solver import clip_gradients
 
 log = logging.getLogger(__name__)
@@ -89,27 +91,39 @@ class NonFinitePolicy:
     ``stop``: saves ``checkpoints/nonfinite_debug.pth`` (the state that produced the loss, when
     a checkpointer is given) and raises :class:`NonFiniteLossError` naming the fixes. ``skip``:
     the step is dropped (no backward, no update; the LR schedule still advances) and counted in
-    ``trainer.skipped_steps``, which checkpoints keep.
+    ``trainer.skipped_steps`` and ``trainer.skipped_in_a_row`` (reset by a finite step), which
+    checkpoints keep; once more than ``max_skipped`` steps in a row were skipped (None: no limit;
+    runs get ``solver.max_skipped_steps``, see gn_detect/config/validate.py) it stops as ``stop`` does.
     """
 
-    def __init__(self, mode: str = "stop", checkpointer: Checkpointer | None = None) -> None:
+    def __init__(self, mode: str = "stop", checkpointer: Checkpointer | None = None,
+                 max_skipped: int | None = None) -> None:
         if mode not in ("stop", "skip"):
             raise ValueError(f"solver.nonfinite={mode!r}: use stop or skip")
-        self.mode, self.checkpointer = mode, checkpointer
+        self.mode, self.checkpointer, self.max_skipped = mode, checkpointer, max_skipped
 
     def __call__(self, trainer: "Trainer", losses: dict[str, float]) -> None:
         if self.mode == "skip":
             trainer.skipped_steps += 1
-            log.warning("iteration %d: non-finite loss %s, step skipped (%d so far)",
-                        trainer.iter, losses, trainer.skipped_steps)
-            return
+            trainer.skipped_in_a_row += 1
+            log.warning("iteration %d: non-finite loss %s, step skipped (%d in a row, %d so far)",
+                        trainer.iter, losses, trainer.skipped_in_a_row, trainer.skipped_steps)
+            if self.max_skipped is None or trainer.skipped_in_a_row <= self.max_skipped:
+                return
+            self._stop(trainer, f"{trainer.skipped_in_a_row} steps in a row had a non-finite loss (more than "
+                                f"solver.max_skipped_steps={self.max_skipped}; last: {losses})")
+        self._stop(trainer, f"loss is not finite ({losses})")
+
+    def _stop(self, trainer: "Trainer", problem: str) -> NoReturn:
         saved = "No state was saved."
         if self.checkpointer is not None:
             self.checkpointer.save("nonfinite_debug", trainer.iters_done, **trainer.checkpoint_extra())
             saved = f"State saved to {self.checkpointer.path('nonfinite_debug')}."
+        skip = ("raise solver.max_skipped_steps to tolerate more" if self.mode == "skip"
+                else "solver.nonfinite=skip to skip such steps")
         raise NonFiniteLossError(
-            f"iteration {trainer.iter}: loss is not finite ({losses}). {saved} Lower solver.base_lr, raise "
-            "solver.warmup_iters, set solver.clip_grad_norm, or solver.nonfinite=skip to skip such steps."
+            f"iteration {trainer.iter}: {problem}. {saved} Lower solver.base_lr, raise solver.warmup_iters, "
+            f"set solver.clip_grad_norm, or {skip}."
         )
 
 
@@ -136,10 +150,13 @@ class Trainer:
         self.iter = -1
         self.iters_done = 0  # completed iterations: what a checkpoint taken now stores
         self.skipped_steps = 0
+        self.skipped_in_a_row = 0  # non-finite steps since the last finite one
         self.storage = StepStorage()
         self.state: TrainState = "idle"
         self.stopping = False
         self.stop_reason: str | None = None  # set locally by request_stop
+        self.stop_exit_code = EXIT_INTERRUPTED  # the process's exit status after an early stop
+        self.run_lock: Any = None  # the run folder's lock (build_trainer), released by train()
         self.results: dict[str, Any] = {}     # final numbers hooks contribute (eval metrics, timing)
         self._data_iter: Any = None
 
@@ -166,18 +183,19 @@ class Trainer:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Loop state that checkpoints carry besides model, optimizer, scheduler and RNG."""
-        return {"skipped_steps": self.skipped_steps}
+        return {"skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row}
 
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop after the current step (decided with the other ranks, see module doc)."""
-        self.stop_reason = reason
+    def request_stop(self, reason: str, exit_code: int = EXIT_INTERRUPTED) -> None:
+        """Ask the loop to stop after the current step (decided with the other ranks, see module doc);
+        ``exit_code`` is the status the process should exit with (128 + signal number for a signal)."""
+        self.stop_reason, self.stop_exit_code = reason, exit_code
 
     # ------------------------------------------------------------------ loop
     def train(self, start_iter: int, max_iter: int) -> None:
         """Runs iterations ``start_iter .. max_iter - 1``; ``self.state`` tells how it ended."""
         self.start_iter, self.max_iter = start_iter, max_iter
         self.iter, self.iters_done, self.state, self.stopping = start_iter - 1, start_iter, "running", False
-        self.stop_reason, self.results = None, {}
+        self.stop_reason, self.stop_exit_code, self.results = None, EXIT_INTERRUPTED, {}
         log.info("training from iteration %d to %d", start_iter, max_iter)
         try:
             self._call("before_train")
@@ -261,6 +279,7 @@ class Trainer:
             self.nonfinite(self, values)  # raises, or counts the skip
             self.storage.skipped = True
         else:
+            self.skipped_in_a_row = 0
             loss.backward()
             self.storage.grad_norm = clip_gradients(self.bare_model, self.clip_grad_norm)
             self.storage.lr = self.optimizer.param_groups[0]["lr"]

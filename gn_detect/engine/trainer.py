@@ -2,9 +2,9 @@
 state and the standard hooks into a :class:`~gn_detect.engine.train_loop.Trainer`;
 :func:`train` runs it and owns the run folder's status.
 
-Run folder (rank 0 writes it)::
+Run folder (rank 0 writes it; ``.lock`` is held by the one process running it)::
 
-    config.yaml  env.json  status.json  metrics.jsonl  data_skipped.json  tb/
+    .lock  config.yaml  env.json  status.json  metrics.jsonl  data_skipped.json  tb/
     checkpoints/  last.pth (+ last.rank<k>.rng.pth under DDP), model_final.pth
     report.json, report.md, per_class.csv, figures    the final evaluation
     eval/iter_<iter>/                                  periodic evaluations (eval.period)
@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +38,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gn_detect.config import lr_steps, validate_train_config
-from gn_detect.data import build_dataset, build_test_loader, build_train_loader, write_skip_summary
+from gn_detect.config import lr_steps, max_skipped_steps, validate_train_config
+from gn_detect.data import (
+    build_dataset,
+    build_test_loader,
+    build_train_loader,
+    check_same_categories,
+    write_skip_summary,
+)
+from gn_detect.data.collate import make_buckets
 from gn_detect.engine import dist as gdist
-from gn_detect.engine.checkpoint import Checkpointer
+from gn_detect.engine.checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from gn_detect.engine.description import ResumeRefusedError, categories_of_dataset, check_resume, describe_run
 from gn_detect.engine.env import collect_env
 from gn_detect.engine.evaluate import evaluate_model
 from gn_detect.engine.hooks import (
@@ -51,22 +61,20 @@ from gn_detect.engine.hooks import (
     PreciseBN,
     SignalHandler,
 )
+from gn_detect.engine.run_lock import RunFolderInUse, RunLock
+from gn_detect.engine.signals import ignore_stop_signals
 from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, scale_lr
 from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFinitePolicy, Trainer
 from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
+from gn_detect.evaluation import format_results
 from gn_detect.layers import SyncBatchNorm
 from gn_detect.modeling import build_model, norm_summary
 
-try:
-    from gn_detect.modeling.compile import compile_model
-except ModuleNotFoundError as exc:  # written separately; only solver.compile=true needs it
-    if exc.name != "gn_detect.modeling.compile":
-        raise
-    compile_model = None
+from gn_detect.modeling.compile import compile_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteLossError", "build_trainer", "is_finished", "train"]
+__all__ = ["NonFiniteLossError", "ResumeRefusedError", "RunFolderInUse", "build_trainer", "is_finished", "train"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,11 @@ class _Run:
     batch: dict[str, int | None]  # ims_per_batch, ims_per_device, bn_group_size (validated)
     amp_dtype: torch.dtype | None
     channels_last: bool
+    resolved: dict[str, Any]       # the config as config.yaml and the checkpoints record it
+    lock: RunLock | None           # the run folder's lock (rank 0)
+    resume: dict[str, Any] | None  # content of checkpoints/last.pth when this start resumes it
+    init_path: Path | None         # init_weights (resolved against base_dir) for a new run ...
+    init: dict[str, Any] | None    # ... and its content
 
 
 def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -90,29 +103,91 @@ def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[setting]
 
 
-def _start_run(cfg: DictConfig, run_dir: Path) -> _Run:
-    """Process group, config checks, then config.yaml, env.json and status 'running' (rank 0)."""
+def _lock_run_dir(cfg: DictConfig, run_dir: Path) -> RunLock | None:
+    """Rank 0 takes the run folder's lock (gn_detect/engine/run_lock.py) before anything else
+    touches the folder; every rank stops when another process holds it. A 'running' status
+    found then was left by a process that died."""
+    gdist.init_distributed(cfg.dist_backend)  # the rank; _start_run reuses the group
+    lock, problem = None, None
+    if gdist.is_main_process():
+        try:
+            lock = RunLock(run_dir).acquire()
+        except RunFolderInUse as exc:
+            problem = str(exc)
+    problem = gdist.all_gather_object(problem)[0]
+    if problem is not None:
+        raise RunFolderInUse(problem)
+    before = read_status(run_dir) if lock is not None else {}
+    if before.get("state") == "running":
+        log.warning("run folder %s: the previous run (pid %s on %s) crashed after iteration %s: status.json still "
+                    "says running, but no process holds the folder", run_dir, before.get("pid", "?"),
+                    before.get("host", "?"), before.get("iteration", "?"))
+    return lock
+
+
+def _resume_state(cfg: DictConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The content of checkpoints/last.pth when this start resumes it, once its description
+    allows this config (gn_detect/engine/description.py; categories are checked with the data)."""
+    last = run_dir / "checkpoints" / "last.pth"
+    if not cfg.resume or not last.is_file():
+        return None
+    state = load_checkpoint(last)
+    description = state.get("description")
+    if not isinstance(description, dict) or not {"config", "model"} <= description.keys():
+        raise CheckpointError(
+            f"checkpoint {last} has no model description (written before gn-detect checkpoints carried one), "
+            "so this start cannot check that it continues the same run; finish that run with the gn-detect "
+            "version that wrote it, or use a new run folder")
+    check_resume(description, {"config": resolved}, last, int(state.get("iteration", 0)))
+    return state
+
+
+def _init_state(cfg: DictConfig, base_dir: str | Path | None) -> tuple[Path | None, dict[str, Any] | None]:
+    """init_weights (relative to ``base_dir``, like the data paths) and its content, read now:
+    a missing or refused file stops the start before any data is read."""
+    if not cfg.init_weights:
+        return None, None
+    path = Path(cfg.init_weights)
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return path, load_checkpoint(path)
+
+
+def _write_run_files(run: _Run) -> None:
+    """config.yaml, env.json and status.json 'running' with this process's pid and host (rank 0)."""
+    if not gdist.is_main_process():
+        return
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
+    write_json_atomic(run.run_dir / "env.json", {**collect_env(), "world_size": run.world_size})
+    write_status(run.run_dir, "running", pid=os.getpid(), host=socket.gethostname())
+
+
+def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock: RunLock | None) -> _Run:
+    """With the run folder locked: config checks, the checkpoint this start resumes or
+    initializes from (read and checked before anything is written); then, for a new run,
+    config.yaml, env.json and status 'running' (a resume writes them once its data is checked)."""
     info = gdist.init_distributed(cfg.dist_backend)
     device = info.device if cfg.device == "auto" else torch.device(cfg.device)
     batch = validate_train_config(cfg, info.world_size)
-    if gdist.is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        write_json_atomic(run_dir / "env.json", {**collect_env(), "world_size": info.world_size})
-        write_status(run_dir, "running")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
+    resume = _resume_state(cfg, run_dir, resolved)
+    init_path, init = (None, None) if resume is not None else _init_state(cfg, base_dir)
     setting = cfg.solver.channels_last
-    return _Run(cfg, run_dir, info.rank, info.world_size, device, batch, _amp_dtype(cfg.solver.amp, device),
-                setting == "on" or (setting == "auto" and device.type == "cuda"))
+    run = _Run(cfg, run_dir, info.rank, info.world_size, device, batch, _amp_dtype(cfg.solver.amp, device),
+               setting == "on" or (setting == "auto" and device.type == "cuda"), resolved, lock, resume,
+               init_path, init)
+    if resume is None:
+        _write_run_files(run)
+    return run
 
 
 def _datasets(run: _Run, base_dir: str | Path | None) -> tuple[Any, Any]:
-    """Train and evaluation datasets; what their checks skipped goes to data_skipped.json."""
+    """Train and evaluation datasets, which must list the same categories (gn_detect/data/checks.py)."""
     train_set = build_dataset(run.cfg.data, "train", base_dir=base_dir)
     val_set = build_dataset(run.cfg.data, run.cfg.eval.split, base_dir=base_dir)
-    if gdist.is_main_process():
-        write_skip_summary([train_set, val_set], run.run_dir / "data_skipped.json")
+    check_same_categories(train_set, val_set)
     return train_set, val_set
 
 
@@ -123,11 +198,7 @@ def _model(run: _Run, num_classes: int) -> nn.Module:
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if run.cfg.solver.compile:
-        if compile_model is None:
-            raise ValueError("solver.compile=true needs gn_detect.modeling.compile, which this checkout "
-                             "does not have; set solver.compile=false")
-        compiled = compile_model(model)  # compiles in place (None) or returns the module to train
-        model = model if compiled is None else compiled
+        model = compile_model(model, num_buckets=len(_buckets(run.cfg)))
     return model
 
 
@@ -155,12 +226,22 @@ def _wrap_ddp(run: _Run, model: nn.Module) -> nn.Module:
     )
 
 
+def _buckets(cfg: DictConfig) -> list[tuple[int, int]] | None:
+    """With solver.compile, batches are padded to 2x2 bucket shapes up to the largest image
+    (data.max_size), so the compiled model sees at most 4 input shapes per mode."""
+    if not cfg.solver.compile:
+        return None
+    side = max(cfg.data.max_size, cfg.data.max_size_train or 0)
+    return make_buckets(side, side, per_side=2)
+
+
 def _train_loader(run: _Run, train_set: Any, start_iter: int) -> DataLoader:
     """The endless training loader positioned at ``start_iter`` (batch i depends only on i)."""
     d = run.cfg.data
     return build_train_loader(train_set, run.batch["ims_per_device"], seed=run.cfg.seed, rank=run.rank,
                               world_size=run.world_size, aspect_grouping=d.aspect_grouping,
-                              num_workers=d.num_workers, start_iter=start_iter)
+                              num_workers=d.num_workers, start_iter=start_iter, buckets=_buckets(run.cfg),
+                              worker_init_fn=ignore_stop_signals)
 
 
 def _evaluate(run: _Run, model: nn.Module, loader: DataLoader, dataset: Any, it: int, final: bool) -> dict[str, Any]:
@@ -178,7 +259,8 @@ def _hooks(run: _Run, trainer: Trainer, checkpointer: Checkpointer, scheduler: A
     """The standard hooks, in the order gn_detect/engine/hooks.py explains."""
     cfg = run.cfg
     test_loader = build_test_loader(val_set, cfg.eval.ims_per_device, rank=run.rank, world_size=run.world_size,
-                                    num_workers=cfg.data.num_workers)
+                                    num_workers=cfg.data.num_workers, buckets=_buckets(cfg),
+                                    worker_init_fn=ignore_stop_signals)
     evaluate = functools.partial(_evaluate, run, trainer.model, test_loader, val_set)
     precise = cfg.solver.precise_bn
     writer = MetricWriter(run.run_dir, log_period=cfg.log.period, ims_per_batch=run.batch["ims_per_batch"],
@@ -200,27 +282,55 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | N
     (``resume``); ``trainer.train(trainer.start_iter, trainer.max_iter)`` runs it.
 
     ``cfg`` is a config on the schema (gn_detect/config/schema.py: TrainConfig); relative data
-    paths resolve against ``base_dir``. Writes config.yaml, env.json, status.json ('running')
-    and data_skipped.json.
+    and init_weights paths resolve against ``base_dir``. Takes the run folder's lock first
+    (:class:`RunFolderInUse` when another process holds it; ``trainer.run_lock`` keeps it: call
+    its ``release()`` when done with the trainer), refuses a resume that would change the run
+    (:class:`ResumeRefusedError`, before anything is written), then writes config.yaml, env.json,
+    status.json ('running') and data_skipped.json.
     """
-    run = _start_run(cfg, Path(run_dir))
+    run_dir = Path(run_dir)
+    lock = _lock_run_dir(cfg, run_dir)
+    try:
+        trainer = _build(_start_run(cfg, run_dir, base_dir, lock), base_dir)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer.run_lock = lock
+    return trainer
+
+
+def _build(run: _Run, base_dir: str | Path | None) -> Trainer:
+    """Data (categories checked, against the resumed checkpoint too), model, solver, resume or
+    initial weights, the trainer and its hooks."""
+    cfg = run.cfg
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     train_set, val_set = _datasets(run, base_dir)
+    description = describe_run(run.resolved, categories_of_dataset(train_set))
+    if run.resume is not None:
+        check_resume(run.resume["description"], description, run.run_dir / "checkpoints" / "last.pth",
+                     int(run.resume["iteration"]))
+        _write_run_files(run)
+    if gdist.is_main_process():
+        write_skip_summary([train_set, val_set], run.run_dir / "data_skipped.json")
     model = _model(run, len(train_set.label_to_cat_id))
     optimizer, scheduler = _solver(run, model)
     torch.manual_seed(cfg.seed * 1000 + run.rank)  # see the module docstring; a resume restores them
-    checkpointer = Checkpointer(run.run_dir, model, optimizer, scheduler)
-    extra = checkpointer.resume_or_load(cfg.init_weights, resume=cfg.resume)
+    checkpointer = Checkpointer(run.run_dir, model, optimizer, scheduler, description)
+    extra = checkpointer.resume_or_load(run.init_path, resume=run.resume is not None,
+                                        state=run.resume if run.resume is not None else run.init)
     start_iter = int(extra["iteration"])
     if start_iter:
         log.info("resumed at iteration %d", start_iter)
     trainer = Trainer(
         _wrap_ddp(run, model), _train_loader(run, train_set, start_iter), optimizer, device=run.device,
         amp_dtype=run.amp_dtype, channels_last=run.channels_last, clip_grad_norm=cfg.solver.clip_grad_norm,
-        nonfinite=NonFinitePolicy(cfg.solver.nonfinite, checkpointer), ims_per_batch=run.batch["ims_per_batch"],
+        nonfinite=NonFinitePolicy(cfg.solver.nonfinite, checkpointer, max_skipped_steps(cfg.solver)),
+        ims_per_batch=run.batch["ims_per_batch"],
     )
     trainer.start_iter, trainer.max_iter = start_iter, cfg.solver.max_iter
     trainer.skipped_steps = int(extra.get("skipped_steps", 0))
+    trainer.skipped_in_a_row = int(extra.get("skipped_in_a_row", 0))
     trainer.register_hooks(_hooks(run, trainer, checkpointer, scheduler, train_set, val_set))
     return trainer
 
@@ -235,33 +345,45 @@ def _finish(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
         if main:
             write_status(run_dir, "interrupted", iteration=done, error=message)
         log.warning("%s (checkpoint saved)", message)
-        return {"interrupted": True, "iter": done}
+        return {"interrupted": True, "iter": done, "exit_code": trainer.stop_exit_code}
     if main:
         write_status(run_dir, "done", iteration=done)
+        print(format_results(trainer.results, run_dir=run_dir, report_path=run_dir / "report.md"), flush=True)
     return trainer.results
 
 
 def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = None, *,
           hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
     """Runs (or resumes) one training run in ``run_dir``; returns the final metrics, or
-    ``{"interrupted": True, "iter": completed iterations}`` after a stop.
+    ``{"interrupted": True, "iter": completed iterations, "exit_code": the status the process
+    should exit with (128 + signal number after a signal)}`` after a stop.
 
     ``hooks`` are added to the standard ones, before MetricsWriter (which stays last). Any
     failure, start-up included (bad config, unreadable annotations), ends as status.json
-    'failed' with the error, and is re-raised.
+    'failed' with the error, and is re-raised -- except a folder another process holds
+    (:class:`RunFolderInUse`) and a refused resume (:class:`ResumeRefusedError`), which leave
+    the folder as they found it. The run folder's lock is released however the run ends.
     """
     run_dir = Path(run_dir)
+    lock: RunLock | None = None
     trainer: Trainer | None = None
     try:
-        trainer = build_trainer(cfg, run_dir, base_dir)
+        lock = _lock_run_dir(cfg, run_dir)
+        trainer = _build(_start_run(cfg, run_dir, base_dir, lock), base_dir)
+        trainer.run_lock = lock
         trainer.register_hooks([*hooks, *trainer.remove_hooks(MetricsWriter)])
         trainer.train(trainer.start_iter, trainer.max_iter)
-    except BaseException as exc:
-        if gdist.is_main_process():
-            write_status(run_dir, "failed", iteration=trainer.iters_done if trainer else 0,
-                         error=f"{type(exc).__name__}: {exc}")
+        return _finish(trainer, run_dir)
+    except (RunFolderInUse, ResumeRefusedError):
         raise
-    return _finish(trainer, run_dir)
+    except BaseException as exc:
+        if gdist.is_main_process():  # still holding the folder
+            progress = {"iteration": trainer.iters_done} if trainer is not None else {}
+            write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", **progress)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def is_finished(run_dir: str | Path) -> bool:

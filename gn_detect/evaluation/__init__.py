@@ -11,6 +11,7 @@ from gn_detect.evaluation.coco_eval import (
     coco_metrics,
     coco_metrics_arrays,
 )
+from gn_detect.evaluation.console import format_results
 from gn_detect.evaluation.events import Counts, Events, PRCurve
 from gn_detect.evaluation.labels import LabelPairs, label_pairs
 from gn_detect.evaluation.matching import BoxMatches, DetArrays, GroundTruth, cap_per_image, match_boxes
@@ -49,6 +50,7 @@ __all__ = [
     "coco_metrics_arrays",
     "evaluate_detections",
     "filter_detections",
+    "format_results",
     "label_pairs",
     "match_boxes",
     "prepare",

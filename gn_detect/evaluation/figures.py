@@ -1,4 +1,5 @@
-"""Figures of the evaluation report: PR curves and example images with their matches.
+"""Figures of the evaluation report: PR curves, and example images with their GT and predicted
+boxes labelled without overlaps.
 
 matplotlib through an Agg canvas of its own (works without a display; pyplot and the global
 backend are not touched, so importing this module changes nothing for the caller).
@@ -12,15 +13,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from gn_detect.evaluation.events import Counts, Events
-from gn_detect.evaluation.matching import FP, IGNORED, TP, BoxMatches, GroundTruth
+from gn_detect.evaluation.matching import FP, IGNORED, BoxMatches, GroundTruth
 
-__all__ = ["plot_pr_curves", "plot_examples"]
+__all__ = ["class_colors", "draw_examples", "label_extent", "plot_examples", "plot_pr_curves"]
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +90,109 @@ def plot_pr_curves(
     return ks
 
 
-def plot_examples(
-    path: Path,
-    image_root: Path,
-    file_names: dict[int, str],
-    gt: GroundTruth,
-    matches: BoxMatches,
-    thresholds: np.ndarray,
-    num_images: int = 4,
-) -> list[int]:
-    """A few evaluation images with GT (green; crowd dotted) and the predictions at or above
-    their class threshold (blue TP, red FP, grey on a crowd region). Images are spread evenly
-    over the sorted ids of images that have GT, so reruns show the same ones. Returns the
-    image ids drawn (missing files are skipped with a warning)."""
+EXAMPLE_DPI = 90
+LABEL_FONTSIZE = 7
+LABEL_GAP_PX = 1.0
+
+
+def class_colors(num_classes: int) -> list[tuple[float, float, float, float]]:
+    """One readable colour per class: tab10 (up to 10 classes), tab20 (up to 20), else hues."""
+    if num_classes <= 10:
+        cmap = colormaps["tab10"]
+        return [cmap(k) for k in range(num_classes)]
+    if num_classes <= 20:
+        cmap = colormaps["tab20"]
+        return [cmap(k) for k in range(num_classes)]
+    cmap = colormaps["hsv"]
+    return [cmap(k / num_classes) for k in range(num_classes)]
+
+
+def _ink(color: Sequence[float]) -> str:
+    """Black or white text, whichever reads better on ``color``."""
+    r, g, b = color[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+
+
+def label_extent(text: Text, renderer) -> Bbox:
+    """The window extent of a label: its text and its background box (pad included)."""
+    ext = text.get_window_extent(renderer)
+    patch = text.get_bbox_patch()
+    if patch is None:
+        return ext
+    text.update_bbox_position_size(renderer)
+    return Bbox.union([ext, patch.get_window_extent(renderer)])
+
+
+def _place_labels(ax, renderer, labels: list[tuple[str, dict, float, float, bool]]) -> int:
+    """Adds ``labels`` = (text, text kwargs, x, y of the box corner in data coords, above) to
+    ``ax`` so that no two overlap: each label starts above its box (``above``) or just inside
+    its top edge, and moves down (then up) in steps of its own height until it is clear of every
+    label placed before it, inside the axes. A label with no free place is left out; returns
+    how many were."""
+    area = ax.get_window_extent(renderer)
+    taken: list[Bbox] = []
+    hidden = 0
+    for s, kw, x, y, above in labels:
+        t = ax.text(0, 0, s, ha="left", va="top", fontsize=LABEL_FONTSIZE, clip_on=False, **kw)
+        t.set_position((x, y))
+        ext = label_extent(t, renderer)
+        w, h = ext.width, ext.height
+        px, py = ax.transData.transform((x, y))
+        left = min(max(px, area.x0), area.x1 - w)
+        top = py + h if above else py
+        steps = int(area.height // (h + LABEL_GAP_PX)) + 1
+        tops = [top - k * (h + LABEL_GAP_PX) for k in range(steps)] + [top + k * (h + LABEL_GAP_PX)
+                                                                       for k in range(1, steps)]
+        spot = None
+        for cand in tops:
+            box = Bbox.from_extents(left, cand - h, left + w, cand)
+            if box.y0 < area.y0 or box.y1 > area.y1:
+                continue
+            if not any(box.expanded(1, 1).padded(LABEL_GAP_PX).overlaps(o) for o in taken):
+                spot = box
+                break
+        if spot is None:
+            t.remove()
+            hidden += 1
+            continue
+        # move the label by the offset between its measured extent and the free spot
+        tx, ty = ax.transData.transform(t.get_position())
+        t.set_position(ax.transData.inverted().transform((tx + spot.x0 - ext.x0, ty + spot.y0 - ext.y0)))
+        taken.append(label_extent(t, renderer))
+    return hidden
+
+
+def _panel_labels(ax, i: int, gt: GroundTruth, matches: BoxMatches, shown: np.ndarray, colors: list,
+                  max_preds: int) -> tuple[list[tuple[str, dict, float, float, bool]], int, int]:
+    """Draws the GT and top-``max_preds`` prediction boxes of image index ``i``; returns their
+    labels (for ``_place_labels``), the number of predictions at or above threshold and shown."""
+    labels = []
+    for j in np.flatnonzero(gt.img == i):
+        x, y, w, h = gt.boxes[j]
+        c = colors[gt.cls[j]]
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, ec=c, lw=2.0, ls=":" if gt.crowd[j] else "-"))
+        labels.append((str(gt.names[gt.cls[j]]) + (" (crowd)" if gt.crowd[j] else ""),
+                       {"color": "black", "bbox": {"facecolor": "white", "edgecolor": c, "lw": 1.0, "pad": 1.2}},
+                       x, y, True))
+    d = matches.dets
+    cand = np.flatnonzero((d.img == i) & shown)
+    top = cand[np.argsort(-d.scores[cand], kind="stable")][:max_preds]
+    for j in top:
+        x, y, w, h = d.boxes[j]
+        c = colors[d.cls[j]]
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, ec=c, lw=1.5, ls="--"))
+        status = int(matches.status[j])
+        tag = " FP" if status == FP else (" crowd" if status == IGNORED else "")
+        labels.append((f"{gt.names[d.cls[j]]} {d.scores[j]:.2f}{tag}",
+                       {"color": _ink(c), "bbox": {"facecolor": c, "edgecolor": c, "alpha": 0.9, "pad": 1.2}},
+                       x, y, False))
+    return labels, len(cand), len(top)
+
+
+def _load_examples(image_root: Path, file_names: dict[int, str], gt: GroundTruth,
+                   num_images: int) -> list[tuple[int, int, np.ndarray]]:
+    """(image index, image id, RGB array) of up to ``num_images`` images with GT, spread evenly
+    over the sorted ids, so reruns show the same ones; unreadable files are skipped."""
     with_gt = np.unique(gt.img)
     if num_images <= 0 or len(with_gt) == 0:
         return []
@@ -112,32 +206,68 @@ def plot_examples(
                 loaded.append((i, img_id, np.asarray(im.convert("RGB"))))
         except (OSError, ValueError) as e:
             log.warning("examples.png: cannot read %s (%s)", f, e)
+    return loaded
+
+
+def draw_examples(
+    image_root: Path,
+    file_names: dict[int, str],
+    gt: GroundTruth,
+    matches: BoxMatches,
+    thresholds: np.ndarray,
+    num_images: int = 4,
+    max_preds: int = 6,
+) -> tuple[Figure, list[int]] | None:
+    """The figure of ``plot_examples`` (not saved) and the image ids drawn; None if no image."""
+    loaded = _load_examples(image_root, file_names, gt, num_images)
     if not loaded:
-        return []
+        return None
     ncols = min(2, len(loaded))
     nrows = math.ceil(len(loaded) / ncols)
-    fig = _new_figure(6.5 * ncols, 5.0 * nrows)
+    fig = Figure(figsize=(6.0 * ncols, 5.6 * nrows), dpi=EXAMPLE_DPI)
+    FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel()[len(loaded):]:
         ax.axis("off")
     d = matches.dets
     shown = d.scores >= thresholds[d.cls] if len(d) else np.zeros(0, bool)
-    colors = {TP: "tab:blue", FP: "tab:red", IGNORED: "0.5"}
+    colors = class_colors(gt.num_classes)
+    panels = []
     for ax, (i, img_id, arr) in zip(axes.ravel(), loaded):
         ax.imshow(arr)
         ax.axis("off")
-        for j in np.flatnonzero(gt.img == i):
-            x, y, w, h = gt.boxes[j]
-            ls = ":" if gt.crowd[j] else "-"
-            ax.add_patch(Rectangle((x, y), w, h, fill=False, ec="lime", lw=1.5, ls=ls))
-        for j in np.flatnonzero((d.img == i) & shown):
-            x, y, w, h = d.boxes[j]
-            c = colors[int(matches.status[j])]
-            ax.add_patch(Rectangle((x, y), w, h, fill=False, ec=c, lw=1.2))
-            ax.text(x, y, f"{gt.names[d.cls[j]]} {d.scores[j]:.2f}", fontsize=6, color="white",
-                    bbox={"facecolor": c, "alpha": 0.7, "pad": 1, "lw": 0}, va="bottom")
-        ax.set_title(f"image {img_id}", fontsize=9)
-    fig.suptitle("GT green (crowd dotted) | predictions >= threshold: TP blue, FP red, on crowd grey", fontsize=9)
+        labels, n_above, n_shown = _panel_labels(ax, i, gt, matches, shown, colors, max_preds)
+        ax.set_title(f"image {img_id}: {int((gt.img == i).sum())} GT, top {n_shown} of {n_above} predictions "
+                     ">= threshold", fontsize=8)
+        panels.append((ax, labels))
+    fig.suptitle(f"GT: solid box, white label | predictions >= their class threshold, top {max_preds} by score: "
+                 "dashed box, filled label (FP: matches no GT) | one colour per class", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return [img_id for _, img_id, _ in loaded]
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()  # fixes the layout and the image axes' aspect before labels are placed
+    for ax, labels in panels:
+        if hidden := _place_labels(ax, renderer, labels):
+            ax.set_title(ax.get_title() + f" ({hidden} labels left out: no room)", fontsize=8)
+    return fig, [img_id for _, img_id, _ in loaded]
+
+
+def plot_examples(
+    path: Path,
+    image_root: Path,
+    file_names: dict[int, str],
+    gt: GroundTruth,
+    matches: BoxMatches,
+    thresholds: np.ndarray,
+    num_images: int = 4,
+    max_preds: int = 6,
+) -> list[int]:
+    """A few evaluation images with their GT boxes (solid, white label: class name; crowd
+    dotted) and the ``max_preds`` highest-scoring predictions at or above their class threshold
+    (dashed, filled label: class, score, FP when unmatched), one colour per class; labels never
+    overlap (``_place_labels``). Returns the image ids drawn ([] if none could be read)."""
+    drawn = draw_examples(image_root, file_names, gt, matches, thresholds, num_images, max_preds)
+    if drawn is None:
+        return []
+    fig, ids = drawn
+    fig.savefig(path, dpi=EXAMPLE_DPI)
+    return ids

@@ -18,6 +18,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from gn_detect.evaluation.coco_eval import DEFAULT_BACKEND, STAT_NAMES, CocoResult, coco_metrics_arrays
+from gn_detect.evaluation.degenerate import predict_everything, predict_everything_warning
 from gn_detect.evaluation.events import Counts, Events, nan_to_none
 from gn_detect.evaluation.figures import plot_examples, plot_pr_curves
 from gn_detect.evaluation.labels import label_pairs
@@ -219,6 +220,9 @@ def build_report(
     n_dis = th.source.count("disabled")
     if n_dis:
         warnings.append(f"{n_dis} class(es) are never predicted at the tuned thresholds (no qualifying threshold)")
+    everything = predict_everything(lc, _label_pairs_per_class(parts.report), gt.names)
+    if (w := predict_everything_warning(everything)) is not None:
+        warnings.append(w)
 
     headline = {k: nan_to_none(coco.stats[k]) for k in STAT_NAMES[:6]}
     for lvl, st in (("label", label), ("box", box)):
@@ -245,6 +249,7 @@ def build_report(
             "num_tune_detections": len(parts.tune.dets),
             "overlap_images": parts.overlap,
             "sources": {s: th.source.count(s) for s in ("tuned", "global", "disabled")},
+            "predict_everything": everything,
         },
         "box": box,
         "label": label,
@@ -252,6 +257,14 @@ def build_report(
         "warnings": warnings,
     }
     return report, parts, th, coco
+
+
+def _label_pairs_per_class(prep: Prepared) -> np.ndarray:
+    """Per class, the (image, class) pairs of ``prep``'s images that count at label level:
+    every image except those where the class is crowd-only (ignored)."""
+    K = prep.gt.num_classes
+    ignored = label_pairs(prep.gt, prep.dets).ignored_keys
+    return prep.gt.num_images - np.bincount(ignored % max(K, 1), minlength=K)[:K]
 
 
 def _per_class_rows(ev: Prepared, th: Thresholds, coco: CocoResult, bc: Counts, lc: Counts) -> list[dict[str, Any]]:

@@ -6,21 +6,20 @@ keys are untouched, so checkpoints load the same with and without compile). The 
 anchors and post-processing stay eager: they have data-dependent shapes (matching, top-k,
 NMS) that would recompile or break graphs.
 
-Every distinct input shape (and train/eval mode) compiles once. ``pad_shape`` rounds a
+Every distinct input shape (and train/eval mode) compiles once. ``gn_detect.data.collate.pad_shape`` rounds a
 batch's padded (H, W) up to one of a few bucket shapes so that the number of compilations is
 bounded by the number of buckets; the collate function pads to that shape.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["compile_model", "pad_shape", "make_buckets", "COMPILED_PARTS"]
+__all__ = ["compile_model", "COMPILED_PARTS"]
 
 log = logging.getLogger(__name__)
 
@@ -95,29 +94,3 @@ def compile_model(
             torch._dynamo.config.recompile_limit = limit
     log.info("torch.compile: %s will compile on their first call", ", ".join(parts))
     return model
-
-
-def make_buckets(max_h: int, max_w: int, *, per_side: int = 2, divisor: int = 128) -> list[tuple[int, int]]:
-    """``per_side ** 2`` bucket shapes covering images up to ``max_h`` x ``max_w``: each side
-    takes ``per_side`` values evenly spaced up to the maximum, rounded up to ``divisor``."""
-    if per_side < 1 or divisor < 1 or max_h < 1 or max_w < 1:
-        raise ValueError(f"make_buckets: need positive sizes, per_side and divisor; got "
-                         f"max {max_h}x{max_w}, per_side={per_side}, divisor={divisor}")
-
-    def side(m: int) -> list[int]:
-        return sorted({math.ceil(m * k / per_side / divisor) * divisor for k in range(1, per_side + 1)})
-
-    return [(h, w) for h in side(max_h) for w in side(max_w)]
-
-
-def pad_shape(h: int, w: int, buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The smallest-area bucket (H, W) with H >= h and W >= w (ties: the first listed).
-
-    ValueError if no bucket holds (h, w): the fix is a larger bucket or a smaller max size.
-    """
-    fits = [(bh * bw, i) for i, (bh, bw) in enumerate(buckets) if bh >= h and bw >= w]
-    if not fits:
-        largest = max(buckets, key=lambda b: b[0] * b[1]) if buckets else None
-        raise ValueError(f"pad_shape: a {h}x{w} batch fits no bucket (largest {largest}); fix: add a "
-                         f"bucket of at least {h}x{w} or lower the input's max size")
-    return tuple(buckets[min(fits)[1]])  # type: ignore[return-value]

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -54,7 +55,7 @@ class Run:
 
     run_dir: Path
     rel_dir: str
-    state: str  # "done" | "failed" | "running" | "unknown" | "unreadable"
+    state: str  # "done" | "failed" | "running" | "interrupted" | "crashed" | "unknown" | "unreadable"
     error: str | None = None
     config: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
@@ -259,6 +260,21 @@ def images_per_group(components: tuple, ims_per_device: int | None, bn_group_siz
     return ims_per_device
 
 
+def _owner_gone(status: dict) -> bool:
+    """Whether the process a 'running' status.json names (pid, host) no longer exists on this
+    host; False when it names none or another host (its liveness cannot be told from here)."""
+    pid = _as_int(status.get("pid"))
+    if pid is None or pid <= 0 or status.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     try:
         rel = run_dir.relative_to(sweep_dir).as_posix() or "."
@@ -312,9 +328,13 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.state, run.error = "unknown", "no status.json (never started?)"
     else:
         st = str(status.get("state") or "unknown").lower()
-        run.state = st if st in ("done", "failed", "running") else "unknown"
+        run.state = st if st in ("done", "failed", "running", "interrupted") else "unknown"
         err = status.get("error")
         run.error = None if err in (None, "") else str(err)
+        if run.state == "running" and _owner_gone(status):
+            run.state = "crashed"
+            run.error = (f"process {status.get('pid')} on {status.get('host')} is gone but status.json says running "
+                         "(killed or crashed); rerun the same command to resume")
 
     try:
         run.train, _evals, run.final, bad = read_metrics(run_dir / "metrics.jsonl")

@@ -27,7 +27,7 @@ OUTPUT_FILES = ("summary.csv", "summary.md", "summary.json", "runs.csv", "compar
 
 
 def split_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """done (with a final record) / failed / unfinished (running, unknown) / excluded."""
+    """done (with a final record) / failed / unfinished (running, interrupted, crashed, unknown) / excluded."""
     parts: dict[str, list[Run]] = {"done": [], "failed": [], "unfinished": [], "excluded": []}
     for r in runs:
         if r.state == "done" and r.final is not None:
@@ -37,7 +37,7 @@ def split_runs(runs: list[Run]) -> dict[str, list[Run]]:
             parts["excluded"].append(r)
         elif r.state == "failed":
             parts["failed"].append(r)
-        elif r.state in ("running", "unknown"):
+        elif r.state in ("running", "interrupted", "crashed", "unknown"):
             parts["unfinished"].append(r)
         else:  # unreadable config
             parts["excluded"].append(r)

@@ -15,6 +15,7 @@ from gn_detect.config import (
     check_command_line,
     component_norm_opts,
     lr_steps,
+    max_skipped_steps,
     resolve_batch,
     validate_evaluate_config,
     validate_train_config,
@@ -66,7 +67,7 @@ def test_every_study_composes(study):
     (["solver.step_fractions=[1.5]"], ["solver.step_fractions"]),
     (["solver.steps=[10]", "solver.step_fractions=[0.5]"], ["solver.step_fractions", "not both"]),
     (["data.ims_per_device=0"], ["data.ims_per_device", "0"]),
-    (["model.norm_opts.bn_group_size=3", "norm=bn"], ["model.norm_opts.bn_group_size", "3", "ims_per_device=4"]),
+    (["model.norm_opts.bn_group_size=3", "norm=bn"], ["model.norm_opts.bn_group_size", "3", "ims_per_device=8"]),
     (["model.head.norm_opts.impl=cuda"], ["model.head.norm_opts.impl", "cuda"]),
     (["solver.ims_per_batch=3"], ["solver.ims_per_batch", "solver.ims_per_batch=null"]),
     (["data=coco"], ["data.root", "data.root="]),
@@ -131,3 +132,12 @@ def test_single_image_bn_with_tiny_p7_is_refused():
     with pytest.raises(ConfigError, match="model.fpn.norm"):
         validate_train_config(cfg)
     validate_train_config(_cfg(data__ims_per_device=2, data__min_size_train=[96], model__fpn__norm="bn"))
+
+
+def test_max_skipped_steps_default_is_10_or_one_percent():
+    solver = OmegaConf.structured(TrainConfig).solver
+    for max_iter, expected in ((60, 10), (1000, 10), (1001, 11), (90000, 900)):
+        solver.max_iter = max_iter
+        assert max_skipped_steps(solver) == expected, max_iter
+    solver.max_skipped_steps = 3
+    assert max_skipped_steps(solver) == 3

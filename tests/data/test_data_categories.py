@@ -33,7 +33,7 @@ def test_the_issue_case_is_refused() -> None:
     train = cats((1, "person"), (7, "train"), (90, "toothbrush"))
     val = cats(*[(i, f"c{i}") for i in range(1, 81)])
     msg = one_line_error(check_same_categories, train, val)
-    assert "3 vs 80 categories" in msg and "id 1: 'person' vs 'c1'" in msg and "map_by_name" in msg
+    assert "3 vs 80 categories" in msg and "id 1: 'person' vs 'c1'" in msg and "renumber" in msg
 
 
 def test_same_ids_other_names_and_missing_ids_are_listed() -> None:

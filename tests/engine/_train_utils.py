@@ -29,7 +29,10 @@ TRAIN_PY = REPO / "tools" / "train.py"
 CONFIG_DIR = REPO / "configs"
 
 # must match the data.synthetic overrides below, so the children find the dataset up to date
-SHAPES = {"num_train": 13, "num_val": 7, "image_size": 96, "seed": 0, "num_classes": 5}
+# the generator style of configs/data/shapes.yaml (the demo data), so runs composed with data=shapes
+# find the session's dataset up to date; only the size of the dataset differs
+_PRESET = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "shapes.yaml").synthetic)
+SHAPES = {**_PRESET, "num_train": 13, "num_val": 7, "image_size": 96, "seed": 0, "num_classes": 5}
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,7 @@ def test_rng_round_trip_through_file(tmp_path):
     save_checkpoint(tmp_path / "rng.pth", {"rng": capture_rng_state()})
     expected = [_draws() for _ in range(3)]
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
-    restore_rng_state(load_checkpoint(tmp_path / "rng.pth", weights_only=True)["rng"])
+    restore_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
     assert [_draws() for _ in range(3)] == expected
     # also a normal-distribution draw (NumPy keeps a cached Gaussian in its state)
     state = capture_rng_state()

@@ -1,5 +1,6 @@
-"""tools/evaluate.py re-evaluates a saved checkpoint with its run's model config and writes the
-same report as training; its headline equals the training run's final evaluation."""
+"""tools/evaluate.py re-evaluates a saved checkpoint with the model it describes and writes the
+same report as training; its headline equals the training run's final evaluation; a missing
+checkpoint is one line naming it."""
 from __future__ import annotations
 
 import json
@@ -36,11 +37,13 @@ def test_evaluate_checkpoint_reproduces_final_metrics(shapes_root, tmp_path, one
     assert not report["thresholds"]["tuned_on_eval_split"]  # eval.tune=half carried over from the run
 
 
-def test_evaluate_without_run_config_names_the_fix(tmp_path):
-    ckpt = tmp_path / "lonely.pth"
-    ckpt.write_bytes(b"")
-    cmd = [sys.executable, str(REPO / "tools" / "evaluate.py"), f"checkpoint={ckpt}", f"out_dir={tmp_path / 'o'}"]
-    ev = subprocess.run(cmd, cwd=str(tmp_path), env=child_env(), timeout=120,
+def test_evaluate_missing_checkpoint_is_one_line(tmp_path):
+    missing = tmp_path / "nope" / "model_final.pth"
+    cmd = [sys.executable, str(REPO / "tools" / "evaluate.py"), f"checkpoint={missing}", f"out_dir={tmp_path / 'o'}"]
+    env = child_env()
+    env.pop("HYDRA_FULL_ERROR")  # what a user sees
+    ev = subprocess.run(cmd, cwd=str(tmp_path), env=env, timeout=120,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert ev.returncode != 0
-    assert "run_config=" in ev.stdout
+    assert ev.returncode == 2
+    assert ev.stdout.strip() == (f"gn-detect: checkpoint not found: {missing}; "
+                                 "give checkpoint=<run folder>/checkpoints/model_final.pth"), ev.stdout

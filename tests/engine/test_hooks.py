@@ -1,10 +1,14 @@
-"""Each standard hook on its own, driven by a stand-in trainer (milliseconds each)."""
+"""Each standard hook on its own, driven by a stand-in trainer (milliseconds each), and the
+data-loader workers' signal disposition."""
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import signal
+import subprocess
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +24,7 @@ from gn_detect.engine.hooks import (
     PreciseBN,
     SignalHandler,
 )
+from gn_detect.engine.signals import ignore_stop_signals
 from gn_detect.engine.train_loop import StepStorage
 from gn_detect.engine.writers import MetricWriter
 
@@ -31,7 +36,7 @@ def fake_trainer(max_iter: int = 5, start_iter: int = 0, **kw) -> SimpleNamespac
                         stopping=False, state="running", storage=StepStorage(), results={}, skipped_steps=0,
                         stop_reason=None, bare_model=nn.Linear(1, 1))
     t.checkpoint_extra = lambda: {"skipped_steps": t.skipped_steps}
-    t.request_stop = lambda reason: setattr(t, "stop_reason", reason)
+    t.request_stop = lambda reason, exit_code=1: t.__dict__.update(stop_reason=reason, stop_exit_code=exit_code)
     t.__dict__.update(kw)
     return t
 
@@ -156,7 +161,7 @@ def test_signal_handler_turns_sigterm_into_a_stop_request():
     try:
         assert signal.getsignal(signal.SIGTERM) == hook._handle  # else the kill below would end pytest
         os.kill(os.getpid(), signal.SIGTERM)
-        assert t.stop_reason == "signal SIGTERM"
+        assert t.stop_reason == "signal SIGTERM" and t.stop_exit_code == 143  # 128 + SIGTERM, as a shell reports it
     finally:
         hook.after_train()
     assert signal.getsignal(signal.SIGTERM) == previous
@@ -206,3 +211,28 @@ def test_precise_bn_hook_without_bn_says_so_once(caplog):
     hook = PreciseBN(2, 3, lambda start: pytest.fail("no batches needed without BN"))
     run(hook, t)
     assert not hook.enabled and caplog.text.count("solver.precise_bn does nothing") == 1
+
+
+def _sleeping_worker(ready) -> None:
+    ignore_stop_signals(0)
+    ready.set()
+    time.sleep(60)
+
+
+def test_loader_worker_ignores_stop_signals_except_its_parents():
+    ctx = multiprocessing.get_context("fork")  # how DataLoader starts workers on Linux
+    ready = ctx.Event()
+    worker = ctx.Process(target=_sleeping_worker, args=(ready,), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(30)
+        for name in ("TERM", "INT"):  # from another process, as `kill -TERM -<group>` sends them
+            subprocess.run(["kill", f"-{name}", str(worker.pid)], check=True)
+        time.sleep(0.5)
+        assert worker.is_alive()
+        worker.terminate()  # the parent's SIGTERM (PyTorch's shutdown, multiprocessing at exit) still ends it
+        worker.join(10)
+        assert worker.exitcode == 0
+    finally:
+        if worker.is_alive():
+            worker.kill()

@@ -120,7 +120,7 @@ def test_nonfinite_skip_drops_the_step_and_still_steps_the_schedule():
     assert [s for s, _ in seen] == [False, True, False, False]
     assert all(torch.equal(a, b) for a, b in zip(seen[0][1], seen[1][1]))  # no update in the skipped step
     assert sched.last_epoch == 4  # the schedule advanced through the skipped step
-    assert t.checkpoint_extra() == {"skipped_steps": 1}
+    assert t.checkpoint_extra() == {"skipped_steps": 1, "skipped_in_a_row": 0}
 
 
 def test_nonfinite_stop_saves_the_state_and_names_the_fixes(tmp_path):

@@ -33,7 +33,7 @@ def test_nonfinite_stop(shapes_root, tmp_path):  # noqa: F811
     stopped_at = int(status["iteration"])
     assert 0 <= stopped_at < DIVERGE["solver.max_iter"]
     # the debug state is the one that produced the non-finite loss: iteration and all parts to resume
-    state = torch.load(debug, map_location="cpu", weights_only=False)
+    state = torch.load(debug, map_location="cpu", weights_only=True)
     assert state["iteration"] == stopped_at
     assert {"model", "optimizer", "scheduler", "rng"} <= state.keys()
     assert len(records(run_dir, "train")) == stopped_at  # completed iterations only
@@ -54,3 +54,25 @@ def test_nonfinite_skip(shapes_root, tmp_path):  # noqa: F811
     assert len(records(run_dir, "train")) == DIVERGE["solver.max_iter"] - skipped
     assert (run_dir / "checkpoints" / "model_final.pth").is_file()
     assert not (run_dir / "checkpoints" / "nonfinite_debug.pth").exists()
+
+
+@pytest.mark.parametrize("limit", [2, None], ids=["explicit", "default"])
+def test_nonfinite_skip_stops_beyond_max_skipped_steps(shapes_root, tmp_path, limit):  # noqa: F811
+    """A run that skips step after step is diverged, not done: beyond solver.max_skipped_steps
+    in a row (default for 60 iterations: 10) it stops as solver.nonfinite=stop does."""
+    run_dir = tmp_path / "run"
+    cfg = tiny_cfg(shapes_root, **{**DIVERGE, "solver.max_iter": 60, "solver.nonfinite": "skip",
+                                   "solver.max_skipped_steps": limit})
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg, run_dir, base_dir=tmp_path)
+    allowed = 10 if limit is None else limit
+    msg = str(info.value)
+    assert f"{allowed + 1} steps in a row had a non-finite loss" in msg
+    assert f"solver.max_skipped_steps={allowed}" in msg and "raise solver.max_skipped_steps" in msg
+    debug = run_dir / "checkpoints" / "nonfinite_debug.pth"
+    assert str(debug) in msg and debug.is_file()
+    state = torch.load(debug, map_location="cpu", weights_only=True)
+    assert state["extra"]["skipped_in_a_row"] == allowed + 1
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and status["iteration"] < 60, status
+    assert not records(run_dir, "final") and not (run_dir / "checkpoints" / "model_final.pth").exists()

@@ -1,8 +1,10 @@
-"""A real launch stopped by a real SIGTERM (with a data-loader worker running) and resumed by
-the same command ends with the same weights and losses as an uninterrupted run (CPU). The
-in-process version of the resume check is in test_train_run.py."""
+"""A real launch stopped by SIGTERM to its whole process group (what `timeout` and `scancel`
+send; the data-loader worker gets it too) saves its checkpoint, says 'interrupted' and exits
+143; the same command resumes it to the same weights and losses as an uninterrupted run (CPU).
+A signal also stops a sweep with that status. The in-process resume check is in test_train_run.py."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -42,7 +44,7 @@ def _overrides(root: Path, num_workers: int, **extra: object) -> list[str]:
 
 
 def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(run_dir / "checkpoints" / "model_final.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "model_final.pth", map_location="cpu", weights_only=True)
     return ckpt["model"]
 
 
@@ -60,11 +62,11 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return {r["iter"]: r["loss"] for r in records(run_dir, "train")}
 
 
-def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, shapes_root, tmp_path):  # noqa: F811
-    run_dir = tmp_path / "run"
-    overrides = _overrides(shapes_root, 1, **{"hydra.run.dir": str(run_dir)})
-    proc = subprocess.Popen(train_cmd(overrides), cwd=str(tmp_path), env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _signal_group_after(cmd: list[str], cwd: Path, run_dir: Path, signum: int) -> tuple[int, str]:
+    """Starts ``cmd`` in its own process group, sends ``signum`` to the whole group once
+    ``run_dir`` has STOP_AFTER train records; returns the exit status and the output."""
+    proc = subprocess.Popen(cmd, cwd=str(cwd), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
@@ -73,20 +75,28 @@ def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, shapes_root, t
             time.sleep(0.02)
         assert proc.poll() is None, f"run ended before it could be interrupted:\n{proc.communicate()[0][-4000:]}"
         assert len(records(run_dir, "train")) >= STOP_AFTER, "no training progress within 90 s"
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signum)  # the main process and its data-loader worker
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 0, out[-4000:]
+    return proc.returncode, out
+
+
+def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, shapes_root, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    overrides = _overrides(shapes_root, 1, **{"hydra.run.dir": str(run_dir)})
+    code, out = _signal_group_after(train_cmd(overrides), tmp_path, run_dir, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, out[-4000:]  # 143: a scheduler must not record success
+    assert "Traceback" not in out and "DataLoader worker" not in out, out[-4000:]
 
     status = read_status(run_dir)
     assert status["state"] == "interrupted" and "signal SIGTERM" in status["error"], status
     stopped_at = int(status["iteration"])
     assert STOP_AFTER <= stopped_at < MAX_ITER, status
     assert (run_dir / "checkpoints" / "last.pth").is_file()
-    last = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=False)
+    last = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
     assert last["iteration"] == stopped_at  # the signal saved the state where the loop stopped
     assert not (run_dir / "checkpoints" / "model_final.pth").exists()
     assert not records(run_dir, "final")
@@ -110,3 +120,18 @@ def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, shapes_root, t
     differ = [k for k in ref if not torch.equal(ref[k], got[k])]
     assert not differ, f"{len(differ)} tensors differ after resume, e.g. {differ[:5]}"
     assert read_metrics(run_dir)[-1]["type"] == "final"
+
+
+def test_sigint_stops_a_sweep_with_its_status(shapes_root, tmp_path):  # noqa: F811
+    """SIGINT (Ctrl-C) to a sweep's process group: the running run saves and ends 'interrupted',
+    the runs after it are skipped, and the sweep exits 130."""
+    sweep_dir = tmp_path / "sweep"
+    cmd = train_cmd(["-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
+                     *_overrides(shapes_root, 1)])
+    code, out = _signal_group_after(cmd, tmp_path, sweep_dir / "0", signal.SIGINT)
+    assert code == 128 + signal.SIGINT, out[-4000:]
+    status = read_status(sweep_dir / "0")
+    assert status["state"] == "interrupted" and "signal SIGINT" in status["error"], status
+    assert (sweep_dir / "0" / "checkpoints" / "last.pth").is_file()
+    assert not (sweep_dir / "1" / "config.yaml").exists(), "the sweep went on after the signal"
+    assert "skip (sweep stopped" in out and "Traceback" not in out, out[-4000:]

@@ -24,7 +24,7 @@ def _weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "model_final.pth", map_location="cpu", weights_only=True)["model"]
 
 
-def test_run_folder_records_and_tensorboard(shapes_root, tmp_path):  # noqa: F811
+def test_run_folder_records_and_tensorboard(shapes_root, tmp_path, capsys):  # noqa: F811
     run_dir = tmp_path / "run"
     final = train(tiny_cfg(shapes_root, **{"eval.period": 2, "eval.full_reports": True}), run_dir, base_dir=tmp_path)
     files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
@@ -44,6 +44,10 @@ def test_run_folder_records_and_tensorboard(shapes_root, tmp_path):  # noqa: F81
     # each evaluation once, at the iteration of its metrics.jsonl record (not also at iter + 1)
     assert [s for s, _ in tb_scalars(run_dir, "eval/AP")] == [1, 3]
     assert [s for s, _ in tb_scalars(run_dir, "train/loss")] == [0, 1, 2, 3]
+    # the run ends with the results table on the console: AP, the run folder, the report path
+    out = capsys.readouterr().out
+    table = out[out.index("gn-detect results"):]
+    assert f"{final['AP']:.3f}" in table and str(run_dir / "report.md") in table
 
 
 def test_precise_bn_statistics_are_those_of_the_final_weights(shapes_root, tmp_path, caplog):  # noqa: F811
@@ -66,16 +70,22 @@ def test_precise_bn_statistics_are_those_of_the_final_weights(shapes_root, tmp_p
         torch.testing.assert_close(model.state_dict()[k], saved[k], rtol=1e-5, atol=1e-6)
 
 
-def test_compile_hook_point(shapes_root, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(trainer_mod, "compile_model", None)
-    cfg = tiny_cfg(shapes_root, **{"solver.compile": True})
-    with pytest.raises(ValueError, match=r"solver.compile=true needs gn_detect.modeling.compile.*solver.compile=false"):
-        train(cfg, tmp_path / "a", base_dir=tmp_path)
-    assert read_status(tmp_path / "a")["state"] == "failed"
-    compiled = []
-    monkeypatch.setattr(trainer_mod, "compile_model", compiled.append)  # compiles "in place", returns None
+def test_compile_pads_batches_to_buckets_and_compiles_the_model(shapes_root, tmp_path, monkeypatch):  # noqa: F811
+    """solver.compile: compile_model gets the bare model and the number of bucket shapes, and
+    every training batch is padded to one of those shapes (bounded recompilation)."""
+    calls = []
+
+    def fake_compile(model, *, num_buckets):
+        calls.append((model, num_buckets))
+        return model
+
+    monkeypatch.setattr(trainer_mod, "compile_model", fake_compile)
+    cfg = tiny_cfg(shapes_root, **{"solver.compile": True, "data.max_size": 300})
     trainer = build_trainer(cfg, tmp_path / "b", base_dir=tmp_path)
-    assert compiled == [trainer.bare_model]
+    buckets = trainer_mod._buckets(cfg)
+    assert calls == [(trainer.bare_model, len(buckets))] and len(buckets) == 4
+    shapes = {tuple(next(iter(trainer.data_loader))[0].shape[-2:]) for _ in range(3)}
+    assert shapes <= set(buckets)
     trainer.get_hook(trainer_mod.MetricsWriter).writer.close()
 
 
@@ -97,7 +107,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(shapes_root, tmp_path):  #
     train(tiny_cfg(shapes_root, **overrides), ref_dir, base_dir=tmp_path)
 
     out = train(tiny_cfg(shapes_root, **overrides), run_dir, base_dir=tmp_path, hooks=[StopAt(4)])
-    assert out == {"interrupted": True, "iter": 5}
+    assert out == {"interrupted": True, "iter": 5, "exit_code": 1}  # not a success: no exit status 0
     status = read_status(run_dir)
     assert status["state"] == "interrupted" and status["iteration"] == 5
     assert "test stop" in status["error"] and "rerun the same command" in status["error"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gn_detect.config import ConfigError
 from gn_detect.data import AnnotationFileError
 from gn_detect.engine.trainer import train
 
@@ -68,3 +69,19 @@ def test_bad_config_fails_before_training(shapes_root, tmp_path, overrides, need
         assert needle in str(info.value)
     error = _assert_failed_at_startup(run_dir, *needles)
     assert error == f"{type(info.value).__name__}: {info.value}"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"model.head.act": "gelu"}, "model.head.act"),
+    ({"solver.max_skipped_steps": -1}, "solver.max_skipped_steps"),
+    ({"solver.steps": [10], "solver.max_iter": 4}, "solver.steps"),
+], ids=["choice", "max_skipped_steps", "lr_steps"])
+def test_in_process_config_errors_come_before_any_data(shapes_root, tmp_path, monkeypatch, overrides, key):  # noqa: F811
+    """train() called in-process checks the whole config (one line naming the key) before it reads any data."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("a dataset was read before the config was checked")
+
+    monkeypatch.setattr("gn_detect.engine.trainer.build_dataset", no_data)
+    with pytest.raises(ConfigError) as info:
+        train(tiny_cfg(shapes_root, **overrides), tmp_path / "run", base_dir=tmp_path)
+    assert str(info.value).startswith(f"{key}: ") and "\n" not in str(info.value)

@@ -9,7 +9,8 @@ import torch
 import torch._dynamo
 
 from gn_detect.modeling import build_model
-from gn_detect.modeling.compile import compile_model, make_buckets, pad_shape
+from gn_detect.data.collate import make_buckets, pad_shape
+from gn_detect.modeling.compile import compile_model
 
 
 def _cfg():
