@@ -168,6 +168,8 @@ def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock
     initializes from (read and checked before anything is written); then, for a new run,
     config.yaml, env.json and status 'running' (a resume writes them once its data is checked)."""
     info = gdist.init_distributed(cfg.dist_backend)
+    if info.rank != 0:  # under torchrun rank 0 speaks for the run; the others only warn
+        logging.getLogger("gn_detect").setLevel(logging.WARNING)
     device = info.device if cfg.device == "auto" else torch.device(cfg.device)
     batch = validate_train_config(cfg, info.world_size)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -222,7 +224,7 @@ def _wrap_ddp(run: _Run, model: nn.Module) -> nn.Module:
     uses_sync = any(isinstance(m, SyncBatchNorm) for m in model.modules())
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
-        find_unused_parameters=False, broadcast_buffers=not uses_sync,
+        find_unused_parameters=False, forward_sync_buffers=not uses_sync,
     )
 
 

@@ -141,3 +141,14 @@ def test_max_skipped_steps_default_is_10_or_one_percent():
         assert max_skipped_steps(solver) == expected, max_iter
     solver.max_skipped_steps = 3
     assert max_skipped_steps(solver) == 3
+
+
+def test_help_texts_explain_usage_and_list_only_groups_that_apply():
+    train = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--help"], capture_output=True,
+                           text=True, timeout=120)
+    assert train.returncode == 0 and "Usage: python tools/train.py" in train.stdout
+    assert "norm: affine, bn" in train.stdout and "powered by Hydra" not in train.stdout
+    evaluate = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--help"],
+                              capture_output=True, text=True, timeout=120)
+    assert evaluate.returncode == 0 and "checkpoint=PATH" in evaluate.stdout
+    assert "norm:" not in evaluate.stdout and "schedule:" not in evaluate.stdout

@@ -3,6 +3,8 @@ periodic evaluation, the final evaluation on uneven inference shards, one run fo
 by rank 0 only, no hang."""
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 from collections import Counter
@@ -74,9 +76,13 @@ def test_ddp_two_ranks(shapes_root, tmp_path, norm):  # noqa: F811
 
     cfg_text = (run_dir / "config.yaml").read_text()
     assert "ims_per_batch: 4" in cfg_text
-    # both ranks took part in the final evaluation, on uneven shards of the 7 val images
-    assert "inference: 4 images" in proc.stdout and "inference: 3 images" in proc.stdout, proc.stdout[-3000:]
+    # both ranks took part in the final evaluation, on uneven shards of the 7 val images; only
+    # rank 0 speaks (one inference line per evaluation, for its own shard), and no DDP
+    # deprecation warning reaches the console
+    assert json.loads((run_dir / "report.json").read_text())["coverage"]["ap"]["images"] == SHAPES["num_val"]
+    assert proc.stdout.count("inference: ") == 2, proc.stdout[-3000:]
+    assert proc.stdout.count("model: retinanet_tiny") == 1 and "FutureWarning" not in proc.stdout
     assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
-    # PreciseBN on both ranks, before the evaluation at iter 1 and the final one
-    assert proc.stdout.count("PreciseBN: statistics of") == 2 * WORLD, proc.stdout[-3000:]
+    # PreciseBN (logged by rank 0), before the evaluation at iter 1 and the final one
+    assert proc.stdout.count("PreciseBN: statistics of") == 2, proc.stdout[-3000:]
     assert [r["iter"] for r in records(run_dir, "eval")] == [1, MAX_ITER - 1]
