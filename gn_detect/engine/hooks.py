@@ -28,7 +28,7 @@ from torch import nn
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import Checkpointer
 from gn_detect.engine.precise_bn import bn_layers, update_bn_stats
-from gn_detect.engine.signals import STOP_SIGNALS, exit_code
+from gn_detect.engine.signals import STOP_SIGNALS, exit_code, preempt_signal
 from gn_detect.engine.train_loop import HookBase
 from gn_detect.engine.writers import MetricWriter
 
@@ -184,11 +184,12 @@ class SignalHandler(HookBase):
     128 + the signal number (gn_detect/engine/signals.py): all ranks agree at the next step,
     ``last.pth`` is saved and the run ends ``interrupted``. The data-loader workers ignore both
     signals (``ignore_stop_signals``), so a signal to the whole process group is handled here
-    alone. The previous handlers come back after training. Not on the main thread, signals
-    cannot be caught: noted."""
+    alone. The pre-emption signal (SIGUSR2, submitit's) stops the run the same way (exit status
+    140); launch.py then hands it to submitit, which re-submits the job. The previous handlers
+    come back after training. Not on the main thread, signals cannot be caught: noted."""
 
-    def __init__(self, signals: Sequence[int] = STOP_SIGNALS) -> None:
-        self.signals = tuple(signals)
+    def __init__(self, signals: Sequence[int] | None = None) -> None:
+        self.signals = tuple(signals) if signals is not None else (*STOP_SIGNALS, preempt_signal())
         self._old: dict[int, Any] = {}
 
     def before_train(self) -> None:

@@ -8,6 +8,14 @@ number (143 SIGTERM, 130 SIGINT) when a run was stopped by a signal -- after its
 status 'interrupted' are written and Hydra has finished the job. A stopped run also stops its
 sweep: the remaining runs are skipped (the sweep report is still written) and the sweep exits
 with that status; rerunning the same command resumes it.
+
+Under a submitit launcher (``hydra/launcher=submitit_local|submitit_slurm|slurm_1gpu|slurm_8gpu``)
+every run is its own process (or Slurm job): the torchrun variables come from the scheduler
+(dist.env_from_scheduler), and a run stopped by the pre-emption signal (SIGUSR2) after saving
+``last.pth`` is handed to submitit, which re-submits it; the new job resumes from the checkpoint.
+
+Multirun folders (``hydra.sweep.subdir: ${gn_sweep_subdir:}``) are named by the swept keys only
+(:func:`sweep_subdir`); the fixed overrides are in the sweep folder's ``multirun.yaml``.
 """
 from __future__ import annotations
 
@@ -25,12 +33,14 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gn_detect.config import ConfigError, one_line, preflight, validate_evaluate_config, validate_train_config
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError
+from gn_detect.engine.signals import exit_code, hand_over_preemption, preempt_signal
 from gn_detect.engine.evaluate import evaluate_checkpoint
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
 from gn_detect.engine.writers import read_status, write_status
@@ -82,6 +92,55 @@ def safe_dirname(name: str, max_len: int = MAX_DIRNAME) -> str:
 
 if not OmegaConf.has_resolver("gn_dirname"):
     OmegaConf.register_new_resolver("gn_dirname", safe_dirname)
+
+
+def _parse(lines: list[str]) -> list[Any]:
+    return OverridesParser.create().parse_overrides([str(x) for x in lines])
+
+
+def swept_keys(params: dict[str, Any], command_line: list[str]) -> set[str]:
+    """The keys a sweep varies, decided as Hydra's BasicSweeper does: ``hydra.sweeper.params``
+    (a study's) first, then the command line; a key is swept when its last value is a sweep
+    (``a,b``, ``range(..)``, ``choice(..)``). ``seed=0`` on the command line un-sweeps a study's seed."""
+    final: dict[str, bool] = {}
+    for ov in _parse([f"{k}={v}" for k, v in params.items()] + list(command_line)):
+        final[ov.key_or_group] = ov.is_sweep_override()
+    return {k for k, swept in final.items() if swept}
+
+
+def _sweep_record(hc: Any) -> tuple[dict[str, Any], list[str]]:
+    """(sweeper params, command-line overrides) of the whole sweep: from ``multirun.yaml``, which
+    the sweeper writes into the sweep folder before any job starts (a job sees only its own values);
+    without it (a config composed outside a sweep), the job's own sweeper params and no command line."""
+    sweep_dir = Path(str(hc.sweep.dir))
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(str(hc.runtime.cwd)) / sweep_dir
+    record = sweep_dir / "multirun.yaml"
+    source = OmegaConf.load(record).hydra if record.is_file() else None
+    params = (source or hc).sweeper.get("params") or {}
+    command_line = list(source.overrides.task) if source is not None else []
+    return OmegaConf.to_container(params) if OmegaConf.is_config(params) else dict(params), command_line
+
+
+def sweep_subdir(_root_: Any) -> str:
+    """``${gn_sweep_subdir:}``: a run folder named by the job's values of the swept keys only,
+    sorted by key (``norm=gn,seed=1``); keys in ``hydra.job.config.override_dirname.exclude_keys``
+    are left out. The same command gives the same names (re-running skips finished runs), and the
+    names of one sweep differ in some swept value. A multirun with nothing swept is named by all its
+    overrides, as before. Made one safe path component by :func:`safe_dirname`."""
+    hc = _root_.hydra
+    params, command_line = _sweep_record(hc)
+    swept = swept_keys(params, command_line)
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    parts = sorted((ov.key_or_group, f"{ov.key_or_group}={ov.get_value_element_as_str()}")
+                   for ov in _parse(list(hc.overrides.task))
+                   if ov.key_or_group in swept and ov.key_or_group not in excluded)
+    name = ",".join(p for _, p in parts) if parts else str(hc.job.override_dirname)
+    return safe_dirname(name)
+
+
+if not OmegaConf.has_resolver("gn_sweep_subdir"):
+    OmegaConf.register_new_resolver("gn_sweep_subdir", sweep_subdir)
 
 
 def _required(hint: str) -> Any:
@@ -141,6 +200,19 @@ def _note_interruption(result: Any, run_dir: Path) -> None:
         _OUTCOME.reason = f"{run_dir} was interrupted"
 
 
+def _handed_to_scheduler(result: Any) -> bool:
+    """A run stopped by the pre-emption signal, checkpoint saved: submitit's handler (installed
+    before training) re-submits the job and exits on rank 0 (other ranks return). False outside
+    submitit, where the stop counts as an ordinary interruption (exit status 140)."""
+    if not (isinstance(result, dict) and result.get("interrupted")):
+        return False
+    signum = preempt_signal()
+    if result.get("exit_code") != exit_code(signum):
+        return False
+    log.warning("pre-empted: checkpoint saved, handing the job back to the scheduler to re-submit it")
+    return hand_over_preemption(signum)
+
+
 def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
     try:
         result = train(cfg, _rank0_run_dir(cfg, run_dir), base_dir)
@@ -150,11 +222,13 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
         print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
         _OUTCOME.exit_code, _OUTCOME.reason = 2, "start-up refused"
         return None
-    _note_interruption(result, run_dir)
+    if not _handed_to_scheduler(result):
+        _note_interruption(result, run_dir)
     return result
 
 
 def run_job(cfg: DictConfig) -> Any:
+    gdist.env_from_scheduler()  # a submitit / srun task: torchrun's variables from the scheduler
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     base_dir = Path(hc.runtime.cwd)  # the launch folder: relative data paths resolve against it
@@ -176,7 +250,8 @@ def run_job(cfg: DictConfig) -> Any:
             _record_failure(cfg, run_dir, exc)
         print(f"[gn-detect] FAILED run {run_dir}: {type(exc).__name__}: {exc}", flush=True)
         return None
-    _note_interruption(result, run_dir)
+    if not _handed_to_scheduler(result):
+        _note_interruption(result, run_dir)
     return result
 
 
