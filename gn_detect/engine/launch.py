@@ -227,6 +227,46 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
     return result
 
 
+# Keys that do not change a run's results: a finished run whose config differs from a new
+# sweep job's only in these is that job (it is skipped).
+_RESULT_NEUTRAL = re.compile(
+    r"^(log\..*|eval\.num_vis_images|checkpoint\.period|data\.num_workers|sweep_name|hydra(\..*)?)$")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or (prefix and not d):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def finished_run_clash(cfg: DictConfig, run_dir: Path) -> str | None:
+    """None when the finished run in ``run_dir`` was made by this job's config (its config.yaml
+    equals the resolved ``cfg`` up to :data:`_RESULT_NEUTRAL` keys; ``solver.ims_per_batch`` left
+    null here is derived there); else a one-line error naming the differing keys and the fix.
+    Folder names come from the swept keys only, so two commands into one sweep folder that
+    differ in a fixed value land in the same folders."""
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+        new = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable record cannot be taken for this job
+        return f"{run_dir} holds a finished run whose config.yaml cannot be compared ({type(exc).__name__}: {exc})"
+    a, b = _flat(old), _flat(new)
+    if b.get("solver.ims_per_batch") is None:
+        a.pop("solver.ims_per_batch", None)
+        b.pop("solver.ims_per_batch", None)
+    keys = sorted(k for k in set(a) | set(b)
+                  if not _RESULT_NEUTRAL.match(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))
+    if not keys:
+        return None
+    shown = ", ".join(f"{k} ({a.get(k, '<missing>')!r} there, {b.get(k, '<missing>')!r} now)" for k in keys[:5])
+    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+    return (f"the folder holds a finished run of another config: {shown}{more}; folder names come from the swept "
+            "keys only, so use another hydra.sweep.dir or sweep_name for this command (or sweep the differing key)")
+
+
 def run_job(cfg: DictConfig) -> Any:
     gdist.env_from_scheduler()  # a submitit / srun task: torchrun's variables from the scheduler
     hc = HydraConfig.get()
@@ -240,7 +280,12 @@ def run_job(cfg: DictConfig) -> Any:
         log.warning("skip (sweep stopped: %s): %s", _OUTCOME.reason, run_dir)
         return None
     if is_finished(run_dir):
-        log.info("skip (already done): %s", run_dir)
+        clash = finished_run_clash(cfg, run_dir)
+        if clash is None:
+            log.info("skip (already done): %s", run_dir)
+        else:
+            log.error("FAILED run %s: %s", run_dir, clash)
+            print(f"[gn-detect] FAILED run {run_dir}: {clash}", flush=True)
         return None
     try:
         result = train(cfg, run_dir, base_dir)

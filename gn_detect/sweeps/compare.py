@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from .summary import fmt
+from .summary import PERCENT_METRICS, display_scale, fmt, fmt_metric, row_name
 
 COMPARED_METRICS = (("AP", "AP"), ("label_precision", "label precision"), ("label_recall", "label recall"))
 
@@ -24,25 +24,6 @@ RULE_TEXT = (
     "ddof=1). It is *within the seed spread* otherwise. When either setting has a single seed "
     "there is no spread to judge against: the difference is listed as *not judged (n=1)*."
 )
-
-
-def row_name(row: dict, rows_at_x: list[dict]) -> str:
-    """The setting's label, plus what tells it apart from others with the same label at this x."""
-    same = [r for r in rows_at_x if r["setting"] == row["setting"]]
-    if len(same) <= 1:
-        return row["setting"]
-    fields = (("mode", str), ("world_size", lambda v: f"world size {v}"),
-              ("ims_per_device", lambda v: f"{v} img/device"),
-              ("ims_per_batch", lambda v: f"{v} img/step"),
-              ("max_iter", lambda v: f"{v} iters"))
-    extra: list[tuple] = []
-    for key, fmt_fn in fields:  # add distinguishing fields until the names are unique
-        if len({tuple(r[k] for k, _ in extra) for r in same}) == len(same):
-            break
-        if len({r[key] for r in same}) > 1:
-            extra.append((key, fmt_fn))
-    parts = [f(row[k]) for k, f in extra]
-    return f"{row['setting']} ({', '.join(parts)})" if parts else row["setting"]
 
 
 def compare(rows: list[dict]) -> list[dict[str, Any]]:
@@ -80,11 +61,15 @@ def compare(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    s = fmt(mean)
-    if n >= 2 and math.isfinite(std):
-        s += f" ± {fmt(std)}"
-    return f"{s}, n={n}"
+def _pm(mean: float, std: float, n: int, metric: str, scale: float) -> str:
+    return f"{fmt_metric(mean, std, n, metric, scale)}, n={n}"
+
+
+def _diff(value: float, metric: str, scale: float) -> str:
+    """A difference or spread in the table's units (percentage points for fraction metrics)."""
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value * scale:.1f}" if metric in PERCENT_METRICS else fmt(value)
 
 
 def comparison_markdown(rows: list[dict], comparisons: list[dict]) -> str:
@@ -102,7 +87,10 @@ def comparison_markdown(rows: list[dict], comparisons: list[dict]) -> str:
     lines += [f"In all: {n_exceed} difference(s) exceed the seed spread, {n_within} are within it, "
               f"{n_nj} not judged (n=1).", ""]
     for metric, title in COMPARED_METRICS:
+        scale = display_scale(rows, metric)
         lines += [f"## {title}", ""]
+        if scale == 100.0:
+            lines += ["Values in %, differences in percentage points.", ""]
         for x in xs:
             at_x = [r for r in rows if r["ims_per_group"] == x]
             head = f"**{fmt(x)} image(s) per normalization group**"
@@ -115,15 +103,17 @@ def comparison_markdown(rows: list[dict], comparisons: list[dict]) -> str:
                 continue
             lines.append(f"- {head}:")
             for c in sorted(cs, key=lambda c: (-c["diff"], c["a"], c["b"])):
-                pair = f"({_pm(c['mean_a'], c['std_a'], c['n_a'])} vs {_pm(c['mean_b'], c['std_b'], c['n_b'])})"
+                pair = (f"({_pm(c['mean_a'], c['std_a'], c['n_a'], metric, scale)} vs "
+                        f"{_pm(c['mean_b'], c['std_b'], c['n_b'], metric, scale)})")
+                diff, spread = _diff(c["diff"], metric, scale), _diff(c["spread"], metric, scale)
                 if c["verdict"] == "exceeds":
-                    lines.append(f"  - **{c['a']} > {c['b']}: difference {fmt(c['diff'])} exceeds the "
-                                 f"seed spread {fmt(c['spread'])}** {pair}")
+                    lines.append(f"  - **{c['a']} > {c['b']}: difference {diff} exceeds the "
+                                 f"seed spread {spread}** {pair}")
                 elif c["verdict"] == "within":
-                    lines.append(f"  - {c['a']} ≈ {c['b']}: difference {fmt(c['diff'])} is within the "
-                                 f"seed spread {fmt(c['spread'])} {pair}")
+                    lines.append(f"  - {c['a']} ≈ {c['b']}: difference {diff} is within the "
+                                 f"seed spread {spread} {pair}")
                 else:
-                    lines.append(f"  - {c['a']} vs {c['b']}: difference {fmt(c['diff'])} not judged "
+                    lines.append(f"  - {c['a']} vs {c['b']}: difference {diff} not judged "
                                  f"(n=1, no spread) {pair}")
         lines.append("")
     emulated = [r for r in rows if "emulated" in r["mode"]]

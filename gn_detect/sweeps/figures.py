@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from .collect import Run
+from .summary import display_scale
 
 _SPLIT_FIELDS = ("mode", "world_size", "ims_per_device", "ims_per_batch", "max_iter")
 
@@ -74,49 +75,79 @@ def ap_series(rows: list[dict], metric: str = "AP") -> list[dict]:
                 "mean": [r[f"{metric}_mean"] for r in prows],
                 "std": [r[f"{metric}_std"] for r in prows],
                 "n": [r[f"{metric}_n"] for r in prows],
+                "values": [_seed_values(r, metric) for r in prows],
             })
     return series
 
 
-def plot_ap_vs_batch(rows: list[dict], path: Path, metric: str = "AP") -> dict:
+def _seed_values(row: dict, metric: str) -> list[float]:
+    """The finite per-seed values of a row's metric (raw scale)."""
+    return [float(v) for v in row.get(f"{metric}_values", []) if _finite(v)]
+
+
+def _log2_axis(ax, xs: list) -> None:
+    """A log2 x axis whose ticks are the actual values, written as plain numbers."""
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([fmt_tick(t) for t in ticks])
+    ax.minorticks_off()
+    if len(ticks) == 1:  # one x: room either side, so the error bar and the seed dots stand apart
+        ax.set_xlim(ticks[0] / 2 ** 0.5, ticks[0] * 2 ** 0.5)
+
+
+def fmt_tick(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def ap_vs_batch_figure(rows: list[dict], metric: str = "AP") -> tuple[Figure, list[dict], float]:
+    """The figure of ``plot_ap_vs_batch`` (not saved), its series and the plotted scale: per line,
+    mean ± std error bars and a dot per seed, lines dodged sideways a little so they do not hide
+    each other at one x."""
     series = ap_series(rows, metric)
+    scale = display_scale(rows, metric)
     colors = label_colors([s["setting"] for s in series])
     linestyles = ["-", "--", ":", "-."]
     fig = _new_figure(6.4, 4.4)
     ax = fig.add_subplot(1, 1, 1)
     seen: dict[str, int] = {}
-    xs_all: set = set()
-    for s in series:
+    for k, s in enumerate(series):
         i = seen.get(s["setting"], 0)
         seen[s["setting"]] = i + 1
-        x = np.asarray(s["x"], dtype=float)
-        m = np.asarray(s["mean"], dtype=float)
-        sd = np.nan_to_num(np.asarray(s["std"], dtype=float), nan=0.0)
+        dodge = 2 ** (0.05 * (k - (len(series) - 1) / 2))
+        x = np.asarray(s["x"], dtype=float) * dodge
+        m = np.asarray(s["mean"], dtype=float) * scale
+        sd = np.nan_to_num(np.asarray(s["std"], dtype=float), nan=0.0) * scale
         c = colors[s["setting"]]
-        ax.plot(x, m, marker="o", color=c, linestyle=linestyles[i % len(linestyles)], label=s["name"])
-        ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.2, linewidth=0)
-        xs_all.update(s["x"])
-    if xs_all:
-        ax.set_xscale("log", base=2)
-        ticks = sorted(xs_all)
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.legend(fontsize=8)
+        ax.errorbar(x, m, yerr=sd, marker="o", color=c, linestyle=linestyles[i % len(linestyles)], capsize=4,
+                    label=f"{s['name']} (mean ± std)")
+        px = [xi * 2 ** 0.03 for xi, vals in zip(x, s["values"]) for _ in vals]  # beside the bar
+        py = [v * scale for vals in s["values"] for v in vals]
+        ax.scatter(px, py, s=18, color=c, alpha=0.8, edgecolors="0.1", linewidths=0.5, zorder=3)
+    if series:
+        _log2_axis(ax, [x for s in series for x in s["x"]])
+        ax.legend(fontsize=8, title="dots: one per seed", title_fontsize=7)
     else:
         ax.text(0.5, 0.5, "no finished runs with AP", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("images per normalization group (log2)")
-    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-    ax.set_title(f"{metric} vs batch size per normalization group")
+    ax.set_xlabel("images per normalization group")
+    unit = " (%)" if scale == 100.0 else ""
+    ax.set_ylabel(f"{metric}{unit}, mean ± std over seeds")
+    ax.set_title(f"{metric} vs images per normalization group")
     ax.grid(True, alpha=0.3)
+    return fig, series, scale
+
+
+def plot_ap_vs_batch(rows: list[dict], path: Path, metric: str = "AP") -> dict:
+    fig, series, scale = ap_vs_batch_figure(rows, metric)
     _save(fig, path)
     return {
         "file": path.name,
         "title": f"{metric} vs images per normalization group",
         "x": "ims_per_group",
         "y": metric,
+        "y_scale": scale,  # plotted = value × y_scale (100: a fraction shown in percent)
         "series": [{"name": s["name"], "setting": s["setting"], "points": len(s["x"]), "x": s["x"],
-                    "mean": s["mean"], "std": s["std"], "n": s["n"]} for s in series],
+                    "mean": s["mean"], "std": s["std"], "n": s["n"], "values": s["values"]} for s in series],
     }
 
 
@@ -132,43 +163,60 @@ def setting_tick(row: dict, rows: list[dict]) -> str:
     return s
 
 
-def _undefined_bar(ax, x: float, width: float, color: Any) -> None:
+def _undefined_bar(ax, x: float, width: float, color: Any, height: float = 1.0) -> None:
     """An undefined value (e.g. precision with no predictions, 0/0): an empty hatched bar over
-    the whole [0, 1] range with "n/a" on it, never a bar of height 0."""
-    ax.bar([x], [1.0], width, fill=False, hatch="//", edgecolor=color, linewidth=0.8, alpha=0.5)
-    ax.text(x, 0.5, "n/a", ha="center", va="center", fontsize=9, color="0.15",
+    the whole range (``height``) with "n/a" on it, never a bar of height 0."""
+    ax.bar([x], [height], width, fill=False, hatch="//", edgecolor=color, linewidth=0.8, alpha=0.5)
+    ax.text(x, height / 2, "n/a", ha="center", va="center", fontsize=9, color="0.15",
             bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+
+
+def bars_with_seeds(ax, xs: np.ndarray, rows: list[dict], metric: str, scale: float, width: float,
+                    color: Any, label: str) -> dict:
+    """Bars of the per-setting means with ± std error bars and a dot per seed (jittered across
+    the bar); an undefined mean is an empty hatched n/a bar (:func:`_undefined_bar`, as tall as
+    the tallest defined bar or ``scale``). Returns the series description and the top value."""
+    means = np.asarray([r[f"{metric}_mean"] if _finite(r[f"{metric}_mean"]) else np.nan for r in rows],
+                       dtype=float) * scale
+    stds = np.nan_to_num(np.asarray([r[f"{metric}_std"] if _finite(r[f"{metric}_std"]) else np.nan
+                                     for r in rows], dtype=float), nan=0.0) * scale
+    ok = np.isfinite(means)
+    values = [_seed_values(r, metric) for r in rows]
+    top = float((means[ok] + stds[ok]).max()) if ok.any() else 0.0
+    top = max([top] + [v * scale for vals in values for v in vals])
+    if ok.any():
+        ax.bar(xs[ok], means[ok], width, yerr=stds[ok], capsize=3, label=label, color=color, alpha=0.85,
+               error_kw={"elinewidth": 1.2, "ecolor": "0.15"})
+    for xi in xs[~ok]:
+        _undefined_bar(ax, float(xi), width, color, max(top, scale))
+    px = [xi + width * 0.3 * (j / max(1, len(vals) - 1) - 0.5) for xi, vals in zip(xs, values)
+          for j in range(len(vals))]
+    py = [v * scale for vals in values for v in vals]
+    ax.scatter(px, py, s=12, color="0.1", alpha=0.7, edgecolors="white", linewidths=0.4, zorder=3)
+    desc = {"name": metric, "points": int(ok.sum()), "settings": [r["setting"] for r in rows],
+            "mean": [r[f"{metric}_mean"] for r in rows], "std": [r[f"{metric}_std"] for r in rows],
+            "values": values, "undefined": [r["setting"] for r, good in zip(rows, ok) if not good]}
+    return desc | {"top": top}
 
 
 def label_pr_bars_figure(rows: list[dict]) -> tuple[Figure, list[dict]]:
     """The figure of ``plot_label_pr_bars`` (not saved) and its series."""
     metrics = (("label_precision", "label precision"), ("label_recall", "label recall"))
-    ticks = [setting_tick(r, rows) for r in rows]
+    scale = min(display_scale(rows, m) for m, _ in metrics)
     fig = _new_figure(max(6.4, 0.9 * len(rows) + 2), 4.6)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(rows))
     width = 0.38
     out_series = []
-    top = 1.05
+    top = 1.05 * scale if scale == 100.0 else 1.05
     for j, (m, title) in enumerate(metrics):
-        means = np.asarray([r[f"{m}_mean"] if r[f"{m}_mean"] is not None else np.nan for r in rows], dtype=float)
-        stds = np.nan_to_num(np.asarray([r[f"{m}_std"] if r[f"{m}_std"] is not None else np.nan for r in rows],
-                                        dtype=float), nan=0.0)
-        color = ("tab:blue", "tab:orange")[j]
-        xs = x + (j - 0.5) * width
-        ok = np.isfinite(means)
-        if ok.any():
-            ax.bar(xs[ok], means[ok], width, yerr=stds[ok], capsize=3, label=title, color=color, alpha=0.85)
-            top = max(top, float((means[ok] + stds[ok]).max()) + 0.05)
-        for xi in xs[~ok]:
-            _undefined_bar(ax, float(xi), width, color)
-        out_series.append({"name": m, "points": int(ok.sum()), "settings": [r["setting"] for r in rows],
-                           "mean": [r[f"{m}_mean"] for r in rows], "std": [r[f"{m}_std"] for r in rows],
-                           "undefined": [r["setting"] for r, good in zip(rows, ok) if not good]})
+        desc = bars_with_seeds(ax, x + (j - 0.5) * width, rows, m, scale, width, ("tab:blue", "tab:orange")[j], title)
+        top = max(top, desc.pop("top") * 1.05)
+        out_series.append(desc | {"y_scale": scale})
     ax.set_xticks(x)
-    ax.set_xticklabels(ticks, fontsize=7)
+    ax.set_xticklabels([setting_tick(r, rows) for r in rows], fontsize=7)
     ax.set_ylim(0, top)
-    ax.set_ylabel("mean ± std over seeds")
+    ax.set_ylabel("%s, mean ± std over seeds (dots: seeds)" % ("percent" if scale == 100.0 else "value"))
     ax.set_title("label precision and recall per setting")
     if len(rows):
         handles, names = ax.get_legend_handles_labels()
@@ -180,6 +228,43 @@ def label_pr_bars_figure(rows: list[dict]) -> tuple[Figure, list[dict]]:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     ax.grid(True, axis="y", alpha=0.3)
     return fig, out_series
+
+
+MEM_KIND_TITLES = {"cuda_allocated": "CUDA allocated", "process_rss": "process RSS"}
+
+
+def speed_memory_figure(rows: list[dict]) -> tuple[Figure, list[dict]]:
+    """Two panels, training images/s and peak memory (MB, of the kind the runs recorded: CUDA
+    allocated or process RSS) per setting: mean ± std bars with a dot per seed."""
+    fig = _new_figure(max(7.0, 1.2 * len(rows) + 3), 4.6)
+    x = np.arange(len(rows))
+    kinds = sorted({k for r in rows for k in str(r.get("peak_mem_kind") or "unknown").split("/")})
+    kind_text = ", ".join(MEM_KIND_TITLES.get(k, k) for k in kinds) or "kind not recorded"
+    panels = (("ims_per_sec", "training images / s", "tab:green"),
+              ("peak_mem_mb", f"peak memory (MB, {kind_text})", "tab:purple"))
+    series = []
+    for j, (m, ylabel, color) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, j + 1)
+        desc = bars_with_seeds(ax, x, rows, m, 1.0, 0.6, color, ylabel)
+        ax.set_ylim(0, max(desc.pop("top"), 1e-9) * 1.1)
+        ax.set_xticks(x)
+        ticks = [setting_tick(r, rows) + (f"\n{r.get('peak_mem_kind')}" if m == "peak_mem_mb" and len(kinds) > 1
+                                           else "") for r in rows]
+        ax.set_xticklabels(ticks, fontsize=7)
+        ax.set_ylabel(ylabel + ", mean ± std")
+        ax.set_title(ylabel.split(" (")[0] + " per setting (dots: seeds)", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        if not rows:
+            ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+        series.append(desc | {"y": m, "ylabel": ylabel})
+    return fig, series
+
+
+def plot_speed_memory(rows: list[dict], path: Path) -> dict:
+    fig, series = speed_memory_figure(rows)
+    _save(fig, path)
+    return {"file": path.name, "title": "training speed and peak memory per setting", "x": "setting",
+            "y": "ims_per_sec / peak_mem_mb", "series": series}
 
 
 def plot_label_pr_bars(rows: list[dict], path: Path) -> dict:

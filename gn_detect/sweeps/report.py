@@ -2,8 +2,9 @@
 
 Outputs (in ``out_dir``, default the sweep folder): ``summary.csv``, ``summary.md`` (ends with
 the comparison), ``summary.json``, ``runs.csv`` (one row per run folder, any state),
-``comparison.md``, ``ap_vs_batch.png``, ``label_pr_bars.png``, ``loss_curves.png`` and
-``figures.json``. See docs/sweeps.md.
+``summary.tex`` (the paper table as a LaTeX tabular), ``comparison.md``, ``ap_vs_batch.png``,
+``label_pr_bars.png``, ``speed_memory.png``, ``loss_curves.png`` and ``figures.json``. See
+docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from gn_detect.io import to_jsonable, write_json_atomic
 
 from .collect import METRICS, Run, collect_runs
 from .compare import compare, comparison_markdown
-from .figures import plot_ap_vs_batch, plot_label_pr_bars, plot_loss_curves
-from .summary import (aggregate, problem_table_md, run_record, settings_table_md,
-                      write_runs_csv, write_summary_csv)
+from .figures import plot_ap_vs_batch, plot_label_pr_bars, plot_loss_curves, plot_speed_memory
+from .summary import (aggregate, paper_table_md, paper_table_tex, problem_table_md, run_record,
+                      settings_table_md, write_runs_csv, write_summary_csv)
 
-OUTPUT_FILES = ("summary.csv", "summary.md", "summary.json", "runs.csv", "comparison.md",
-                "ap_vs_batch.png", "label_pr_bars.png", "loss_curves.png", "figures.json")
+OUTPUT_FILES = ("summary.csv", "summary.md", "summary.json", "summary.tex", "runs.csv", "comparison.md",
+                "ap_vs_batch.png", "label_pr_bars.png", "speed_memory.png", "loss_curves.png", "figures.json")
 
 
 def split_runs(runs: list[Run]) -> dict[str, list[Run]]:
@@ -52,8 +53,14 @@ def _summary_md(sweep_dir: Path, runs: list[Run], parts: dict, rows: list[dict],
         f"{len(parts['unfinished'])} running or not started, {len(parts['excluded'])} excluded; "
         f"{len(rows)} setting(s)."
     )
+    if rows:
+        lines += ["", "## Results (ready to paste)", "",
+                  "AP, AP50, label precision P and recall R in percent: mean ± sample std over the n seeds "
+                  "(no ± with one seed). The same table as a LaTeX tabular: [summary.tex](summary.tex).", "",
+                  paper_table_md(rows)]
     lines += ["", "## Settings (mean ± std over seeds)", "",
-              "Std is the sample standard deviation over seeds (ddof=1); n/a with one seed. "
+              "Std is the sample standard deviation over seeds (ddof=1), not shown with one seed; metrics "
+              "marked (%) are in percent (summary.csv and summary.json hold the unrounded values). "
               "*img/group* is the batch axis: images per normalization group (the BN components' "
               "model.<part>.norm_opts.bn_group_size, null inheriting model.norm_opts.bn_group_size, "
               "if set; else images per device; SyncBN across processes: images per device × world "
@@ -110,6 +117,7 @@ def write_sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike 
     figures = {
         "ap_vs_batch": plot_ap_vs_batch(rows, out / "ap_vs_batch.png"),
         "label_pr_bars": plot_label_pr_bars(rows, out / "label_pr_bars.png"),
+        "speed_memory": plot_speed_memory(rows, out / "speed_memory.png"),
         "loss_curves": plot_loss_curves(runs, out / "loss_curves.png"),
     }
     write_json_atomic(out / "figures.json", figures)
@@ -117,6 +125,7 @@ def write_sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike 
     write_summary_csv(rows, out / "summary.csv")
     write_runs_csv(runs, out / "runs.csv")
     (out / "comparison.md").write_text(comparison, encoding="utf-8")
+    (out / "summary.tex").write_text(paper_table_tex(rows), encoding="utf-8")
     (out / "summary.md").write_text(_summary_md(sweep, runs, parts, rows, comparison, figures), encoding="utf-8")
 
     result = {
@@ -137,7 +146,7 @@ def write_sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike 
         c = result["counts"]
         print(f"[sweep_report] {c['runs']} run(s) under {sweep}: {c['done']} done, {c['failed']} failed, "
               f"{c['unfinished']} unfinished, {c['excluded']} excluded -> {c['settings']} setting(s); "
-              f"wrote summary.md, summary.csv, comparison.md and 3 figures to {out}", flush=True)
+              f"wrote summary.md, summary.csv, summary.tex, comparison.md and {len(figures)} figures to {out}", flush=True)
     return result
 
 

@@ -83,6 +83,7 @@ def aggregate(done_runs: list[Run]) -> list[dict[str, Any]]:
         vals = [metric_values(r) for r in runs]
         for m in METRICS:
             mean, std, k = mean_std([v[m] for v in vals])
+            row[f"{m}_values"] = [v[m] for v in vals]  # per seed (raw; NaN where missing), as `seeds`
             row[f"{m}_mean"] = mean
             row[f"{m}_std"] = std
             row[f"{m}_n"] = k
@@ -98,6 +99,8 @@ def aggregate(done_runs: list[Run]) -> list[dict[str, Any]]:
         if diff:
             shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
             notes.append(f"config differs between seeds in: {shown}")
+        kinds = sorted({str(r.final.get("peak_mem_kind")) for r in runs if r.final.get("peak_mem_kind")})
+        row["peak_mem_kind"] = "/".join(kinds) if kinds else None
         row["notes"] = notes
         rows.append(row)
     return rows
@@ -125,10 +128,99 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def fmt_mean_std(mean: float, std: float) -> str:
-    if not math.isfinite(mean):
+# Metrics that evaluation writes as fractions in [0, 1]; the tables show them in percent.
+PERCENT_METRICS = ("AP", "AP50", "label_recall", "label_precision", "box_recall", "box_precision")
+# Decimals of the other metrics in the tables (img/s, MB).
+DECIMALS = {"ims_per_sec": 1, "peak_mem_mb": 0}
+PAPER_METRICS = ("AP", "AP50", "label_precision", "label_recall")
+
+
+def display_scale(rows: list[dict], metric: str) -> float:
+    """100 for a fraction metric (shown in percent); 1 for others, and for a fraction metric with
+    some seed value above 1 (a run that already wrote percent: shown as written)."""
+    if metric not in PERCENT_METRICS:
+        return 1.0
+    vals = [v for r in rows for v in r.get(f"{metric}_values", [r.get(f"{metric}_mean")])
+            if v is not None and math.isfinite(v)]
+    return 1.0 if any(abs(v) > 1.0 for v in vals) else 100.0
+
+
+def fmt_metric(mean: float, std: float, n: int, metric: str, scale: float, tex: bool = False) -> str:
+    """``49.6 ± 0.9`` (fractions in percent, one decimal; ± the sample std when n >= 2, nothing
+    with one value); img/s with one decimal, MB whole; ``n/a`` when undefined."""
+    if mean is None or not math.isfinite(mean):
         return "n/a"
-    return f"{fmt(mean)} ± {fmt(std)}"
+    d = 1 if metric in PERCENT_METRICS else DECIMALS.get(metric, 1)
+    s = f"{mean * scale:.{d}f}"
+    if n >= 2 and std is not None and math.isfinite(std):
+        s += (r" \pm " if tex else " ± ") + f"{std * scale:.{d}f}"
+    return f"${s}$" if tex else s
+
+
+def fmt_row_metric(row: dict, metric: str, scale: float, tex: bool = False) -> str:
+    return fmt_metric(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"], metric, scale, tex)
+
+
+def row_name(row: dict, rows_at_x: list[dict]) -> str:
+    """The setting's label, plus what tells it apart from others with the same label at this x."""
+    same = [r for r in rows_at_x if r["setting"] == row["setting"]]
+    if len(same) <= 1:
+        return row["setting"]
+    fields = (("mode", str), ("world_size", lambda v: f"world size {v}"),
+              ("ims_per_device", lambda v: f"{v} img/device"),
+              ("ims_per_batch", lambda v: f"{v} img/step"),
+              ("max_iter", lambda v: f"{v} iters"))
+    extra: list[tuple] = []
+    for key, fmt_fn in fields:  # add distinguishing fields until the names are unique
+        if len({tuple(r[k] for k, _ in extra) for r in same}) == len(same):
+            break
+        if len({r[key] for r in same}) > 1:
+            extra.append((key, fmt_fn))
+    parts = [f(row[k]) for k, f in extra]
+    return f"{row['setting']} ({', '.join(parts)})" if parts else row["setting"]
+
+
+def paper_rows(rows: list[dict], tex: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the paper table: setting (with its mode unless a plain single process),
+    img/group, n, AP, AP50, label P, label R."""
+    header = ["setting", "img/group", "n"] + [METRIC_TITLES[m] + " (%)" for m in PAPER_METRICS]
+    scales = {m: display_scale(rows, m) for m in PAPER_METRICS}
+    body = []
+    for row in rows:
+        at_x = [r for r in rows if r["ims_per_group"] == row["ims_per_group"]]
+        name = row_name(row, at_x)
+        if row["mode"] != "single process" and row["mode"] not in name:
+            name += f" ({row['mode']})"
+        line = [name, fmt(row["ims_per_group"]), str(row["n"])]
+        body.append(line + [fmt_row_metric(row, m, scales[m], tex) for m in PAPER_METRICS])
+    return header, body
+
+
+def paper_table_md(rows: list[dict]) -> str:
+    header, body = paper_rows(rows)
+    return md_table(header, body)
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(s: Any) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(s))
+
+
+def paper_table_tex(rows: list[dict]) -> str:
+    """A plain LaTeX tabular (no packages needed) of :func:`paper_rows`: mean $\\pm$ sample std."""
+    header, body = paper_rows(rows, tex=True)
+    cols = "ll" + "r" * (len(header) - 2)
+    lines = ["% gn-detect sweep report: mean \\pm sample std (ddof=1) over seeds; AP, AP50, label P/R in percent",
+             f"\\begin{{tabular}}{{{cols}}}", "\\hline",
+             " & ".join(tex_escape(h) for h in header) + r" \\", "\\hline"]
+    for line in body:
+        cells = [tex_escape(c) for c in line[:3]] + line[3:]  # the metric cells are math already
+        lines.append(" & ".join(cells) + r" \\")
+    lines += ["\\hline", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def _csv_value(v: Any) -> Any:
@@ -219,15 +311,16 @@ def md_table(header: list[str], body: list[list[Any]]) -> str:
 
 
 def settings_table_md(rows: list[dict]) -> str:
+    scales = {m: display_scale(rows, m) for m in METRICS}
     header = ["setting", "backbone/fpn/head", "img/group", "img/device", "world size", "mode", "n",
-              "seeds"] + [METRIC_TITLES[m] for m in METRICS]
+              "seeds"] + [METRIC_TITLES[m] + (" (%)" if scales[m] == 100.0 else "") for m in METRICS]
     body = []
     for row in rows:
         line = [row["setting"], row["components"], fmt(row["ims_per_group"]), fmt(row["ims_per_device"]),
                 row["world_size"], row["mode"], row["n"],
                 " ".join("n/a" if s is None else str(s) for s in row["seeds"])]
         for m in METRICS:
-            cell = fmt_mean_std(row[f"{m}_mean"], row[f"{m}_std"])
+            cell = fmt_row_metric(row, m, scales[m])
             if 0 < row[f"{m}_n"] < row["n"]:
                 cell += f" (n={row[f'{m}_n']})"
             line.append(cell)

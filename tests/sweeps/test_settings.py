@@ -131,7 +131,8 @@ def test_single_seed_and_real_processes(tmp_path):
     names = sorted(s["name"] for s in figs["ap_vs_batch"]["series"])
     assert names == ["bn (real processes)", "bn (single process)", "gn"]
     md = (tmp_path / "out" / "summary.md").read_text()
-    assert "real processes" in md and "35 ± n/a" in md
+    # n=1: no ±; an AP already written in percent (above 1) is shown as written, one decimal
+    assert "real processes" in md and "| 35.0 |" in md and "± n/a" not in md
 
 
 def test_excluded_and_unknown_runs(tmp_path):

@@ -33,11 +33,11 @@ AP = {
 
 
 def final_metrics(norm: str, x: int, seed: int) -> dict:
-    ap = AP[(norm, x)][seed]
+    ap = AP[(norm, x)][seed]  # in percent; the final record holds fractions, as evaluation writes them
     m = {
-        "AP": ap,
-        "AP50": ap + 18.0 + 0.3 * seed,
-        "AP75": ap + 2.0,
+        "AP": ap / 100,
+        "AP50": (ap + 18.0 + 0.3 * seed) / 100,
+        "AP75": (ap + 2.0) / 100,
         "label_precision": 0.60 + ap / 200 + 0.01 * seed,
         "label_recall": 0.50 + ap / 100 - 0.02 * seed,
         "label_f1": 0.55,
@@ -46,6 +46,7 @@ def final_metrics(norm: str, x: int, seed: int) -> dict:
         "box_f1": 0.4,
         "ims_per_sec": (12.0 if norm == "bn" else 9.0) + seed * 0.5 + x / 10,
         "peak_mem_mb": 1500.0 + 10 * x + 3 * seed,
+        "peak_mem_kind": "process_rss",
     }
     if (norm, x, seed) == ("gn", 8, 1):
         m["peak_mem_mb"] = None  # reported as null
@@ -145,7 +146,7 @@ def test_failed_and_running_runs_are_listed(report):
 
 def test_figures_and_series(report):
     _, out, _ = report
-    for name in ("ap_vs_batch.png", "label_pr_bars.png", "loss_curves.png"):
+    for name in ("ap_vs_batch.png", "label_pr_bars.png", "speed_memory.png", "loss_curves.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     figs = json.loads((out / "figures.json").read_text())
@@ -153,7 +154,9 @@ def test_figures_and_series(report):
     assert sorted(s["name"] for s in ap) == ["bn", "gn"]
     for s in ap:
         assert s["points"] == 2 and s["x"] == [2, 8]
-        assert s["mean"] == pytest.approx([np.mean(AP[(s["name"], 2)]), np.mean(AP[(s["name"], 8)])])
+        assert s["mean"] == pytest.approx([np.mean(AP[(s["name"], 2)]) / 100, np.mean(AP[(s["name"], 8)]) / 100])
+        for vals, x in zip(s["values"], (2, 8)):
+            assert vals == pytest.approx([v / 100 for v in AP[(s["name"], x)]])
     bars = figs["label_pr_bars"]["series"]
     assert [s["name"] for s in bars] == ["label_precision", "label_recall"]
     assert all(s["points"] == 4 for s in bars)
@@ -196,3 +199,42 @@ def test_cli_main_default_out_and_missing_folder(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     # a second report over the same folder does not take its own outputs for runs
     assert main([str(sweep), "--quiet"]) == 0
+
+
+def test_percent_tables_and_latex(report):
+    _, out, _ = report
+    md = (out / "summary.md").read_text()
+    results = md.split("## Results (ready to paste)")[1].split("\n## ")[0]
+    # bn @ 2: AP 30.0, 31.0 -> 30.5 ± 0.7 (percent, one decimal)
+    assert "| bn (emulated) | 2 | 2 | 30.5 ± 0.7 |" in results, results
+    assert "0.305" not in md and "0.3050" not in md
+    settings = md.split("## Settings")[1].split("\n## ")[0]
+    assert "30.5 ± 0.7" in settings and "AP (%)" in settings
+    comparison = (out / "comparison.md").read_text()
+    assert "(40.3 ± 0.4, n=2 vs 30.5 ± 0.7, n=2)" in comparison
+    tex = (out / "summary.tex").read_text()
+    assert tex.count("\\begin{tabular}") == 1 == tex.count("\\end{tabular}")
+    ncols = len(tex.split("\\begin{tabular}{")[1].split("}")[0])
+    rows = [ln for ln in tex.splitlines() if ln.endswith("\\\\")]
+    assert len(rows) == 1 + 4 and all(ln.count(" & ") == ncols - 1 for ln in rows)
+    assert "$30.5 \\pm 0.7$" in tex
+    data = json.loads((out / "summary.json").read_text())
+    bn2 = next(r for r in data["rows"] if r["setting"] == "bn" and r["ims_per_group"] == 2)
+    assert bn2["AP_mean"] == pytest.approx(0.305, rel=1e-12) and bn2["AP_values"] == pytest.approx([0.30, 0.31])
+
+
+def test_single_seed_has_no_pm_and_latex_escapes(tmp_path):
+    sweep = tmp_path / "sw"
+    cfg = make_config("gn_ws", 0, 2)
+    write_run(sweep / "a", cfg, final={"AP": 0.4957, "AP50": 0.7, "label_precision": 0.5, "label_recall": 0.25,
+                                        "ims_per_sec": 77.04, "peak_mem_mb": 7612.3, "peak_mem_kind": "process_rss"})
+    write_sweep_report(sweep, quiet=True)
+    md = (sweep / "summary.md").read_text()
+    assert "| gn_ws | 2 | 1 | 49.6 | 70.0 | 50.0 | 25.0 |" in md
+    table = [ln for ln in md.split("## Results")[1].split("\n## ")[0].splitlines() if ln.startswith("|")]
+    assert len(table) == 3 and not any("±" in ln for ln in table)
+    assert "| 77.0 | 7612 |" in md
+    tex = (sweep / "summary.tex").read_text()
+    assert "gn\\_ws & 2 & 1 & $49.6$ & $70.0$ & $50.0$ & $25.0$ \\\\" in tex
+    assert "label P (\\%)" in tex
+    assert "speed_memory.png" in md
