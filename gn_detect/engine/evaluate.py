@@ -59,7 +59,7 @@ def evaluate_model(
     return evaluate_detections(dataset.coco, dets, Path(out_dir) if full_report else None, **kwargs)
 
 
-def _checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def read_described_checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The checkpoint's path, content (read with weights_only) and description."""
     ckpt_path = Path(cfg.checkpoint)
     if not ckpt_path.is_absolute():
@@ -96,7 +96,7 @@ def _run_config(cfg: DictConfig, base: Path, ckpt_path: Path, description: dict[
     return other
 
 
-def _load_model(description: dict[str, Any], state: dict[str, Any], ckpt_path: Path) -> nn.Module:
+def model_from_checkpoint(description: dict[str, Any], state: dict[str, Any], ckpt_path: Path) -> nn.Module:
     """The checkpoint's model, built from its own config after checking that this version builds
     the model its signature describes; the checkpoint's weights replace the initial ones."""
     model_cfg = OmegaConf.create(description["config"]["model"])
@@ -125,9 +125,9 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
     are not null replace the run's own settings; ``data`` null means the run's data section;
     ``run_config`` (optional) supplies data and eval settings, and must describe the same model."""
     base = Path(base_dir or ".")
-    ckpt_path, state, description = _checkpoint(cfg, base)
+    ckpt_path, state, description = read_described_checkpoint(cfg, base)
     run_cfg = _run_config(cfg, base, ckpt_path, description)
-    model = _load_model(description, state, ckpt_path)
+    model = model_from_checkpoint(description, state, ckpt_path)
     data_cfg = cfg.data if cfg.data is not None else run_cfg.data
     overrides = {k: v for k, v in cfg.eval.items() if v is not None}
     eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), run_cfg.eval, overrides)

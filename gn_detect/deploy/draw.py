@@ -1,0 +1,64 @@
+"""Drawing predictions on an image: one box per detection in its class's colour, with the class
+name and score on a filled label (black or white text, whichever reads better on the colour)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["PALETTE", "class_color", "drawn_name", "draw_detections"]
+
+# matplotlib's tab10 then the light half of tab20: distinct, readable on photos
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+)
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    return PALETTE[label % len(PALETTE)]
+
+
+def drawn_name(file_name: str) -> str:
+    """The drawn image's file name: the input's for JPEG and PNG, else the input's plus ``.png``."""
+    return file_name if Path(file_name).suffix.lower() in (".jpg", ".jpeg", ".png") else f"{file_name}.png"
+
+
+def _text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (0, 0, 0) if luminance > 140 else (255, 255, 255)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def draw_detections(image: Image.Image, detections: list[dict[str, Any]], names: dict[int, str],
+                    label_to_cat_id: list[int], path: Path) -> Path:
+    """Write ``image`` (RGB) with ``detections`` (COCO results of this image: bbox xywh in its
+    pixels) drawn, highest score on top, to ``path`` (format from the suffix)."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    side = min(out.size)
+    width, font = max(1, round(side / 250)), _font(max(10, round(side / 40)))
+    label_of = {cid: k for k, cid in enumerate(label_to_cat_id)}
+    for det in sorted(detections, key=lambda d: d["score"]):
+        x, y, w, h = det["bbox"]
+        color = class_color(label_of.get(det["category_id"], 0))
+        draw.rectangle([x, y, x + w, y + h], outline=color, width=width)
+        text = f"{names.get(det['category_id'], det['category_id'])} {det['score']:.2f}"
+        _, top, _, bottom = draw.textbbox((x, y), text, font=font)
+        ty = y - (bottom - top) - 2 if y - (bottom - top) - 2 >= 0 else y
+        box = draw.textbbox((x, ty), text, font=font)
+        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill=color)
+        draw.text((x, ty), text, fill=_text_color(color), font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else None
+    out.save(path, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return path

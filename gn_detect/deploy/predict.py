@@ -1,0 +1,216 @@
+"""tools/predict.py: detections on an image file or a folder of images, at the per-class
+thresholds tuned in a run's report.json (or one ``score_thresh``), written as COCO results.
+
+Output folder::
+
+    detections.json   COCO results list: {"image_id", "category_id", "bbox" [x, y, w, h] in
+                      original pixels, "score"}; ``COCO("images.json").loadRes("detections.json")``
+    images.json       {"info": {checkpoint, thresholds used, skipped files}, "images": [{"id",
+                      "file_name", "width", "height"}], "categories": [{"id", "name"}], "annotations": []}
+    drawn/<file>      each input with its boxes, class names and scores (with ``draw``)
+
+Every image goes through the evaluation's test transform (the run's ``data.min_size_test`` and
+``data.max_size``, ImageNet normalization); grayscale, palette, 16-bit and RGBA images become
+RGB as in training. Images are batched in groups of similar padded size, on the GPU when present.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from gn_detect.data import build_transform, collate, data_config
+from gn_detect.data.checks import to_rgb
+from gn_detect.data.transforms import resize_shape
+from gn_detect.engine.inference import to_coco_results
+from gn_detect.io import write_json_atomic
+
+from .draw import draw_detections, drawn_name
+from .onnx_export import SIZE_DIVISIBILITY
+from .saved import load_for_inference
+
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "class_thresholds", "predict_run"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def list_images(path: Path) -> tuple[list[tuple[Path, int, int]], list[dict[str, str]]]:
+    """``[(file, width, height)]`` of ``path`` (a file, or a folder's files by name, not recursive)
+    from the image headers, and the files skipped as unreadable; ValueError when none is left."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir()
+                                                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    found, skipped = [], []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                found.append((f, *im.size))
+        except (OSError, UnidentifiedImageError) as e:
+            skipped.append({"file": f.name, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
+    if not found:
+        what = f"{path} is not a readable image" if path.is_file() else (
+            f"{path} holds no readable image ({', '.join(IMAGE_EXTENSIONS)}; subfolders are not searched)")
+        raise ValueError(f"input: {what}; give an image file or a folder of images")
+    for s in skipped:
+        log.warning("skipping %s: %s", s["file"], s["reason"])
+    return found, skipped
+
+
+def _report_path(cfg: DictConfig, base: Path, ckpt_path: Path) -> Path | None:
+    """The report.json to read thresholds from (None with ``score_thresh``); checked to exist."""
+    if cfg.score_thresh is not None:
+        return None
+    path = _resolve(cfg.report, base) if cfg.report else ckpt_path.parent.parent / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no report.json with tuned thresholds at {path}; give score_thresh=<0..1> for one "
+                                "threshold, or report=<run>/evaluate/<time>/report.json")
+    return path
+
+
+def class_thresholds(report_path: Path | None, score_thresh: float | None,
+                     categories: list[dict[str, Any]]) -> tuple[dict[int, float], dict[str, Any]]:
+    """category id -> threshold (``inf``: the class is never predicted), and a record of it.
+
+    From ``report.json``'s ``per_class[].threshold`` (null = disabled) when ``report_path`` is
+    given; the report must list every category of the model, by id and name."""
+    if report_path is None:
+        return ({int(c["id"]): float(score_thresh) for c in categories},
+                {"source": "score_thresh", "score_thresh": float(score_thresh)})
+    try:
+        per_class = {int(c["cat_id"]): c for c in json.loads(report_path.read_text())["per_class"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"report {report_path} has no readable per_class thresholds ({type(e).__name__}: {e}); "
+                         "give a report.json written by gn-detect, or score_thresh=<0..1>") from None
+    wrong = [f"{c['id']} ({c['name']})" for c in categories
+             if int(c["id"]) not in per_class or str(per_class[int(c["id"])].get("name")) != str(c["name"])]
+    if wrong:
+        raise ValueError(f"report {report_path} does not list the model's categories {', '.join(wrong[:5])}: it "
+                         "belongs to another model; give that run's report=..., or score_thresh=<0..1>")
+    thr = {cid: math.inf if per_class[cid].get("threshold") is None else float(per_class[cid]["threshold"])
+           for cid in (int(c["id"]) for c in categories)}
+    record = {"source": "report", "report": str(report_path),
+              "per_class": [{"id": cid, "threshold": None if math.isinf(t) else t} for cid, t in thr.items()]}
+    return thr, record
+
+
+def _groups(images: list[tuple[Path, int, int]], transform: Any, batch_size: int) -> list[list[int]]:
+    """Indices in batches of at most ``batch_size`` images of the same or similar padded size."""
+    def padded(i: int) -> tuple[int, int]:
+        _, w, h = images[i]
+        nh, nw, _ = resize_shape(h, w, transform.min_sizes[0], transform.max_size)
+        return -(-nh // SIZE_DIVISIBILITY), -(-nw // SIZE_DIVISIBILITY)
+
+    order = sorted(range(len(images)), key=lambda i: (padded(i), i))
+    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def _load(path: Path) -> tuple[torch.Tensor, Image.Image]:
+    with Image.open(path) as im:
+        rgb = to_rgb(im)
+        rgb.load()
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1), rgb
+
+
+def _batch(images: list[tuple[Path, int, int]], group: list[int], transform: Any) -> tuple[list, list, list]:
+    """(items for collate, PIL images, indices) of the group's decodable images."""
+    items, pils, kept = [], [], []
+    for i in group:
+        try:
+            pixels, pil = _load(images[i][0])
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            log.warning("skipping %s: cannot decode it (%s)", images[i][0].name, e)
+            continue
+        img, _, info = transform(pixels, torch.zeros(0, 4))
+        items.append((img, {"image_id": i + 1, "size": info.size, "orig_size": tuple(pixels.shape[-2:])}))
+        pils.append(pil)
+        kept.append(i)
+    return items, pils, kept
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: CUDA is not available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def _detect(model: torch.nn.Module, items: list, device: torch.device,
+            label_to_cat_id: list[int], thresholds: dict[int, float]) -> list[dict[str, Any]]:
+    images, targets, sizes = collate(items, SIZE_DIVISIBILITY)
+    amp = device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        outputs = model(images.to(device), sizes)
+    results = to_coco_results(outputs, targets, label_to_cat_id)
+    return [r for r in results if r["score"] >= thresholds[r["category_id"]]]
+
+
+def _run(cfg: DictConfig, found: list, loaded: Any, thresholds: dict[int, float], out: Path) -> tuple[list, set]:
+    """Detections of every image (batched by size), drawing each as it goes; the ids done."""
+    run_cfg = loaded.description["config"]
+    transform = build_transform(data_config(run_cfg["data"]), train=False)
+    device = _device(cfg.device)
+    model = loaded.model.to(device).eval()
+    cats = loaded.categories
+    finite = [t for t in thresholds.values() if math.isfinite(t)]
+    if finite:  # a lower threshold than evaluation's must reach post-processing too
+        model.test_cfg["score_thresh"] = min(model.test_cfg.get("score_thresh", 0.05), min(finite))
+    label_to_cat_id, names = [int(c["id"]) for c in cats], {int(c["id"]): str(c["name"]) for c in cats}
+    results, done = [], set()
+    bar = tqdm(total=len(found), desc="predict", unit="img", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    for group in _groups(found, transform, cfg.batch_size):
+        items, pils, kept = _batch(found, group, transform)
+        dets = _detect(model, items, device, label_to_cat_id, thresholds) if items else []
+        results += dets
+        done.update(i + 1 for i in kept)
+        if cfg.draw:
+            for i, pil in zip(kept, pils):
+                mine = [d for d in dets if d["image_id"] == i + 1]
+                draw_detections(pil, mine, names, label_to_cat_id, out / "drawn" / drawn_name(found[i][0].name))
+        bar.update(len(group))
+    bar.close()
+    return sorted(results, key=lambda r: (r["image_id"], -r["score"])), done
+
+
+def predict_run(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """tools/predict.py (``cfg`` on PredictConfig); returns a summary (module docstring)."""
+    base = Path(base_dir or ".")
+    found, skipped = list_images(_resolve(cfg.input, base))
+    ckpt = _resolve(cfg.checkpoint, base)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}; give checkpoint=<run folder>/checkpoints/"
+                                "model_final.pth or <run folder>/export/model_folded.pt")
+    report_path = _report_path(cfg, base, ckpt)  # before loading anything
+    out = _resolve(cfg.output, base)
+    loaded, ckpt_path = load_for_inference(cfg, base)
+    thresholds, record = class_thresholds(report_path, cfg.score_thresh, loaded.categories)
+    out.mkdir(parents=True, exist_ok=True)
+    results, done = _run(cfg, found, loaded, thresholds, out)
+    skipped += [{"file": found[i][0].name, "reason": "cannot decode"} for i in range(len(found)) if i + 1 not in done]
+    images = [{"id": i + 1, "file_name": f.name, "width": w, "height": h}
+              for i, (f, w, h) in enumerate(found) if i + 1 in done]
+    info = {"description": "gn-detect predictions", "checkpoint": str(ckpt_path), "thresholds": record,
+            "skipped": skipped}
+    write_json_atomic(out / "detections.json", results, indent=None)
+    write_json_atomic(out / "images.json", {"info": info, "images": images, "annotations": [],
+                                            "categories": [{"id": int(c["id"]), "name": str(c["name"])}
+                                                           for c in loaded.categories]})
+    log.info("predict: %d images, %d detections -> %s", len(images), len(results), out)
+    return {"images": len(images), "detections": len(results), "output": str(out),
+            "thresholds": record["source"], "skipped": len(skipped)}

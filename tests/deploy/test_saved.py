@@ -1,0 +1,50 @@
+"""model_folded.pt: plain data (weights_only), rebuilt by load_folded into the same network, for
+either per-level choice; damaged or misplaced files are refused with one line."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from gn_detect.deploy import HeadNetwork, fold_model, load_folded, save_folded
+from gn_detect.deploy.saved import load_for_inference, load_trained
+from gn_detect.deploy.schema import PredictConfig
+from gn_detect.engine.checkpoint import CheckpointError
+
+from ._runs import make_run
+
+
+@pytest.mark.parametrize("per_level", ["duplicate", "keep"])
+def test_load_folded_rebuilds_the_saved_network(shapes_root, tmp_path, per_level, one_thread):
+    ckpt = make_run(tmp_path / "run", shapes_root, **{"model.backbone.norm": "bn", "model.head.norm": "bn",
+                                                      "model.fpn.norm": "gn_ws"})
+    cfg = OmegaConf.create({"checkpoint": str(ckpt)})
+    model, description, _, _ = load_trained(cfg, tmp_path)
+    folded, report = fold_model(model, per_level)
+    path = save_folded(tmp_path / "model_folded.pt", folded, report, description, {"checkpoint": str(ckpt)})
+    assert torch.load(path, weights_only=True)["fold"] == {"per_level": per_level}
+    rebuilt = load_folded(path)
+    assert rebuilt.state_dict().keys() == folded.state_dict().keys()
+    images = torch.randn(2, 3, 128, 256, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for a, b in zip(HeadNetwork(folded)(images), HeadNetwork(rebuilt)(images)):
+            assert torch.equal(a, b)
+    loaded, _ = load_for_inference(OmegaConf.merge(OmegaConf.structured(PredictConfig),
+                                                   {"checkpoint": str(path)}), tmp_path)
+    assert loaded.fold == {"per_level": per_level} and loaded.categories == description["model"]["categories"]
+
+
+def test_damaged_or_misplaced_folded_files_are_refused(shapes_root, tmp_path, one_thread):
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    model, description, _, _ = load_trained(OmegaConf.create({"checkpoint": str(ckpt)}), tmp_path)
+    folded, report = fold_model(model)
+    path = save_folded(tmp_path / "model_folded.pt", folded, report, description, {})
+    state = torch.load(path, weights_only=True)
+    del state["model"]["head.cls_score.bias"]
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="do not fit.*export it again"):
+        load_folded(tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="is not a folded model"):
+        load_folded(ckpt)
+    with pytest.raises(CheckpointError, match="already a folded model"):
+        load_trained(OmegaConf.create({"checkpoint": str(path)}), tmp_path)
