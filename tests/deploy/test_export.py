@@ -15,7 +15,7 @@ from gn_detect.data import split_categories
 from gn_detect.deploy import HeadNetwork, load_folded
 from gn_detect.deploy.export import export_run
 from gn_detect.deploy.schema import ExportConfig
-from gn_detect.engine.evaluate import _load_model
+from gn_detect.engine.evaluate import model_from_checkpoint
 from tests.engine._train_utils import REPO, child_env, tail, tiny_cfg
 
 from ._runs import make_run
@@ -48,7 +48,7 @@ def test_export_writes_folded_model_onnx_and_check(shapes_root, tmp_path):
 
     # independent of the tool: the checkpoint's own model vs the files, on a new batch and size
     state = torch.load(ckpt, weights_only=True)
-    reference = _load_model(state["description"], state, ckpt).eval()
+    reference = model_from_checkpoint(state["description"], state, ckpt).eval()
     assert torch.load(out / "model_folded.pt", weights_only=True)["format"] == "gn_detect.folded/1"
     folded = load_folded(out / "model_folded.pt")
     images = torch.randn(3, 3, 256, 384, generator=torch.Generator().manual_seed(5))
