@@ -1,7 +1,10 @@
 """ConfigError and the one-line rendering of Hydra/OmegaConf composition errors."""
 from __future__ import annotations
 
+import os
 import re
+import sys
+from typing import NoReturn
 
 
 class ConfigError(ValueError):
@@ -46,3 +49,12 @@ def one_line(exc: BaseException) -> str:
     if key and key not in first:
         first = f"{key}: {first}"
     return first if reason == first or not reason else f"{first} ({reason})"
+
+
+def exit_with_one_line(exc: BaseException) -> NoReturn:
+    """A tool's refusal: ``gn-detect: <one line>`` on stderr and exit status 2
+    (``HYDRA_FULL_ERROR=1`` re-raises with the full trace instead)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
+    sys.exit(2)

@@ -3,7 +3,6 @@
 (missing checkpoint, unreadable file, bad input) is one line and exit status 2 as well."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gn_detect.config import one_line, preflight
+from gn_detect.config import exit_with_one_line, preflight
 from gn_detect.engine.checkpoint import CheckpointError
 
 from .export import export_run
@@ -23,20 +22,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 _REFUSALS = (ValueError, FileNotFoundError, CheckpointError, RuntimeError)
 
 
-def _refuse(exc: BaseException) -> None:
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise exc
-    print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
-    sys.exit(2)
-
-
 @hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
 def _export_main(cfg: DictConfig) -> Any:
     try:
         validate_export_config(cfg)
         check = export_run(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except _REFUSALS as exc:
-        _refuse(exc)
+        exit_with_one_line(exc)
     worst = max((d["max_rel"] for pair in check["head_outputs"].values() for d in pair.values()), default=0.0)
     print(f"export: {check['checkpoint']} -> {check['out_dir']}; "
           f"folded {check['fold']['folded']} norms, {len(check['fold']['kept'])} kept; "
@@ -53,7 +45,7 @@ def _predict_main(cfg: DictConfig) -> Any:
         validate_predict_config(cfg)
         summary = predict_run(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except _REFUSALS as exc:
-        _refuse(exc)
+        exit_with_one_line(exc)
     print(f"predict: {summary['images']} images, {summary['detections']} detections "
           f"({summary['thresholds']}) -> {summary['output']}")
     return summary

@@ -37,7 +37,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gn_detect.config import ConfigError, one_line, preflight, validate_evaluate_config, validate_train_config
+from gn_detect.config import (
+    ConfigError,
+    exit_with_one_line,
+    one_line,
+    preflight,
+    validate_evaluate_config,
+    validate_train_config,
+)
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.signals import exit_code, hand_over_preemption, preempt_signal
@@ -311,10 +318,7 @@ def _evaluate_main(cfg: DictConfig) -> Any:
         validate_evaluate_config(cfg)
         metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_one_line(exc)
     return metrics
 
 
