@@ -8,10 +8,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gn_detect.layers import NORM_NAMES, split_norm_name
+from gn_detect.norms import component_norm_opts, norm_names, norm_spec, resolve_norm
 
 from .errors import ConfigError
-from .schema import CHOICES, NORM_OPT_KEYS
+from .schema import CHOICES
 
 PARTS = ("backbone", "fpn", "head")
 
@@ -39,9 +39,9 @@ def _check_choices(cfg: DictConfig) -> None:
     for part in PARTS:
         key = f"model.{part}.norm"
         try:
-            split_norm_name(_get(cfg, key))
+            norm_spec(_get(cfg, key))
         except ValueError:
-            raise ConfigError(key, f"unknown norm {_get(cfg, key)!r}", f"use one of {', '.join(NORM_NAMES)}") from None
+            raise ConfigError(key, f"unknown norm {_get(cfg, key)!r}", f"use one of {', '.join(norm_names())}") from None
         impl = _get(cfg, f"model.{part}.norm_opts.impl")
         if impl is not None and impl not in CHOICES["model.norm_opts.impl"]:
             raise ConfigError(f"model.{part}.norm_opts.impl", f"{impl!r} is not one of auto, torch, triton")
@@ -93,11 +93,12 @@ def max_skipped_steps(solver: DictConfig) -> int:
     return max(10, math.ceil(solver.max_iter / 100))
 
 
-def component_norm_opts(model: DictConfig, part: str) -> dict[str, Any]:
-    """``model.norm_opts`` with ``model.<part>.norm_opts`` overrides (null inherits)."""
-    opts = {k: model.norm_opts[k] for k in NORM_OPT_KEYS}
-    opts.update({k: v for k, v in model[part].norm_opts.items() if v is not None})
-    return opts
+def bn_group_size(groups: dict[str, int | None]) -> int | None:
+    """Images per BN statistics group of a model, from each ghost-batch component's group
+    (``None``: the whole device batch): the smallest one set, since that is the group whose
+    statistics are noisiest (the batch-size axis of a study). The sweep report asks this too."""
+    sizes = [g for g in groups.values() if g is not None]
+    return min(sizes) if sizes else None
 
 
 def resolve_batch(cfg: DictConfig, world_size: int) -> dict[str, int | None]:
@@ -117,9 +118,9 @@ def resolve_batch(cfg: DictConfig, world_size: int) -> dict[str, int | None]:
                 else f"model.{part}.norm_opts.bn_group_size"
             raise ConfigError(key, f"{group} must divide data.ims_per_device={per_device}",
                               "BN statistics are computed over groups of that many images on each device")
-        if split_norm_name(cfg.model[part].norm)[0] == "bn":
+        if norm_spec(cfg.model[part].norm).ghost_batch:
             groups[part] = group
-    group = next((g for g in groups.values() if g is not None), None)
+    group = bn_group_size(groups)
     return {"ims_per_batch": total, "ims_per_device": per_device, "bn_group_size": group}
 
 
@@ -128,11 +129,12 @@ def check_bn_statistics(cfg: DictConfig, world_size: int) -> None:
     (stride 128) is then 1x1, a single value per channel whose variance is undefined."""
     smallest = min(cfg.data.min_size_train)
     for part in ("fpn", "head"):
-        norm = split_norm_name(cfg.model[part].norm)[0]
-        if norm not in ("bn", "syncbn"):
+        resolved = resolve_norm(cfg.model, part)
+        if not resolved.spec.batch_stats:
             continue
-        group = component_norm_opts(cfg.model, part)["bn_group_size"] or cfg.data.ims_per_device
-        per_group = group * (world_size if norm == "syncbn" else 1)
+        norm = resolved.norm
+        group = resolved.bn_group_size or cfg.data.ims_per_device
+        per_group = group * (world_size if resolved.spec.cross_rank else 1)
         if per_group == 1 and smallest <= 128:
             raise ConfigError(
                 f"model.{part}.norm", f"{norm} with 1 image per BN statistics group and data.min_size_train "

@@ -9,10 +9,10 @@ from .batch_norm import BatchNorm2d
 from .blocks import ConvNormAct
 from .conv import WS_EPS, Conv2d, convert_ws, standardize_weight
 from .conv import ws_forward_cache
-from .names import canonical_name
+from gn_detect.norms import canonical_name
 from .group_norm import resolve_num_groups
 from .group_norm import GN_IMPLS, GroupNorm, GroupNormAct
-from .norm import NORM_NAMES, NORM_TYPES, get_norm, split_norm_name
+from .norm import NORM_TYPES, get_norm, split_norm_name
 from .norm import get_norm_act
 from .sync_batch_norm import SyncBatchNorm, check_syncbn_usable
 
@@ -25,7 +25,6 @@ __all__ = [
     "GroupNorm",
     "GroupNormAct",
     "ConvNormAct",
-    "NORM_NAMES",
     "NORM_TYPES",
     "ProxyNormAct",
     "SyncBatchNorm",

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .names import canonical_name
+from gn_detect.norms import canonical_name
 
 __all__ = ["ProxyNormAct", "get_activation", "ACTIVATIONS", "relu_gaussian_moments"]
 

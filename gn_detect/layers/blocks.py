@@ -10,14 +10,17 @@ import torch
 from torch import nn
 
 from .conv import Conv2d
-from .names import canonical_name
-from .norm import get_norm_act, split_norm_name
+from gn_detect.norms import canonical_name, norm_names, norm_spec, split_norm_name
+
+from .norm import get_norm_act
 
 __all__ = ["ConvNormAct"]
 
-# Norms that compute statistics of their input; WS is only sensible in front of one of these
-# (otherwise the standardized weights fix the output scale and nothing re-normalizes it).
-_NORMALIZING = ("bn", "syncbn", "gn", "ln", "in")
+
+
+def _normalizing() -> str:
+    """The names of norms that compute statistics of their input (what WS and pn_relu need)."""
+    return ", ".join(n for n in norm_names() if norm_spec(n).normalizes and not norm_spec(n).ws)
 
 
 class ConvNormAct(nn.Module):
@@ -30,9 +33,9 @@ class ConvNormAct(nn.Module):
         ws: weight-standardize the conv; None derives it from ``norm``.
         act: ``relu``, ``none`` or ``pn_relu``. With ``pn_relu`` the norm is built with
             ``affine=False`` (overriding ``norm_opts``) and the activation owns the affine;
-            it needs a normalizing norm (bn, syncbn, gn, ln, in).
+            it needs a norm whose table entry ``normalizes``.
         norm_opts: extra keyword options for ``get_norm`` (num_groups, eps, ...).
-        bias: conv bias; None means "only when there is no norm".
+        bias: conv bias; None means "only when the norm adds no shift" (its table entry).
         padding: default ``dilation * (kernel_size - 1) // 2`` (same size for odd kernels).
         num_levels: None for one norm; an int builds ``norm`` and ``act`` as ModuleLists with one
             entry per pyramid level (a conv shared across levels whose norm statistics must not
@@ -67,21 +70,21 @@ class ConvNormAct(nn.Module):
         opts = dict(norm_opts or {})
         opts.pop("layer_name", None)
         if act_key == "pn_relu":
-            if norm_key not in _NORMALIZING:
+            if not norm_spec(norm_key).normalizes:
                 raise ValueError(
                     f"layer {layer_name!r}: act 'pn_relu' assumes a normalized input, but norm is "
-                    f"{norm_key!r}; use one of {', '.join(_NORMALIZING)} or act 'relu'"
+                    f"{norm_key!r}; use one of {_normalizing()} or act 'relu'"
                 )
             opts["affine"] = False
-        if ws and norm_key not in _NORMALIZING:
+        if ws and not norm_spec(norm_key).normalizes:
             warnings.warn(
                 f"layer {layer_name!r}: weight standardization on a conv followed by norm "
                 f"{norm_key!r}, which does not normalize; the output scale is then fixed by the "
-                f"fan-in. Use ws with bn/syncbn/gn/ln/in.",
+                f"fan-in. Use ws with one of {_normalizing()}.",
                 stacklevel=2,
             )
         if bias is None:
-            bias = norm_key == "none"
+            bias = not norm_spec(norm_key).shift
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from gn_detect.config.errors import one_line
 from gn_detect.config.schema import ModelConfig
-from gn_detect.config.validate import component_norm_opts
-from gn_detect.layers import NORM_TYPES, check_syncbn_usable, split_norm_name
+from gn_detect.layers import NORM_TYPES
+from gn_detect.norms import resolve_norm
 from gn_detect.modeling.anchors import AnchorGenerator
 from gn_detect.modeling.backbone import build_resnet
 from gn_detect.modeling.box_coder import BoxCoder
@@ -34,10 +34,7 @@ def model_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
 
 
 def _norm_opts(cfg: DictConfig, part: str) -> dict[str, Any]:
-    opts = component_norm_opts(cfg, part)
-    if split_norm_name(cfg[part].norm)[0] != "bn":
-        opts.pop("bn_group_size")  # a ghost-batch size means nothing to the other norms
-    return opts
+    return resolve_norm(cfg, part).opts
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> RetinaNet:
@@ -45,9 +42,6 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
     cfg = model_config(cfg)
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes={num_classes}; the dataset lists no categories")
-    norms = [split_norm_name(cfg[p].norm, layer_name=f"model.{p}.norm")[0] for p in ("backbone", "fpn", "head")]
-    if "syncbn" in norms:
-        check_syncbn_usable()
     bb, fp, hd = cfg.backbone, cfg.fpn, cfg.head
     backbone = build_resnet(bb.depth, norm=bb.norm, ws=bb.ws, freeze_at=bb.freeze_at,
                             norm_opts=_norm_opts(cfg, "backbone"), widths=bb.widths,

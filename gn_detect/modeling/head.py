@@ -8,18 +8,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from gn_detect.layers import ConvNormAct, split_norm_name
-
-# Norms whose statistics come from the batch: P3 and P7 features differ in scale, so one BN
-# shared across levels would mix their statistics (detectron2 and torchvision v2 keep BN per level).
-_BATCH_STAT_NORMS = ("bn", "syncbn")
+from gn_detect.layers import ConvNormAct
+from gn_detect.norms import norm_spec
 
 
 def uses_per_level_norm(norm: str, per_level_norm: bool | None) -> bool:
-    """``per_level_norm`` null: per level for bn/syncbn, shared for the others."""
+    """``per_level_norm`` null: the norm table's ``per_level`` (true for batch-statistics norms:
+    P3 and P7 features differ in scale, so one BN shared across levels would mix their statistics;
+    detectron2 and torchvision v2 keep BN per level)."""
     if per_level_norm is not None:
         return per_level_norm
-    return split_norm_name(norm)[0] in _BATCH_STAT_NORMS
+    return norm_spec(norm).per_level
 
 
 class RetinaNetHead(nn.Module):

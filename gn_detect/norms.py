@@ -1,0 +1,230 @@
+"""The norm table: every norm name, what it is, and how to build it (imports no torch).
+
+One entry per name (timm's ``_NORM_MAP``). Everything that asks a question about a norm (the
+config checks, the builders, the head's per-level choice, folding, the sweep report's labels,
+the docs' list) reads a ``NormSpec`` from here; nothing else names a norm. A new norm is one
+``register_norm(name, NormSpec(...))`` call, from any module, before the config is checked.
+
+Builders are given lazily, as ``"module:function"`` (imported on first use) or as a callable
+``builder(channels, *, layer_name, **opts) -> nn.Module``; ``opts`` are the ``NORM_OPT_KEYS``
+values plus ``affine`` (False before a proxy-normalized activation). A builder ignores the
+options that are not its own.
+
+Names are case-insensitive, and '-' and ' ' read as '_' (``canonical_name``).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+__all__ = [
+    "NormSpec",
+    "canonical_name",
+    "norm_spec",
+    "norm_names",
+    "register_norm",
+    "split_norm_name",
+    "build_norm",
+    "resolve_norm",
+    "ResolvedNorm",
+]
+
+Builder = Union[str, Callable[..., Any]]
+
+
+def canonical_name(name: str | None) -> str:
+    """``"GN-WS" -> "gn_ws"``; None and "" -> "none" (the one spelling rule for norms and
+    activations)."""
+    if name is None:
+        return "none"
+    return str(name).strip().lower().replace("-", "_").replace(" ", "_") or "none"
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """What a norm name means.
+
+    Attributes:
+        builder: ``"module:function"`` or a callable building the module (see module docstring).
+        normalizes: its output is normalized by statistics of its input (what WS and a
+            proxy-normalized activation need in front of them).
+        batch_stats: those statistics are taken over the images of a batch, so results depend
+            on how many images share a statistics group (the batch-size axis of a study).
+        cross_rank: the statistics group spans all processes (SyncBN).
+        ghost_batch: takes ``bn_group_size`` (images per statistics group on one device).
+        groups: takes ``num_groups`` / ``channels_per_group`` (GroupNorm family).
+        foldable: in eval mode it is ``x * s + t`` per channel and folds into the preceding
+            conv (deploy/fold.py).
+        fused_acts: activations the built module can apply in the same pass (``act`` kwarg).
+        per_level: the head's default keeps one norm per pyramid level behind its shared conv.
+        shift: it adds a per-channel shift (else the preceding conv gets a bias).
+        ws: the name implies weight standardization of the preceding conv (``gn_ws``).
+        base: for a ``ws`` name, the norm whose module it builds (``gn_ws`` -> ``gn``).
+        label: how the sweep report writes it; ``tokens``: run-name words that mean it.
+        weights: what a pretrained file must hold to fill it: ``"scale_shift"`` (affine),
+            ``"batch_stats"`` (BN with running statistics), ``"group"`` (GN weight/bias), or
+            ``None`` (no parameters / cannot be loaded from ImageNet files).
+        doc: one line for the docs' table.
+    """
+
+    builder: Builder
+    normalizes: bool
+    batch_stats: bool = False
+    cross_rank: bool = False
+    ghost_batch: bool = False
+    groups: bool = False
+    foldable: bool = False
+    fused_acts: tuple[str, ...] = ()
+    per_level: bool = False
+    shift: bool = True
+    ws: bool = False
+    base: str | None = None
+    label: str = ""
+    tokens: tuple[str, ...] = ()
+    weights: str | None = None
+    doc: str = ""
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def build_fn(self) -> Callable[..., Any]:
+        """The builder as a callable (importing its module on first use)."""
+        if callable(self.builder):
+            return self.builder
+        if "fn" not in self._cache:
+            module, _, attr = self.builder.partition(":")
+            self._cache["fn"] = getattr(importlib.import_module(module), attr)
+        return self._cache["fn"]
+
+
+_LAYERS = "gn_detect.layers.norm"
+
+_NORMS: dict[str, NormSpec] = {
+    "affine": NormSpec(f"{_LAYERS}:build_affine", normalizes=False, foldable=True, label="affine",
+                       tokens=("affine", "frozenbn", "frozen"), weights="scale_shift",
+                       doc="AffineChannel: frozen per-channel affine (BN folded, Detectron)"),
+    "bn": NormSpec(f"{_LAYERS}:build_bn", normalizes=True, batch_stats=True, ghost_batch=True,
+                   foldable=True, per_level=True, label="bn", tokens=("bn",), weights="batch_stats",
+                   doc="BatchNorm2d, optional ghost batches (bn_group_size)"),
+    "syncbn": NormSpec(f"{_LAYERS}:build_syncbn", normalizes=True, batch_stats=True, cross_rank=True,
+                       foldable=True, per_level=True, label="syncbn", tokens=("syncbn",),
+                       weights="batch_stats", doc="SyncBatchNorm over all ranks"),
+    "gn": NormSpec(f"{_LAYERS}:build_gn", normalizes=True, groups=True, fused_acts=("relu",),
+                   label="gn", tokens=("gn",), weights="group",
+                   doc="GroupNorm, num_groups (default 32) or channels_per_group"),
+    "gn_ws": NormSpec(f"{_LAYERS}:build_gn", normalizes=True, groups=True, fused_acts=("relu",),
+                      ws=True, base="gn", label="gn+ws", tokens=("gn",), weights="group",
+                      doc="GroupNorm after a weight-standardized conv"),
+    "ln": NormSpec(f"{_LAYERS}:build_ln", normalizes=True, fused_acts=("relu",), label="ln",
+                   tokens=("ln",), weights="group", doc="GroupNorm with G = 1 (LayerNorm over C, H, W)"),
+    "in": NormSpec(f"{_LAYERS}:build_in", normalizes=True, fused_acts=("relu",), label="in",
+                   tokens=("in",), weights="group",
+                   doc="GroupNorm with G = C (InstanceNorm with affine, no running stats)"),
+    "none": NormSpec(f"{_LAYERS}:build_none", normalizes=False, shift=False, label="none", tokens=("none",),
+                     doc="no norm (the conv gets a bias)"),
+}
+
+
+def norm_names() -> tuple[str, ...]:
+    """Every registered norm name, in registration order."""
+    return tuple(_NORMS)
+
+
+def norm_spec(name: str | None, *, where: str = "") -> NormSpec:
+    """The entry of ``name`` (any spelling); ValueError listing the known names otherwise."""
+    key = canonical_name(name)
+    try:
+        return _NORMS[key]
+    except KeyError:
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}unknown norm {name!r}; valid choices: {', '.join(_NORMS)}") from None
+
+
+def register_norm(name: str, spec: NormSpec, *, replace: bool = False) -> None:
+    """Add ``name`` to the table (every model, check and report then knows it)."""
+    key = canonical_name(name)
+    if key in _NORMS and not replace:
+        raise ValueError(f"norm {key!r} is already registered; pass replace=True to change it")
+    if spec.ws and spec.base not in _NORMS:
+        raise ValueError(f"norm {key!r}: ws=True needs base= one of {', '.join(_NORMS)}")
+    _NORMS[key] = spec
+
+
+def unregister_norm(name: str) -> None:
+    """Remove ``name`` (tests that register a toy norm clean up with this)."""
+    _NORMS.pop(canonical_name(name), None)
+
+
+def split_norm_name(name: str | None, *, layer_name: str = "") -> tuple[str, bool]:
+    """``"gn_ws" -> ("gn", True)``; any other valid name -> (canonical name, False)."""
+    spec = norm_spec(name, where=f"layer {layer_name!r}" if layer_name else "")
+    if spec.ws:
+        return str(spec.base), True
+    return canonical_name(name), False
+
+
+# Every option a builder may be given (a misspelt one is a TypeError, not silently ignored).
+BUILD_OPTIONS = frozenset({"num_groups", "channels_per_group", "eps", "momentum", "bn_group_size",
+                           "trainable", "affine", "impl"})
+
+
+def build_norm(name: str | None, channels: int, *, layer_name: str = "", **opts: Any) -> Any:
+    """The module for ``name`` (``gn_ws`` builds the GN; its WS half belongs to the conv)."""
+    unknown = sorted(set(opts) - BUILD_OPTIONS)
+    if unknown:
+        raise TypeError(f"norm options {unknown} are unknown; valid: {', '.join(sorted(BUILD_OPTIONS))}")
+    key, _ = split_norm_name(name, layer_name=layer_name)
+    return norm_spec(key).build_fn()(channels, layer_name=layer_name, **opts)
+
+
+@dataclass(frozen=True)
+class ResolvedNorm:
+    """One component's norm, resolved once from the model config (``resolve_norm``).
+
+    ``norm``: the module's table name (``gn_ws`` -> ``gn``); ``ws``: the conv is standardized
+    (named or set by ``model.<part>.ws``); ``opts``: its options, merged and restricted to what
+    the norm takes; ``per_level``: the head keeps one norm per level (None for other parts);
+    ``bn_group_size``: images per statistics group on one device for a ghost-batch norm, else None.
+    """
+
+    part: str
+    name: str
+    norm: str
+    ws: bool
+    opts: dict
+    per_level: bool | None = None
+
+    @property
+    def spec(self) -> NormSpec:
+        return norm_spec(self.norm)
+
+    @property
+    def bn_group_size(self) -> int | None:
+        return self.opts.get("bn_group_size") if self.spec.ghost_batch else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"norm": self.norm, "ws": self.ws, "per_level": self.per_level, "opts": dict(self.opts)}
+
+
+def component_norm_opts(model: Any, part: str) -> dict[str, Any]:
+    """``model.norm_opts`` with ``model.<part>.norm_opts`` overrides (null inherits)."""
+    opts = dict(model["norm_opts"].items())
+    opts.update({k: v for k, v in model[part]["norm_opts"].items() if v is not None})
+    return opts
+
+
+def resolve_norm(model: Any, part: str) -> ResolvedNorm:
+    """Norm, WS, options and per-level choice of ``model.<part>`` (a DictConfig or dict of the
+    ``model`` section). ``bn_group_size`` is kept only for a ghost-batch norm."""
+    section = model[part]
+    name = canonical_name(section["norm"])
+    norm, named_ws = split_norm_name(name, layer_name=f"model.{part}.norm")
+    spec = norm_spec(name)
+    opts = component_norm_opts(model, part)
+    if not spec.ghost_batch:
+        opts.pop("bn_group_size", None)
+    per_level = None
+    if part == "head":
+        per_level = section["per_level_norm"]
+        per_level = spec.per_level if per_level is None else bool(per_level)
+    return ResolvedNorm(part=part, name=name, norm=norm, ws=bool(named_ws or section["ws"]),
+                        opts=opts, per_level=per_level)
