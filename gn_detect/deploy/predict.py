@@ -31,6 +31,7 @@ from tqdm import tqdm
 from gn_detect.data import build_transform, collate, data_config
 from gn_detect.data.checks import to_rgb
 from gn_detect.data.transforms import resize_shape
+from gn_detect.engine.device import amp_dtype, resolve_device
 from gn_detect.engine.inference import to_coco_results
 from gn_detect.io import write_json_atomic
 
@@ -142,20 +143,12 @@ def _batch(images: list[tuple[Path, int, int]], group: list[int], transform: Any
     return items, pils, kept
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name}: CUDA is not available here; use device=cpu or device=auto")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def _detect(model: torch.nn.Module, items: list, device: torch.device,
             label_to_cat_id: list[int], thresholds: dict[int, float]) -> list[dict[str, Any]]:
     images, targets, sizes = collate(items, SIZE_DIVISIBILITY)
-    amp = device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    amp = amp_dtype("auto", device)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         outputs = model(images.to(device), sizes)
     results = to_coco_results(outputs, targets, label_to_cat_id)
     return [r for r in results if r["score"] >= thresholds[r["category_id"]]]
@@ -165,7 +158,7 @@ def _run(cfg: DictConfig, found: list, loaded: Any, thresholds: dict[int, float]
     """Detections of every image (batched by size), drawing each as it goes; the ids done."""
     run_cfg = loaded.description["config"]
     transform = build_transform(data_config(run_cfg["data"]), train=False)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model = loaded.model.to(device).eval()
     cats = loaded.categories
     finite = [t for t in thresholds.values() if math.isfinite(t)]

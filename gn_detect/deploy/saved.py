@@ -21,13 +21,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from gn_detect.engine.description import config_differences, model_signature, package_version
-from gn_detect.engine.evaluate import model_from_checkpoint, read_described_checkpoint
-from gn_detect.modeling import build_model
+from gn_detect.engine.restore import build_described, model_from_checkpoint, read_described_checkpoint
 
 from .fold import FoldReport, fold_model
 
@@ -71,30 +69,15 @@ def save_folded(path: str | os.PathLike, folded: nn.Module, report: FoldReport, 
     return save_checkpoint(path, state)
 
 
-def _model_cfg(description: dict[str, Any]) -> DictConfig:
-    model_cfg = OmegaConf.create(description["config"]["model"])
-    OmegaConf.update(model_cfg, "backbone.weights", None)  # initial weights: not needed to rebuild
-    return model_cfg
-
-
 def _rebuild(state: dict[str, Any], path: Path) -> nn.Module:
     description, fold = state.get("description"), state.get("fold")
     if not isinstance(description, dict) or not isinstance(fold, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} says it is a folded model but lacks its description, fold settings or "
                               "weights; export it again with tools/export.py")
-    model_cfg, categories = _model_cfg(description), description["model"]["categories"]
-    diffs = config_differences(description["model"], model_signature(model_cfg, categories))
-    if diffs:
-        raise CheckpointError(f"{path}: gn-detect {package_version()} builds another model from its config than "
-                              f"gn-detect {description.get('version', 'unknown')} did ({', '.join(diffs)} differ); "
-                              "export it again with this version")
-    folded, _ = fold_model(build_model(model_cfg, len(categories)), fold.get("per_level", "duplicate"))
-    try:
-        folded.load_state_dict(state["model"])
-    except RuntimeError as e:
-        detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:300]
-        raise CheckpointError(f"{path}: the weights do not fit the folded model its description names ({detail}); "
-                              "the file is damaged or was edited, export it again") from e
+    per_level = fold.get("per_level", "duplicate")
+    folded = build_described(description, state["model"], path,
+                             transform=lambda model: fold_model(model, per_level)[0],
+                             fix="export it again with this version", redo="export it again")
     return folded.requires_grad_(False).eval()
 
 

@@ -13,12 +13,12 @@ from torch import nn
 from gn_detect.config.schema import EvalConfig
 from gn_detect.data import build_dataset, build_test_loader, check_same_categories
 from gn_detect.engine import dist as gdist
-from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
-from gn_detect.engine.description import check_same_model, config_differences, model_signature, package_version
+from gn_detect.engine.description import check_same_model
+from gn_detect.engine.device import amp_dtype as autocast_dtype, resolve_device
 from gn_detect.engine.inference import run_inference
 from gn_detect.engine.signals import ignore_stop_signals
+from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint
 from gn_detect.evaluation import evaluate_detections, format_results
-from gn_detect.modeling import build_model
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +59,6 @@ def evaluate_model(
     return evaluate_detections(dataset.coco, dets, Path(out_dir) if full_report else None, **kwargs)
 
 
-def read_described_checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """The checkpoint's path, content (read with weights_only) and description."""
-    ckpt_path = Path(cfg.checkpoint)
-    if not ckpt_path.is_absolute():
-        ckpt_path = base / ckpt_path
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}; give checkpoint=<run folder>/checkpoints/"
-                                "model_final.pth")
-    state = load_checkpoint(ckpt_path)
-    description = state.get("description")
-    if not isinstance(description, dict) or not {"config", "model"} <= description.keys():
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} has no model description (written before gn-detect checkpoints carried one), "
-            "so the model in it is unknown; evaluate it with the gn-detect version that wrote it, or retrain")
-    return ckpt_path, state, description
-
-
 def _run_config(cfg: DictConfig, base: Path, ckpt_path: Path, description: dict[str, Any]) -> DictConfig:
     """The config whose data and eval sections apply: the checkpoint's own, or ``run_config``
     when it describes the same model (gn_detect/engine/description.py: check_same_model)."""
@@ -96,28 +79,6 @@ def _run_config(cfg: DictConfig, base: Path, ckpt_path: Path, description: dict[
     return other
 
 
-def model_from_checkpoint(description: dict[str, Any], state: dict[str, Any], ckpt_path: Path) -> nn.Module:
-    """The checkpoint's model, built from its own config after checking that this version builds
-    the model its signature describes; the checkpoint's weights replace the initial ones."""
-    model_cfg = OmegaConf.create(description["config"]["model"])
-    OmegaConf.update(model_cfg, "backbone.weights", None)  # no need for the file the run started from
-    categories = description["model"]["categories"]
-    diffs = config_differences(description["model"], model_signature(model_cfg, categories))
-    written_by = description.get("version", "unknown")
-    if diffs:
-        raise CheckpointError(
-            f"checkpoint {ckpt_path}: gn-detect {package_version()} builds another model from its config than "
-            f"gn-detect {written_by} did ({', '.join(diffs)} differ); evaluate it with gn-detect {written_by}")
-    model = build_model(model_cfg, len(categories))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:300]
-        raise CheckpointError(f"checkpoint {ckpt_path}: the weights do not fit the model its description names "
-                              f"({detail}); the file is damaged or was edited") from e
-    return model
-
-
 def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
     """tools/evaluate.py (``cfg`` on the schema's EvaluateConfig): build the model the checkpoint
     describes (its config and signature, gn_detect/engine/description.py), load its weights,
@@ -131,7 +92,7 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
     data_cfg = cfg.data if cfg.data is not None else run_cfg.data
     overrides = {k: v for k, v in cfg.eval.items() if v is not None}
     eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), run_cfg.eval, overrides)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     dataset = build_dataset(data_cfg, eval_cfg.split, base_dir=base)
     check_same_categories(description["model"]["categories"], dataset)
     model = model.to(device)
@@ -139,8 +100,8 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "evaluate" / stamp
     loader = build_test_loader(dataset, eval_cfg.ims_per_device, num_workers=data_cfg.num_workers,
                                worker_init_fn=ignore_stop_signals)
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    metrics = evaluate_model(model, loader, dataset, out_dir, eval_cfg, device=device, amp_dtype=amp)
+    metrics = evaluate_model(model, loader, dataset, out_dir, eval_cfg, device=device,
+                             amp_dtype=autocast_dtype("auto", device))
     if gdist.is_main_process():
         print(format_results(metrics, run_dir=ckpt_path.parent.parent, report_path=out_dir / "report.md"), flush=True)
     return metrics

@@ -49,6 +49,7 @@ from gn_detect.data import (
 from gn_detect.data.collate import make_buckets
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from gn_detect.engine.device import amp_dtype, resolve_device
 from gn_detect.engine.description import ResumeRefusedError, categories_of_dataset, check_resume, describe_run
 from gn_detect.engine.env import collect_env
 from gn_detect.engine.evaluate import evaluate_model
@@ -94,13 +95,6 @@ class _Run:
     resume: dict[str, Any] | None  # content of checkpoints/last.pth when this start resumes it
     init_path: Path | None         # init_weights (resolved against base_dir) for a new run ...
     init: dict[str, Any] | None    # ... and its content
-
-
-def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """solver.amp (auto|bf16|fp16|off): the autocast dtype, None for fp32."""
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[setting]
 
 
 def _lock_run_dir(cfg: DictConfig, run_dir: Path) -> RunLock | None:
@@ -170,14 +164,14 @@ def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock
     info = gdist.init_distributed(cfg.dist_backend)
     if info.rank != 0:  # under torchrun rank 0 speaks for the run; the others only warn
         logging.getLogger("gn_detect").setLevel(logging.WARNING)
-    device = info.device if cfg.device == "auto" else torch.device(cfg.device)
+    device = resolve_device(cfg.device, info.device)
     batch = validate_train_config(cfg, info.world_size)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
     resume = _resume_state(cfg, run_dir, resolved)
     init_path, init = (None, None) if resume is not None else _init_state(cfg, base_dir)
     setting = cfg.solver.channels_last
-    run = _Run(cfg, run_dir, info.rank, info.world_size, device, batch, _amp_dtype(cfg.solver.amp, device),
+    run = _Run(cfg, run_dir, info.rank, info.world_size, device, batch, amp_dtype(cfg.solver.amp, device),
                setting == "on" or (setting == "auto" and device.type == "cuda"), resolved, lock, resume,
                init_path, init)
     if resume is None:

@@ -15,7 +15,7 @@ from gn_detect.data import split_categories
 from gn_detect.deploy import HeadNetwork, load_folded
 from gn_detect.deploy.export import export_run
 from gn_detect.deploy.schema import ExportConfig
-from gn_detect.engine.evaluate import model_from_checkpoint
+from gn_detect.engine.restore import model_from_checkpoint
 from tests.engine._train_utils import REPO, child_env, tail, tiny_cfg
 
 from ._runs import make_run

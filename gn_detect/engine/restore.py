@@ -1,0 +1,67 @@
+"""The one way from a checkpoint file to a model: read it (weights_only), check that this
+version builds the model its description names, build it (optionally transformed, e.g. folded)
+and load its weights strictly. Used by tools/evaluate.py, tools/export.py and tools/predict.py."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
+from gn_detect.engine.description import config_differences, model_signature, package_version
+from gn_detect.modeling import build_model
+
+__all__ = ["read_described_checkpoint", "build_described", "model_from_checkpoint"]
+
+
+def read_described_checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The checkpoint's path, content (read with weights_only) and description."""
+    ckpt_path = Path(cfg.checkpoint)
+    if not ckpt_path.is_absolute():
+        ckpt_path = base / ckpt_path
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}; give checkpoint=<run folder>/checkpoints/"
+                                "model_final.pth")
+    state = load_checkpoint(ckpt_path)
+    description = state.get("description")
+    if not isinstance(description, dict) or not {"config", "model"} <= description.keys():
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} has no model description (written before gn-detect checkpoints carried one), "
+            "so the model in it is unknown; evaluate it with the gn-detect version that wrote it, or retrain")
+    return ckpt_path, state, description
+
+
+def build_described(description: dict[str, Any], weights: dict[str, Any], path: Path, *,
+                    transform: Callable[[nn.Module], nn.Module] | None = None,
+                    fix: str = "evaluate it with gn-detect {version}", redo: str = "") -> nn.Module:
+    """The model ``description`` names, built from its own config (the run's initial-weights
+    file is not needed), passed through ``transform`` and loaded with ``weights`` strictly.
+    ``fix`` (with ``{version}``, the writer's version) ends the refusal when this version builds
+    another model than the one that wrote the file; ``redo`` ends the refusal of weights that do
+    not fit (a damaged or edited file)."""
+    model_cfg = OmegaConf.create(description["config"]["model"])
+    OmegaConf.update(model_cfg, "backbone.weights", None)
+    categories = description["model"]["categories"]
+    written_by = description.get("version", "unknown")
+    diffs = config_differences(description["model"], model_signature(model_cfg, categories))
+    if diffs:
+        raise CheckpointError(
+            f"{path}: gn-detect {package_version()} builds another model from its config than "
+            f"gn-detect {written_by} did ({', '.join(diffs)} differ); {fix.format(version=written_by)}")
+    model = build_model(model_cfg, len(categories))
+    if transform is not None:
+        model = transform(model)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:300]
+        raise CheckpointError(f"{path}: the weights do not fit the model its description names ({detail}); "
+                              f"the file is damaged or was edited{'; ' + redo if redo else ''}") from e
+    return model
+
+
+def model_from_checkpoint(description: dict[str, Any], state: dict[str, Any], ckpt_path: Path) -> nn.Module:
+    """The training checkpoint's model (``state`` its content) with its weights."""
+    return build_described(description, state["model"], ckpt_path)
