@@ -41,10 +41,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gn_detect.config import ConfigError, TrainConfig, component_norm_opts
-from gn_detect.layers import split_norm_name
+from gn_detect.config import ConfigError, TrainConfig
 from gn_detect.modeling.build import model_config
-from gn_detect.modeling.head import uses_per_level_norm
+from gn_detect.norms import resolve_norm
 
 __all__ = [
     "RESUME_MAY_CHANGE",
@@ -86,10 +85,12 @@ def categories_of_dataset(dataset: Any) -> list[dict[str, Any]]:
 
 
 def _part(model: DictConfig, part: str) -> dict[str, Any]:
-    norm, named_ws = split_norm_name(model[part].norm)
-    opts = component_norm_opts(model, part)
-    return {"norm": norm, "ws": bool(named_ws or model[part].ws), "num_groups": opts["num_groups"],
-            "eps": opts["eps"]}
+    """A component's norm as ``resolve_norm`` (what ``build_model`` builds) resolves it."""
+    r = resolve_norm(model, part)
+    out = {"norm": r.norm, "ws": r.ws, "num_groups": r.opts["num_groups"], "eps": r.opts["eps"]}
+    if r.per_level is not None:
+        out["per_level_norm"] = r.per_level
+    return out
 
 
 def model_signature(model: Mapping[str, Any] | DictConfig, categories: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,8 +101,7 @@ def model_signature(model: Mapping[str, Any] | DictConfig, categories: list[dict
     return {
         "backbone": {"depth": str(m.backbone.depth), "widths": widths, **_part(m, "backbone")},
         "fpn": {"out_channels": m.fpn.out_channels, **_part(m, "fpn")},
-        "head": {"num_convs": head.num_convs, **_part(m, "head"),
-                 "per_level_norm": uses_per_level_norm(head.norm, head.per_level_norm), "act": head.act},
+        "head": {"num_convs": head.num_convs, **_part(m, "head"), "act": head.act},
         "num_classes": len(categories),
         "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in categories],
     }

@@ -33,34 +33,33 @@ def model_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
         raise ValueError(f"model.{one_line(e)}") from None
 
 
-def _norm_opts(cfg: DictConfig, part: str) -> dict[str, Any]:
-    return resolve_norm(cfg, part).opts
-
-
 def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> RetinaNet:
     """cfg: the ``model`` section (see gn_detect/config/schema.py: ModelConfig)."""
     cfg = model_config(cfg)
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes={num_classes}; the dataset lists no categories")
+    norms = {part: resolve_norm(cfg, part) for part in ("backbone", "fpn", "head")}
     bb, fp, hd = cfg.backbone, cfg.fpn, cfg.head
     backbone = build_resnet(bb.depth, norm=bb.norm, ws=bb.ws, freeze_at=bb.freeze_at,
-                            norm_opts=_norm_opts(cfg, "backbone"), widths=bb.widths,
+                            norm_opts=norms["backbone"].opts, widths=bb.widths,
                             zero_init_residual=bb.zero_init_residual)
     if bb.weights:
         report = load_backbone_weights(backbone, bb.weights, strict=bb.weights_strict)
         log.info("loaded backbone weights from %s (skipped: %s)", bb.weights, report)
         backbone.freeze(backbone.freeze_at)  # loading replaces nothing, but keeps the rule in one place
     fpn = FPN(backbone.out_channels, fp.out_channels, norm=fp.norm, ws=fp.ws,
-              norm_opts=_norm_opts(cfg, "fpn"), top_block_in=fp.top_block_in)
+              norm_opts=norms["fpn"].opts, top_block_in=fp.top_block_in)
     anchor_generator = AnchorGenerator(**OmegaConf.to_container(cfg.anchors))
     head = RetinaNetHead(fpn.out_channels, anchor_generator.num_anchors, num_classes,
                          num_convs=hd.num_convs, num_levels=len(anchor_generator.strides), norm=hd.norm,
-                         ws=hd.ws, act=hd.act, norm_opts=_norm_opts(cfg, "head"), prior_prob=hd.prior_prob,
-                         per_level_norm=hd.per_level_norm)
+                         ws=hd.ws, act=hd.act, norm_opts=norms["head"].opts, prior_prob=hd.prior_prob,
+                         per_level_norm=norms["head"].per_level)
     box_coder = BoxCoder()
     criterion = RetinaNetLoss(num_classes, box_coder=box_coder, **OmegaConf.to_container(cfg.loss))
-    return RetinaNet(backbone, fpn, head, anchor_generator, criterion, box_coder,
-                     OmegaConf.to_container(cfg.test))
+    model = RetinaNet(backbone, fpn, head, anchor_generator, criterion, box_coder,
+                      OmegaConf.to_container(cfg.test))
+    model.norms = norms  # each component's resolved norm, for whoever asks what was built
+    return model
 
 
 def norm_summary(model: nn.Module) -> dict[str, int]:

@@ -77,13 +77,13 @@ def test_thresholded_numbers_are_those_of_the_report_half(tiny_val) -> None:
     n = len(tiny_val.getImgIds())
     tune_gt, report_gt = split_coco(tiny_val, 0.5, seed=5)
     ref, *_ = build_report(report_gt, filter_detections(dets, report_gt.getImgIds()), tune_gt=tune_gt,
-                           tune_detections=filter_detections(dets, tune_gt.getImgIds()))
+                           tune_detections=filter_detections(dets, tune_gt.getImgIds()), tune="same")
     for lvl in ("box", "label"):
         for k in ("micro", "macro", "at_global_threshold"):
             assert rep[lvl][k] == ref[lvl][k], (lvl, k)
     assert [{k: c[k] for k in ("threshold", "box", "label")} for c in rep["per_class"]] == \
         [{k: c[k] for k in ("threshold", "box", "label")} for c in ref["per_class"]]
-    same, *_ = build_report(tiny_val, dets)
+    same, *_ = build_report(tiny_val, dets, tune="same")
     assert rep["coco"] == same["coco"] and rep["num_images"] == n == same["num_images"]
     assert rep["box"]["all_detections"] == same["box"]["all_detections"]
     assert rep["label"]["all_detections"] == same["label"]["all_detections"]
@@ -119,11 +119,11 @@ def test_split_image_ids_is_the_split_coco_split() -> None:
 def test_same_and_separate_and_too_small() -> None:
     gt = make_coco(10, 2, seed=1)
     dets = jitter_detections(gt, seed=1)
-    rep, *_ = build_report(gt, dets)  # tune="same"
+    rep, *_ = build_report(gt, dets, tune="same")  # tune="same"
     assert rep["coverage"]["thresholded"] == {"images": 10, "subset": "all", "tuned_on": 10,
                                               "tuned_on_subset": "all", "tune": "same", "tune_seed": None}
     other = make_coco(6, 2, seed=2)
-    rep, *_ = build_report(gt, dets, tune_gt=other, tune_detections=jitter_detections(other, seed=3))
+    rep, *_ = build_report(gt, dets, tune_gt=other, tune_detections=jitter_detections(other, seed=3), tune="same")
     th = rep["coverage"]["thresholded"]
     assert (th["images"], th["tuned_on"], th["tuned_on_subset"], th["tune"]) == (10, 6, "separate tuning set", "separate")
     one = subset_coco(gt, [1])

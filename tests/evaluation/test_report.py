@@ -57,7 +57,7 @@ def test_full_report_files_and_writer(tmp_path: Path):
         Image.new("RGB", (im["width"], im["height"]), (90, 90, 90)).save(root / im["file_name"])
     w = Recorder()
     out = tmp_path / "run"
-    head = evaluate_detections(gt, dets, out, image_root=root, writer=w, step=7, num_vis_images=2)
+    head = evaluate_detections(gt, dets, out, image_root=root, writer=w, step=7, num_vis_images=2, tune="same")
 
     for f in ("report.json", "report.md", "per_class.csv", "pr_curves.png", "examples.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -95,7 +95,7 @@ def test_separate_tuning_split_is_honest():
     tune, ev = split_coco(gt, 0.5, seed=0)
     rep, *_ = build_report(
         ev, filter_detections(dets, ev.getImgIds()), tune_gt=tune,
-        tune_detections=filter_detections(dets, tune.getImgIds()),
+        tune_detections=filter_detections(dets, tune.getImgIds()), tune="same"
     )  # fmt: skip
     t = rep["thresholds"]
     assert t["tuned_on_eval_split"] is False and t["overlap_images"] == 0
@@ -110,15 +110,15 @@ def test_separate_tuning_split_is_honest():
 def test_tune_split_passing_same_coco_is_flagged():
     gt = make_coco(10, 2, seed=1)
     dets = jitter_detections(gt, seed=1)
-    rep, *_ = build_report(gt, dets, tune_gt=gt, tune_detections=dets)
+    rep, *_ = build_report(gt, dets, tune_gt=gt, tune_detections=dets, tune="same")
     assert rep["thresholds"]["tuned_on_eval_split"] is True
     with pytest.raises(ValueError):
-        build_report(gt, dets, tune_gt=gt)
+        build_report(gt, dets, tune_gt=gt, tune="same")
 
 
 def test_no_detections_at_all(tmp_path: Path):
     gt = make_gt([(1, 1, [0, 0, 10, 10]), (2, 2, [0, 0, 10, 10])])
-    head = evaluate_detections(gt, [], tmp_path)
+    head = evaluate_detections(gt, [], tmp_path, tune="same")
     assert head["AP"] == 0 and head["AP50"] == 0
     assert head["box_precision"] is None and head["label_precision"] is None  # nothing predicted
     assert head["box_recall"] == 0 and head["label_recall"] == 0
@@ -134,7 +134,7 @@ def test_images_without_detections_and_crowd_only_image():
         num_images=4,  # image 4: no GT at all
     )
     dets = [det(1, 1, [0, 0, 10, 10], 0.9), det(3, 2, [5, 5, 10, 10], 0.8), det(4, 2, [0, 0, 5, 5], 0.1)]
-    rep, *_ = build_report(gt, dets, criterion="precision", target_precision=0.5)
+    rep, *_ = build_report(gt, dets, criterion="precision", target_precision=0.5, tune="same")
     cat, dog = rep["per_class"]
     assert cat["box"]["recall"] == 0.5 and cat["label"]["recall"] == 0.5  # image 2 has no detection
     # dog: the detection on the crowd region is ignored; the one in image 4 is a (label/box) FP
@@ -146,7 +146,7 @@ def test_images_without_detections_and_crowd_only_image():
 def test_all_scores_equal():
     gt = make_gt([(1, 1, [0, 0, 10, 10]), (2, 1, [0, 0, 10, 10])])
     dets = [det(1, 1, [0, 0, 10, 10], 0.5), det(2, 1, [50, 50, 10, 10], 0.5), det(3, 1, [0, 0, 10, 10], 0.5)]
-    rep, *_ = build_report(gt, dets)
+    rep, *_ = build_report(gt, dets, tune="same")
     cat = rep["per_class"][0]
     assert cat["threshold"] == 0.5  # the only candidate: every detection or none
     assert cat["box"]["tp"] == 1 and cat["box"]["fp"] == 2
@@ -157,7 +157,7 @@ def test_all_scores_equal():
 def test_max_dets_cap_applies_everywhere():
     gt = make_gt([(1, 1, [0, 0, 10, 10])], num_images=1)
     dets = [det(1, 1, [50, 50, 10, 10], 0.9), det(1, 1, [0, 0, 10, 10], 0.1)]
-    rep, *_ = build_report(gt, dets, max_dets=1)
+    rep, *_ = build_report(gt, dets, max_dets=1, tune="same")
     assert rep["num_detections"] == 2 and rep["num_detections_evaluated"] == 1
     assert rep["coco"]["AP50"] == 0 and rep["box"]["all_detections"]["recall"] == 0
 
@@ -165,12 +165,12 @@ def test_max_dets_cap_applies_everywhere():
 def test_box_level_tuning_and_bad_args():
     gt = make_coco(15, 2, seed=2)
     dets = jitter_detections(gt, seed=3)
-    rep, *_ = build_report(gt, dets, level="box")
+    rep, *_ = build_report(gt, dets, level="box", tune="same")
     assert rep["thresholds"]["level"] == "box"
     with pytest.raises(ValueError):
-        build_report(gt, dets, level="pixel")
+        build_report(gt, dets, level="pixel", tune="same")
     with pytest.raises(ValueError):
-        build_report(gt, dets, iou_threshold=0)
+        build_report(gt, dets, iou_threshold=0, tune="same")
 
 
 
@@ -184,6 +184,6 @@ def test_numpy_typed_detections_give_the_same_report():
          "bbox": np.array(d["bbox"], np.float64), "score": np.float64(d["score"])}
         for d in dets
     ]  # fmt: skip
-    a, *_ = build_report(gt, dets)
-    b, *_ = build_report(gt, np_dets)
+    a, *_ = build_report(gt, dets, tune="same")
+    b, *_ = build_report(gt, np_dets, tune="same")
     assert a["headline"] == b["headline"] and a["per_class"] == b["per_class"]

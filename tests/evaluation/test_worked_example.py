@@ -43,7 +43,7 @@ def by_name(rep):
 
 
 def test_box_outcomes_and_ious():
-    rep, parts, _, _ = build_report(*example())
+    rep, parts, _, _ = build_report(*example(), tune="same")
     ev = parts.full
     assert parts.tune is ev and parts.report is ev  # tune="same": one set of images for everything
     assert ev.matches.status.tolist() == [TP, FP, FP, TP, FP, IGNORED]
@@ -56,7 +56,7 @@ def test_box_outcomes_and_ious():
 
 
 def test_label_level_tuning_and_tables():
-    rep, *_ = build_report(*example())
+    rep, *_ = build_report(*example(), tune="same")
     t = rep["thresholds"]
     assert t["tuned_on_eval_split"] is True and t["level"] == "label" and t["criterion"] == "f1"
     assert t["global_threshold"] == 0.4
@@ -86,7 +86,7 @@ def test_label_level_tuning_and_tables():
 
 
 def test_box_level_tuning():
-    rep, *_ = build_report(*example(), level="box")
+    rep, *_ = build_report(*example(), level="box", tune="same")
     c = by_name(rep)
     assert c["cat"]["threshold"] == 0.9 and c["dog"]["threshold"] == 0.7
     assert rep["thresholds"]["global_threshold"] == 0.7
@@ -97,7 +97,7 @@ def test_box_level_tuning():
 
 
 def test_coco_ap():
-    rep, *_ = build_report(*example())
+    rep, *_ = build_report(*example(), tune="same")
     c = by_name(rep)
     assert c["cat"]["AP"] == approx(34 / 101) and c["cat"]["AP50"] == approx(34 / 101)
     assert c["dog"]["AP"] == approx(0.1) and c["dog"]["AP50"] == approx(1.0)
@@ -106,7 +106,7 @@ def test_coco_ap():
 
 
 def test_headline_and_markdown(tmp_path: Path):
-    head = evaluate_detections(*example(), tmp_path, num_vis_images=0)
+    head = evaluate_detections(*example(), tmp_path, num_vis_images=0, tune="same")
     assert head["label_f1"] == 1 and head["box_f1"] == approx(0.5) and head["AP50"] == approx(0.668, abs=5e-4)
     md = (tmp_path / "report.md").read_text()
     assert "| cat | 0.337 | 0.337 | 0.400 | 0.333 | 0.333 | 0.333 | 3 | 3 | 1.000 | 1.000 | 1.000 | 2 |" in md
