@@ -11,7 +11,7 @@ import torch
 
 
 def collate(
-    batch: Sequence[tuple[torch.Tensor, dict[str, Any]]], size_divisibility: int = 128,
+    batch: Sequence[tuple[torch.Tensor, dict[str, Any]]], size_divisibility: int,
     buckets: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]], list[tuple[int, int]]]:
     """-> (images BxCxHpxWp, targets, image_sizes [(h, w)]).
@@ -40,7 +40,7 @@ def collate(
     return out, targets, sizes
 
 
-def make_buckets(max_h: int, max_w: int, *, per_side: int = 2, divisor: int = 128) -> list[tuple[int, int]]:
+def make_buckets(max_h: int, max_w: int, *, divisor: int, per_side: int = 2) -> list[tuple[int, int]]:
     """``per_side ** 2`` bucket shapes covering images up to ``max_h`` x ``max_w``: each side
     takes ``per_side`` values evenly spaced up to the maximum, rounded up to ``divisor``."""
     if per_side < 1 or divisor < 1 or max_h < 1 or max_w < 1:

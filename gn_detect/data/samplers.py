@@ -202,7 +202,7 @@ def build_train_loader(
     aspect_grouping: bool = True,
     num_workers: int = 0,
     start_iter: int = 0,
-    size_divisibility: int = 128,
+    size_divisibility: int,
     pin_memory: bool = False,
     buckets: Sequence[tuple[int, int]] | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
@@ -237,7 +237,7 @@ def build_test_loader(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
-    size_divisibility: int = 128,
+    size_divisibility: int,
     buckets: Sequence[tuple[int, int]] | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:

@@ -14,12 +14,13 @@ from torch import nn
 
 from gn_detect.config import one_line
 from gn_detect.data import build_dataset, collate, data_config
+from gn_detect.modeling import size_divisibility
 from gn_detect.io import write_json_atomic
 
 from .compare import match_detections, tensor_diff
 from .fold import fold_model
 from .network import HeadNetwork, detect_from_head
-from .onnx_export import SIZE_DIVISIBILITY, export_onnx, ort_session, require_onnx, run_ort
+from .onnx_export import export_onnx, ort_session, require_onnx, run_ort
 from .saved import load_folded, load_trained, save_folded
 
 __all__ = ["REL_TOL", "BOX_TOL_PX", "export_run", "check_inputs", "compare_runs"]
@@ -30,13 +31,13 @@ REL_TOL = 1e-4     # head outputs: max|a - b| / max|a|
 BOX_TOL_PX = 1.0   # detections: max coordinate difference, input pixels
 
 
-def _synthetic(data_cfg: DictConfig, num: int, why: str) -> tuple[torch.Tensor, list[tuple[int, int]], dict]:
+def _synthetic(data_cfg: DictConfig, num: int, why: str, divisor: int) -> tuple[torch.Tensor, list[tuple[int, int]], dict]:
     """Standard-normal images (what normalized pixels look like) at the test size of a 4:3 image."""
     short = data_cfg.min_size_test
     long = min(round(short * 4 / 3), data_cfg.max_size) if data_cfg.max_size > 0 else round(short * 4 / 3)
     g = torch.Generator().manual_seed(0)
     items = [(torch.randn(3, short, long, generator=g), {}) for _ in range(num)]
-    images, _, sizes = collate(items, SIZE_DIVISIBILITY)
+    images, _, sizes = collate(items, divisor)
     return images, sizes, {"source": "synthetic", "note": f"{why}: compared on {num} standard-normal images of "
                            f"{short}x{long} (seed 0) instead", "images": []}
 
@@ -44,15 +45,15 @@ def _synthetic(data_cfg: DictConfig, num: int, why: str) -> tuple[torch.Tensor, 
 def check_inputs(run_config: dict[str, Any], num: int, base: Path) -> tuple[torch.Tensor, list[tuple[int, int]], dict]:
     """``num`` images of the run's validation split, spread evenly, preprocessed as evaluation
     does and padded into one batch; synthetic images when the data cannot be read (said so)."""
-    data_cfg = data_config(run_config["data"])
+    data_cfg, divisor = data_config(run_config["data"]), size_divisibility(run_config["model"])
     try:
         dataset = build_dataset(data_cfg, "val", base_dir=base)
     except (OSError, ValueError) as e:  # missing files, DataError, an unset data.root
-        return _synthetic(data_cfg, num, f"the run's validation data is not available ({one_line(e)})")
+        return _synthetic(data_cfg, num, f"the run's validation data is not available ({one_line(e)})", divisor)
     count = min(num, len(dataset))
     picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)})
     items = [dataset[i] for i in picks]
-    images, targets, sizes = collate(items, SIZE_DIVISIBILITY)
+    images, targets, sizes = collate(items, divisor)
     listed = [{"image_id": t["image_id"], "file_name": dataset.image_info(i)["file_name"],
                "orig_size": list(t["orig_size"]), "size": list(t["size"])} for i, t in zip(picks, targets)]
     return images, sizes, {"source": f"{dataset.name} ({dataset.image_dir})", "images": listed}

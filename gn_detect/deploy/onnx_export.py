@@ -17,13 +17,12 @@ from torch import nn
 
 from .network import HeadNetwork
 
-__all__ = ["MIN_OPSET", "SIZE_DIVISIBILITY", "missing_onnx_packages", "require_onnx", "export_onnx",
+__all__ = ["MIN_OPSET", "missing_onnx_packages", "require_onnx", "export_onnx",
            "ort_session", "run_ort"]
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 18
-SIZE_DIVISIBILITY = 128  # inputs are padded to a multiple of this (gn_detect/data/collate.py)
 _PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
 
@@ -58,7 +57,7 @@ def _quiet_exporter() -> Iterator[None]:
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_OPSET,
                 max_side: int = 8192) -> dict[str, Any]:
     """Write ``model``'s backbone + FPN + head to ``path`` (input ``images`` (B, 3, H, W) float32
-    with H, W multiples of 128 up to ``max_side`` and any batch; outputs ``logits`` (B, A, K) and
+    with H, W multiples of ``model.size_divisibility`` up to ``max_side`` and any batch; outputs ``logits`` (B, A, K) and
     ``deltas`` (B, A, 4)), check it with onnx's checker, and return facts about the file."""
     require_onnx()
     import onnx  # noqa: PLC0415 (optional extra)
@@ -68,12 +67,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_O
     net = HeadNetwork(model).eval()
     # A batch of 2 and 2x2 cells of 128 px: torch.export specializes dimensions that are 0 or 1
     # in the example, so the example must not have them for the graph to stay dynamic.
-    example = torch.zeros(2, 3, 2 * SIZE_DIVISIBILITY, 2 * SIZE_DIVISIBILITY,
+    div = model.size_divisibility  # inputs are padded to a multiple of this (modeling/build.py)
+    example = torch.zeros(2, 3, 2 * div, 2 * div,
                           device=next(model.parameters()).device)
-    cells = max_side // SIZE_DIVISIBILITY
+    cells = max_side // div
     dims = {0: torch.export.Dim("batch", min=1, max=1024),
-            2: SIZE_DIVISIBILITY * torch.export.Dim("h_cells", min=1, max=cells),
-            3: SIZE_DIVISIBILITY * torch.export.Dim("w_cells", min=1, max=cells)}
+            2: div * torch.export.Dim("h_cells", min=1, max=cells),
+            3: div * torch.export.Dim("w_cells", min=1, max=cells)}
     start = time.perf_counter()
     with _quiet_exporter():
         program = torch.onnx.export(net, (example,), dynamo=True, opset_version=opset, input_names=["images"],

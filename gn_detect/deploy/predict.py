@@ -36,7 +36,6 @@ from gn_detect.engine.inference import to_coco_results
 from gn_detect.io import write_json_atomic
 
 from .draw import draw_detections, drawn_name
-from .onnx_export import SIZE_DIVISIBILITY
 from .saved import load_for_inference
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "class_thresholds", "predict_run"]
@@ -109,12 +108,12 @@ def class_thresholds(report_path: Path | None, score_thresh: float | None,
     return thr, record
 
 
-def _groups(images: list[tuple[Path, int, int]], transform: Any, batch_size: int) -> list[list[int]]:
+def _groups(images: list[tuple[Path, int, int]], transform: Any, batch_size: int, div: int) -> list[list[int]]:
     """Indices in batches of at most ``batch_size`` images of the same or similar padded size."""
     def padded(i: int) -> tuple[int, int]:
         _, w, h = images[i]
         nh, nw, _ = resize_shape(h, w, transform.min_sizes[0], transform.max_size)
-        return -(-nh // SIZE_DIVISIBILITY), -(-nw // SIZE_DIVISIBILITY)
+        return -(-nh // div), -(-nw // div)
 
     order = sorted(range(len(images)), key=lambda i: (padded(i), i))
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
@@ -146,7 +145,7 @@ def _batch(images: list[tuple[Path, int, int]], group: list[int], transform: Any
 @torch.no_grad()
 def _detect(model: torch.nn.Module, items: list, device: torch.device,
             label_to_cat_id: list[int], thresholds: dict[int, float]) -> list[dict[str, Any]]:
-    images, targets, sizes = collate(items, SIZE_DIVISIBILITY)
+    images, targets, sizes = collate(items, model.size_divisibility)
     amp = amp_dtype("auto", device)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         outputs = model(images.to(device), sizes)
@@ -167,7 +166,7 @@ def _run(cfg: DictConfig, found: list, loaded: Any, thresholds: dict[int, float]
     label_to_cat_id, names = [int(c["id"]) for c in cats], {int(c["id"]): str(c["name"]) for c in cats}
     results, done = [], set()
     bar = tqdm(total=len(found), desc="predict", unit="img", disable=not sys.stderr.isatty(), dynamic_ncols=True)
-    for group in _groups(found, transform, cfg.batch_size):
+    for group in _groups(found, transform, cfg.batch_size, model.size_divisibility):
         items, pils, kept = _batch(found, group, transform)
         dets = _detect(model, items, device, label_to_cat_id, thresholds) if items else []
         results += dets

@@ -99,6 +99,7 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "evaluate" / stamp
     loader = build_test_loader(dataset, eval_cfg.ims_per_device, num_workers=data_cfg.num_workers,
+                               size_divisibility=model.size_divisibility,
                                worker_init_fn=ignore_stop_signals)
     metrics = evaluate_model(model, loader, dataset, out_dir, eval_cfg, device=device,
                              amp_dtype=autocast_dtype("auto", device))

@@ -69,7 +69,7 @@ from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFiniteP
 from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
 from gn_detect.evaluation import format_results
 from gn_detect.layers import SyncBatchNorm
-from gn_detect.modeling import build_model, norm_summary
+from gn_detect.modeling import build_model, norm_summary, size_divisibility
 
 from gn_detect.modeling.compile import compile_model
 
@@ -228,7 +228,7 @@ def _buckets(cfg: DictConfig) -> list[tuple[int, int]] | None:
     if not cfg.solver.compile:
         return None
     side = max(cfg.data.max_size, cfg.data.max_size_train or 0)
-    return make_buckets(side, side, per_side=2)
+    return make_buckets(side, side, per_side=2, divisor=size_divisibility(cfg.model))
 
 
 def _train_loader(run: _Run, train_set: Any, start_iter: int) -> DataLoader:
@@ -237,6 +237,7 @@ def _train_loader(run: _Run, train_set: Any, start_iter: int) -> DataLoader:
     return build_train_loader(train_set, run.batch["ims_per_device"], seed=run.cfg.seed, rank=run.rank,
                               world_size=run.world_size, aspect_grouping=d.aspect_grouping,
                               num_workers=d.num_workers, start_iter=start_iter, buckets=_buckets(run.cfg),
+                              size_divisibility=size_divisibility(run.cfg.model),
                               worker_init_fn=ignore_stop_signals)
 
 
@@ -256,6 +257,7 @@ def _hooks(run: _Run, trainer: Trainer, checkpointer: Checkpointer, scheduler: A
     cfg = run.cfg
     test_loader = build_test_loader(val_set, cfg.eval.ims_per_device, rank=run.rank, world_size=run.world_size,
                                     num_workers=cfg.data.num_workers, buckets=_buckets(cfg),
+                                    size_divisibility=size_divisibility(cfg.model),
                                     worker_init_fn=ignore_stop_signals)
     evaluate = functools.partial(_evaluate, run, trainer.model, test_loader, val_set)
     precise = cfg.solver.precise_bn

@@ -33,6 +33,12 @@ def model_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
         raise ValueError(f"model.{one_line(e)}") from None
 
 
+def size_divisibility(cfg: Mapping[str, Any] | DictConfig) -> int:
+    """The multiple every input side is padded to: the deepest pyramid stride (P7 of
+    ``model.anchors.strides``), so every level's feature map divides evenly."""
+    return int(max(model_config(cfg).anchors.strides))
+
+
 def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> RetinaNet:
     """cfg: the ``model`` section (see gn_detect/config/schema.py: ModelConfig)."""
     cfg = model_config(cfg)
@@ -59,6 +65,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
     model = RetinaNet(backbone, fpn, head, anchor_generator, criterion, box_coder,
                       OmegaConf.to_container(cfg.test))
     model.norms = norms  # each component's resolved norm, for whoever asks what was built
+    model.size_divisibility = size_divisibility(cfg)
     return model
 
 

@@ -98,9 +98,9 @@ def test_loaders_resume_exactly(shapes_root: Path) -> None:
     cfg = {"name": "shapes", "root": str(shapes_root), "min_size_train": [64, 80, 96], "max_size": 128,
            "min_size_test": 96, "synthetic": {"num_train": 24, "num_val": 8, "image_size": 96, "seed": 3}}
     ds = build_dataset(cfg, "train")
-    loader = build_train_loader(ds, 3, seed=11)
+    loader = build_train_loader(ds, 3, seed=11, size_divisibility=128)
     full = list(itertools.islice(iter(loader), 9))
-    resumed = list(itertools.islice(iter(build_train_loader(ds, 3, seed=11, start_iter=6)), 3))
+    resumed = list(itertools.islice(iter(build_train_loader(ds, 3, seed=11, start_iter=6, size_divisibility=128)), 3))
     for (ia, ta, sa), (ib, tb, sb) in zip(full[6:], resumed):
         assert sa == sb and torch.equal(ia, ib)
         assert [t["image_id"] for t in ta] == [t["image_id"] for t in tb]
@@ -114,7 +114,7 @@ def test_loaders_resume_exactly(shapes_root: Path) -> None:
     val = build_dataset(cfg, "val")
     seen = []
     for r in range(3):
-        for images, targets, sizes in build_test_loader(val, 2, rank=r, world_size=3):
+        for images, targets, sizes in build_test_loader(val, 2, rank=r, world_size=3, size_divisibility=128):
             assert images.shape[0] == len(targets) == len(sizes)
             seen += [t["image_id"] for t in targets]
     assert sorted(seen) == sorted(val.image_ids)
@@ -124,7 +124,7 @@ def test_loader_with_workers_matches(shapes_root: Path) -> None:
     cfg = {"name": "shapes", "root": str(shapes_root), "min_size_train": [64, 96], "max_size": 128,
            "synthetic": {"num_train": 24, "num_val": 8, "image_size": 96, "seed": 3}}
     ds = build_dataset(cfg, "train")
-    a = list(itertools.islice(iter(build_train_loader(ds, 2, seed=4)), 4))
-    b = list(itertools.islice(iter(build_train_loader(ds, 2, seed=4, num_workers=2)), 4))
+    a = list(itertools.islice(iter(build_train_loader(ds, 2, seed=4, size_divisibility=128)), 4))
+    b = list(itertools.islice(iter(build_train_loader(ds, 2, seed=4, num_workers=2, size_divisibility=128)), 4))
     for (ia, ta, _), (ib, tb, _) in zip(a, b):
         assert torch.equal(ia, ib) and [t["image_id"] for t in ta] == [t["image_id"] for t in tb]

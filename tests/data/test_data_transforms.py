@@ -75,7 +75,7 @@ def test_collate_pads_to_multiple() -> None:
     torch.testing.assert_close(images[0, :, :100, :130], a)
     assert images[0, :, 100:].abs().sum() == 0 and images[0, :, :, 130:].abs().sum() == 0
     assert images[1, :, 129:].abs().sum() == 0 and images[1, :, :, 60:].abs().sum() == 0
-    assert collate([(torch.ones(3, 128, 256), {})])[0].shape == (1, 3, 128, 256)
+    assert collate([(torch.ones(3, 128, 256), {})], size_divisibility=128)[0].shape == (1, 3, 128, 256)
     assert collate([(a, {})], size_divisibility=0)[0].shape == (1, 3, 100, 130)
 
 

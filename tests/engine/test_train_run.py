@@ -62,7 +62,8 @@ def test_precise_bn_statistics_are_those_of_the_final_weights(shapes_root, tmp_p
     dataset = build_dataset(cfg.data, "train", base_dir=tmp_path)
     model = build_model(cfg.model, len(dataset.label_to_cat_id))
     model.load_state_dict(saved)
-    loader = build_train_loader(dataset, 2, seed=cfg.seed, num_workers=0, start_iter=cfg.solver.max_iter)
+    loader = build_train_loader(dataset, 2, seed=cfg.seed, num_workers=0, start_iter=cfg.solver.max_iter,
+                                size_divisibility=128)
     update_bn_stats(model, loader, lambda m, b: m(b[0], b[2], b[1]), num_iter=3)
     stats = [k for k in saved if k.endswith(("running_mean", "running_var"))]
     assert stats

@@ -111,9 +111,9 @@ def test_pad_shape_picks_the_smallest_bucket_that_fits():
 def test_make_buckets():
     assert make_buckets(1333, 1333, per_side=2, divisor=128) == [(768, 768), (768, 1408), (1408, 768), (1408, 1408)]
     assert make_buckets(800, 1216, per_side=1, divisor=32) == [(800, 1216)]
-    every = make_buckets(1344, 1344, per_side=3)
+    every = make_buckets(1344, 1344, per_side=3, divisor=128)
     assert len(every) == 9 and all(h % 128 == 0 and w % 128 == 0 for h, w in every)
     for h in range(1, 1345, 97):  # every size up to the maximum has a bucket
         assert pad_shape(h, 1344 - h + 1, every)
     with pytest.raises(ValueError, match="positive"):
-        make_buckets(0, 100)
+        make_buckets(0, 100, divisor=128)
