@@ -124,10 +124,17 @@ def resolve_batch(cfg: DictConfig, world_size: int) -> dict[str, int | None]:
     return {"ims_per_batch": total, "ims_per_device": per_device, "bn_group_size": group}
 
 
+def size_divisibility(model: Any) -> int:
+    """The multiple every input side is padded to: the deepest pyramid stride (P7 of
+    ``model.anchors.strides``), so every level's feature map divides evenly."""
+    return int(max(model["anchors"]["strides"]))
+
+
 def check_bn_statistics(cfg: DictConfig, world_size: int) -> None:
-    """BN in the FPN or head with one image per statistics group and images down to 128 px: P7
-    (stride 128) is then 1x1, a single value per channel whose variance is undefined."""
-    smallest = min(cfg.data.min_size_train)
+    """BN in the FPN or head with one image per statistics group and images no larger than the
+    padding multiple (the deepest stride): the deepest level is then 1x1, a single value per
+    channel whose variance is undefined."""
+    smallest, div = min(cfg.data.min_size_train), size_divisibility(cfg.model)
     for part in ("fpn", "head"):
         resolved = resolve_norm(cfg.model, part)
         if not resolved.spec.batch_stats:
@@ -135,11 +142,11 @@ def check_bn_statistics(cfg: DictConfig, world_size: int) -> None:
         norm = resolved.norm
         group = resolved.bn_group_size or cfg.data.ims_per_device
         per_group = group * (world_size if resolved.spec.cross_rank else 1)
-        if per_group == 1 and smallest <= 128:
+        if per_group == 1 and smallest <= div:
             raise ConfigError(
                 f"model.{part}.norm", f"{norm} with 1 image per BN statistics group and data.min_size_train "
-                f"down to {smallest}: an image padded to 128x128 makes P7 1x1, whose variance is undefined",
-                "use data.min_size_train above 128, more images per group (data.ims_per_device, "
+                f"down to {smallest}: an image padded to {div}x{div} makes the stride-{div} level 1x1, whose "
+                "variance is undefined", f"use data.min_size_train above {div}, more images per group (data.ims_per_device, "
                 "model.norm_opts.bn_group_size), or a batch-independent norm (gn, gn_ws)")
 
 

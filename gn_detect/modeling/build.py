@@ -10,6 +10,7 @@ from torch import nn
 
 from gn_detect.config.errors import one_line
 from gn_detect.config.schema import ModelConfig
+from gn_detect.config.validate import size_divisibility
 from gn_detect.layers import NORM_TYPES
 from gn_detect.norms import resolve_norm
 from gn_detect.modeling.anchors import AnchorGenerator
@@ -31,12 +32,6 @@ def model_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
         return OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         raise ValueError(f"model.{one_line(e)}") from None
-
-
-def size_divisibility(cfg: Mapping[str, Any] | DictConfig) -> int:
-    """The multiple every input side is padded to: the deepest pyramid stride (P7 of
-    ``model.anchors.strides``), so every level's feature map divides evenly."""
-    return int(max(model_config(cfg).anchors.strides))
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> RetinaNet:
@@ -65,7 +60,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
     model = RetinaNet(backbone, fpn, head, anchor_generator, criterion, box_coder,
                       OmegaConf.to_container(cfg.test))
     model.norms = norms  # each component's resolved norm, for whoever asks what was built
-    model.size_divisibility = size_divisibility(cfg)
+    model.size_divisibility = size_divisibility(cfg)  # gn_detect/config/validate.py
     return model
 
 
