@@ -1,6 +1,6 @@
 """The typed config schema: every key of every section, its type and its default, in one place.
 
-Hydra composes ``configs/`` on top of :class:`TrainConfig` (registered as ``gn_detect_schema``
+Hydra composes ``configs/`` on top of :class:`TrainConfig` (registered as ``gn_detect_train_schema``
 in :mod:`gn_detect.config.store`), so an unknown key or a value of the wrong type fails at
 composition. Choices and cross-field rules are checked by :func:`gn_detect.config.validate`
 before any data is read. YAML files only state what differs from these defaults.
@@ -211,7 +211,7 @@ class EvalConfig:
     level: str = "label"
     iou_threshold: float = 0.5
     max_dets: int = 100
-    backend: str = "faster_coco_eval"     # identical numbers to pycocotools, about 8x faster
+    backend: str = "faster_coco_eval"     # pycocotools' numbers, faster (evaluation/coco_eval.py)
     num_vis_images: int = 4
     full_reports: bool = False           # figures at periodic evaluations too
 

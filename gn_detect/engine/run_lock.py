@@ -8,7 +8,8 @@ naming the dead pid). Only rank 0 of a torchrun job locks: the other ranks share
 ``flock`` needs a local file system or NFS v4; where ``fcntl`` does not exist (Windows) the
 folder is not locked, and that is logged.
 
-:func:`pid_alive` is the liveness test the run-folder readers use for a ``running`` status.
+:func:`pid_alive` tells whether a pid exists on this host (the sweep report keeps its own
+host-aware check, gn_detect/sweeps/collect.py, since sweeps does not import engine).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Run-folder writers: metrics.jsonl, TensorBoard, progress display, status.json.
 
-Everything here writes on rank 0 only; other ranks get no-op objects, so the trainer calls
-the same methods on every rank without ``if is_main_process()`` around each call.
+``MetricWriter`` writes on rank 0 only (on other ranks its methods do nothing), so the trainer
+calls the same methods on every rank without ``if is_main_process()`` around each call;
+``write_status`` is called by whichever process owns the run folder.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def _normalizing() -> str:
 class ConvNormAct(nn.Module):
     """``act(norm(conv(x)))``; absent parts are ``nn.Identity`` so the state-dict keys
     (``conv.weight``, ``conv.bias``, ``norm.*``, ``act.*``) never depend on the choice of norm.
-    A GN-family norm followed by ReLU is one fused ``GroupNormAct`` (``act`` is then Identity).
+    A norm whose table entry lists the activation in ``fused_acts`` applies it itself
+    (``get_norm_act``; ``act`` is then Identity).
 
     Args:
         norm: a ``get_norm`` name. ``"gn_ws"`` means GN plus ``ws=True``.
