@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,13 +22,19 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 _REFUSALS = (ValueError, FileNotFoundError, CheckpointError, RuntimeError)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
-def _export_main(cfg: DictConfig) -> Any:
+def _job(validate: Callable[[DictConfig], None], run: Callable[..., Any], cfg: DictConfig) -> Any:
+    """``run(cfg)`` after ``validate(cfg)``, from the folder the command was started in; a
+    refusal is one line and exit status 2."""
     try:
-        validate_export_config(cfg)
-        check = export_run(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
+        validate(cfg)
+        return run(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except _REFUSALS as exc:
         exit_with_one_line(exc)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
+def _export_main(cfg: DictConfig) -> Any:
+    check = _job(validate_export_config, export_run, cfg)
     worst = max((d["max_rel"] for pair in check["head_outputs"].values() for d in pair.values()), default=0.0)
     print(f"export: {check['checkpoint']} -> {check['out_dir']}; "
           f"folded {check['fold']['folded']} norms, {len(check['fold']['kept'])} kept; "
@@ -41,11 +47,7 @@ def _export_main(cfg: DictConfig) -> Any:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="predict", version_base="1.3")
 def _predict_main(cfg: DictConfig) -> Any:
-    try:
-        validate_predict_config(cfg)
-        summary = predict_run(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
-    except _REFUSALS as exc:
-        exit_with_one_line(exc)
+    summary = _job(validate_predict_config, predict_run, cfg)
     print(f"predict: {summary['images']} images, {summary['detections']} detections "
           f"({summary['thresholds']}) -> {summary['output']}")
     return summary

@@ -17,7 +17,7 @@ from gn_detect.engine.description import check_same_model
 from gn_detect.engine.device import amp_dtype as autocast_dtype, resolve_device
 from gn_detect.engine.inference import run_inference
 from gn_detect.engine.signals import ignore_stop_signals
-from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint
+from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint, user_file
 from gn_detect.evaluation import evaluate_detections, format_results
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,8 @@ def _run_config(cfg: DictConfig, base: Path, ckpt_path: Path, description: dict[
     own = OmegaConf.create(description["config"])
     if not cfg.run_config:
         return own
-    path = Path(cfg.run_config)
-    if not path.is_absolute():
-        path = base / path
-    if not path.is_file():
-        raise FileNotFoundError(f"run_config not found: {path}; leave run_config unset to evaluate with the "
-                                "checkpoint's own config")
+    path = user_file(cfg.run_config, base, "run_config",
+                     "leave run_config unset to evaluate with the checkpoint's own config")
     other = OmegaConf.load(path)
     if not isinstance(other.get("model"), DictConfig):
         raise ValueError(f"run_config: {path} has no model section; give a run's config.yaml, or leave run_config "

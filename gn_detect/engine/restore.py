@@ -13,17 +13,24 @@ from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
 from gn_detect.engine.description import config_differences, model_signature, package_version
 from gn_detect.modeling import build_model
 
-__all__ = ["read_described_checkpoint", "build_described", "model_from_checkpoint"]
+__all__ = ["user_file", "read_described_checkpoint", "build_described", "model_from_checkpoint"]
+
+
+def user_file(value: str, base: Path, key: str, fix: str) -> Path:
+    """The file a ``key=value`` setting names (relative to ``base``); FileNotFoundError naming
+    the key, the path and ``fix`` when it is not a file."""
+    path = Path(value)
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{key} not found: {path}; {fix}")
+    return path
 
 
 def read_described_checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The checkpoint's path, content (read with weights_only) and description."""
-    ckpt_path = Path(cfg.checkpoint)
-    if not ckpt_path.is_absolute():
-        ckpt_path = base / ckpt_path
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}; give checkpoint=<run folder>/checkpoints/"
-                                "model_final.pth")
+    ckpt_path = user_file(cfg.checkpoint, base, "checkpoint",
+                          "give checkpoint=<run folder>/checkpoints/model_final.pth")
     state = load_checkpoint(ckpt_path)
     description = state.get("description")
     if not isinstance(description, dict) or not {"config", "model"} <= description.keys():

@@ -8,11 +8,12 @@ The schedule is *per iteration* (Detectron convention): the trainer calls
 from __future__ import annotations
 
 import bisect
+import inspect
 import logging
 import math
 from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -115,45 +116,31 @@ def lr_factor_at(
     return main
 
 
-def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer,
-    *,
-    max_iter: int,
-    warmup_iters: int,
-    warmup_factor: float = 0.001,
-    schedule: Literal["step", "cosine"] = "step",
-    steps: Sequence[int] = (),
-    gamma: float = 0.1,
-    min_lr_factor: float = 0.0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration LambdaLR following :func:`lr_factor_at` (same arguments).
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, **schedule: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration LambdaLR following :func:`lr_factor_at`; ``schedule`` holds its keyword
+    arguments (``max_iter`` and ``warmup_iters`` required), checked here once.
 
     Resume: build it again with the same arguments and ``load_state_dict``; the state holds
     ``last_epoch`` (= iterations stepped) and ``base_lrs``. The factor is a ``partial`` of a
     module-level function, so ``state_dict()`` does not overwrite a changed schedule on load.
     """
+    bound = inspect.signature(lr_factor_at).bind(0, **schedule)
+    bound.apply_defaults()
+    a = dict(bound.arguments)
+    del a["it"]
+    max_iter, warmup_iters, warmup_factor = a["max_iter"], a["warmup_iters"], a["warmup_factor"]
     if max_iter <= 0:
         raise ValueError(f"max_iter must be > 0, got {max_iter}")
     if warmup_iters < 0 or not 0.0 < warmup_factor <= 1.0:
         raise ValueError(f"bad warm-up: solver.warmup_iters={warmup_iters}, solver.warmup_factor={warmup_factor}")
-    if schedule not in ("step", "cosine"):
-        raise ValueError(f"unknown LR schedule {schedule!r}; expected 'step' or 'cosine'")
-    steps = [int(s) for s in steps]
-    if schedule == "step" and any(b <= a for a, b in zip(steps, steps[1:])):
-        raise ValueError(f"LR steps must be strictly increasing, got {steps}")
-    if schedule == "step" and any(s >= max_iter for s in steps):
-        logger.warning("LR steps %s include iterations >= max_iter=%d; they never apply", steps, max_iter)
-    factor = partial(
-        lr_factor_at,
-        max_iter=max_iter,
-        warmup_iters=warmup_iters,
-        warmup_factor=warmup_factor,
-        schedule=schedule,
-        steps=tuple(steps),
-        gamma=gamma,
-        min_lr_factor=min_lr_factor,
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if a["schedule"] not in ("step", "cosine"):
+        raise ValueError(f"unknown LR schedule {a['schedule']!r}; expected 'step' or 'cosine'")
+    steps = a["steps"] = tuple(int(s) for s in a["steps"])
+    if a["schedule"] == "step" and any(b <= x for x, b in zip(steps, steps[1:])):
+        raise ValueError(f"LR steps must be strictly increasing, got {list(steps)}")
+    if a["schedule"] == "step" and any(s >= max_iter for s in steps):
+        logger.warning("LR steps %s include iterations >= max_iter=%d; they never apply", list(steps), max_iter)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor_at, **a))
 
 
 def scale_lr(base_lr: float, total_batch: int, reference_batch: int) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -251,21 +251,13 @@ def draw_examples(
     return fig, [img_id for _, img_id, _ in loaded]
 
 
-def plot_examples(
-    path: Path,
-    image_root: Path,
-    file_names: dict[int, str],
-    gt: GroundTruth,
-    matches: BoxMatches,
-    thresholds: np.ndarray,
-    num_images: int = 4,
-    max_preds: int = 6,
-) -> list[int]:
+def plot_examples(path: Path, *args: Any, **kwargs: Any) -> list[int]:
     """A few evaluation images with their GT boxes (solid, white label: class name; crowd
     dotted) and the ``max_preds`` highest-scoring predictions at or above their class threshold
     (dashed, filled label: class, score, FP when unmatched), one colour per class; labels never
-    overlap (``_place_labels``). Returns the image ids drawn ([] if none could be read)."""
-    drawn = draw_examples(image_root, file_names, gt, matches, thresholds, num_images, max_preds)
+    overlap (``_place_labels``), saved to ``path``; the arguments are ``draw_examples``'. Returns
+    the image ids drawn ([] if none could be read)."""
+    drawn = draw_examples(*args, **kwargs)
     if drawn is None:
         return []
     fig, ids = drawn

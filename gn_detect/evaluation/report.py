@@ -441,21 +441,12 @@ def evaluate_detections(
     detections: Sequence[dict[str, Any]],
     out_dir: Path | None = None,
     *,
-    tune: str,
-    tune_seed: int = 0,
-    tune_gt: COCO | None = None,
-    tune_detections: Sequence[dict[str, Any]] | None = None,
-    iou_threshold: float = 0.5,
-    criterion: str = "f1",
-    target_precision: float | None = None,
-    level: str = "label",
-    max_dets: int | None = 100,
-    backend: str = DEFAULT_BACKEND,
     image_root: Path | None = None,
     num_vis_images: int = 4,
     figures: bool = True,
     writer: Any = None,
     step: int | None = None,
+    **report_opts: Any,
 ) -> dict[str, float | None]:
     """Evaluate COCO result dicts against ``coco_gt`` (the whole evaluation split) and return
     the headline metrics (``HEADLINE_KEYS``; fractions in [0, 1], ``None`` where undefined).
@@ -468,22 +459,10 @@ def evaluate_detections(
     both: tuned there, counted on every image of ``coco_gt``. report.json's ``coverage`` says
     which images each number covers. With ``out_dir`` the report files are written there
     (``figures=False``: without the PNGs); with ``writer`` (``add_scalar``) and ``step`` the
-    headline is logged as ``eval/<key>``.
+    headline is logged as ``eval/<key>``. ``report_opts`` are :func:`build_report`'s keyword
+    arguments (``tune`` required).
     """
-    report, parts, th, coco = build_report(
-        coco_gt,
-        detections,
-        tune=tune,
-        tune_seed=tune_seed,
-        tune_gt=tune_gt,
-        tune_detections=tune_detections,
-        iou_threshold=iou_threshold,
-        criterion=criterion,
-        target_precision=target_precision,
-        level=level,
-        max_dets=max_dets,
-        backend=backend,
-    )
+    report, parts, th, coco = build_report(coco_gt, detections, **report_opts)
     for w in report["warnings"]:
         log.warning("evaluation: %s", w)
     if out_dir is not None:

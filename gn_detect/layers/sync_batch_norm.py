@@ -194,23 +194,13 @@ class SyncBatchNorm(BatchNorm2d):
     Same parameters, buffers and state-dict keys as ``nn.BatchNorm2d``.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        *,
-        process_group: Any = None,
-        layer_name: str = "",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            num_features, eps, momentum, affine, track_running_stats,
-            layer_name=layer_name, device=device, dtype=dtype,
-        )
+    def __init__(self, *args: Any, process_group: Any = None, **kwargs: Any) -> None:
+        """``BatchNorm2d``'s arguments except ``bn_group_size`` (the group is every rank's batch),
+        plus ``process_group``."""
+        if kwargs.get("bn_group_size") is not None:
+            raise ValueError("SyncBatchNorm: bn_group_size is for ghost-batch BN on one device; "
+                             "syncbn always uses the batch of all ranks")
+        super().__init__(*args, **kwargs)
         self.process_group = process_group
 
     def __getstate__(self) -> dict[str, Any]:
