@@ -85,7 +85,10 @@ def count_state(model: nn.Module) -> dict[str, int]:
 
 def norm_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """float64 per-channel ``(s, t)`` with ``norm(x) == x * s + t`` in eval mode, or None when
-    the norm's output depends on its input's statistics (GN/LN/IN, BN without running stats)."""
+    the norm's output depends on its input's statistics (GN/LN/IN, BN without running stats).
+    A registered norm whose table entry is ``foldable`` gives its own through ``fold_scale_shift()``."""
+    if hasattr(norm, "fold_scale_shift"):
+        return norm.fold_scale_shift()
     if isinstance(norm, AffineChannel):
         return norm.weight.detach().double(), norm.bias.detach().double()
     if isinstance(norm, _BatchNorm) and norm.running_mean is not None and norm.running_var is not None:

@@ -76,7 +76,7 @@ class ConvNormAct(nn.Module):
                     f"layer {layer_name!r}: act 'pn_relu' assumes a normalized input, but norm is "
                     f"{norm_key!r}; use one of {_normalizing()} or act 'relu'"
                 )
-            opts["affine"] = False
+            opts.update(affine=False)
         if ws and not norm_spec(norm_key).normalizes:
             warnings.warn(
                 f"layer {layer_name!r}: weight standardization on a conv followed by norm "
