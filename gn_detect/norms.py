@@ -28,6 +28,7 @@ __all__ = [
     "build_norm",
     "resolve_norm",
     "ResolvedNorm",
+    "markdown_table",
 ]
 
 Builder = Union[str, Callable[..., Any]]
@@ -152,6 +153,20 @@ def register_norm(name: str, spec: NormSpec, *, replace: bool = False) -> None:
 def unregister_norm(name: str) -> None:
     """Remove ``name`` (tests that register a toy norm clean up with this)."""
     _NORMS.pop(canonical_name(name), None)
+
+
+_TABLE_COLUMNS = ("normalizes", "batch_stats", "groups", "foldable", "per_level", "ws")
+
+
+def markdown_table() -> str:
+    """The table as docs/norms.md shows it (a test keeps the docs equal to this)."""
+    mark = {True: "yes", False: ""}
+    head = "| name | " + " | ".join(_TABLE_COLUMNS) + " | fuses | what it is |"
+    rows = [head, "|" + "---|" * (len(_TABLE_COLUMNS) + 3)]
+    for name, spec in _NORMS.items():
+        cells = [mark[bool(getattr(spec, c))] for c in _TABLE_COLUMNS]
+        rows.append(f"| `{name}` | " + " | ".join(cells) + f" | {', '.join(spec.fused_acts)} | {spec.doc} |")
+    return "\n".join(rows)
 
 
 def split_norm_name(name: str | None, *, layer_name: str = "") -> tuple[str, bool]:
