@@ -28,6 +28,9 @@ from typing import Any, Iterable
 
 import yaml
 
+from gn_detect.config.validate import bn_group_size
+from gn_detect.norms import NormSpec, canonical_name, norm_names, norm_spec, resolve_norm, split_norm_name
+
 COMPONENTS = ("backbone", "fpn", "head")
 
 # Keys of the "final" metrics record that the summary aggregates (in table order).
@@ -187,13 +190,30 @@ def read_metrics(path: Path) -> tuple[list[tuple[int, float]], list[dict], dict 
     return train, evals, final, bad
 
 
+def _spec(norm: str) -> NormSpec | None:
+    """The table entry of a component's norm; None for a name this process does not know (a norm
+    registered only in the training process): the report then shows the name as written."""
+    try:
+        return norm_spec(norm)
+    except ValueError:
+        return None
+
+
 def normalize_norm(norm: Any, ws: Any) -> tuple[str, bool]:
-    """``("gn_ws", False) -> ("gn", True)``; null/empty -> ``"none"``."""
-    name = "none" if norm in (None, "", False) else str(norm).strip().lower()
+    """``(gn_ws, False) -> (gn, True)``; null/empty -> ``none`` (the norm table's
+    spelling, :func:`gn_detect.norms.split_norm_name`)."""
     use_ws = bool(ws) if ws is not None else False
-    if name.endswith("_ws"):
-        name, use_ws = name[: -len("_ws")] or "none", True
-    return name, use_ws
+    name = canonical_name(None if norm in ("", False) else norm)
+    if _spec(name) is None:
+        return name, use_ws
+    base, named_ws = split_norm_name(name)
+    return base, use_ws or named_ws
+
+
+def uses_batch_stats(components: tuple) -> bool:
+    """Whether some component's norm takes statistics over the images of a batch (its results then
+    depend on images per group); an unknown norm counts as batch-dependent (never a reference)."""
+    return any(_spec(c[0]) is None or _spec(c[0]).batch_stats for c in components)
 
 
 def _components(cfg: dict) -> tuple:
@@ -224,38 +244,43 @@ def _group_size(v: Any) -> int | None:
     return n if n is not None and n > 0 else None
 
 
-def read_bn_group_size(cfg: dict, components: tuple) -> tuple[int | None, str | None]:
+def read_bn_group_size(cfg: dict) -> tuple[int | None, str | None]:
     """(images per BN statistics group, note) of a run config; None: the whole device batch.
 
-    Each component whose norm is ``bn`` uses ``model.<part>.norm_opts.bn_group_size``, where
-    null inherits ``model.norm_opts.bn_group_size``. Without a bn component the model-wide
-    value is returned as set (it then has no effect on training). When the bn components
-    disagree, the smallest group is the batch axis and the note says so.
+    The config's own rule: each ghost-batch component's ``bn_group_size`` from
+    :func:`gn_detect.norms.resolve_norm` (``model.<part>.norm_opts``, null inheriting
+    ``model.norm_opts``), reduced by :func:`gn_detect.config.validate.bn_group_size` (the smallest
+    set). No ghost-batch component: None. When those components disagree the note says so.
     """
-    default = _group_size(_get(cfg, "model.norm_opts.bn_group_size"))
+    model = _get(cfg, "model", {})
     per: dict[str, int | None] = {}
-    for part, comp in zip(COMPONENTS, components):
-        if comp[0] == "bn":
-            own = _group_size(_get(cfg, f"model.{part}.norm_opts.bn_group_size"))
-            per[part] = default if own is None else own
-    sizes = set(per.values())
-    if len(sizes) <= 1:
-        return (sizes.pop() if sizes else default), None
-    ints = [v for v in sizes if v is not None]
-    smallest = min(ints)
+    unread = []
+    for part in COMPONENTS:
+        try:
+            resolved = resolve_norm(model, part)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a hand-made or older config
+            unread.append(f"model.{part} ({type(e).__name__}: {e})")
+            continue
+        if resolved.spec.ghost_batch:
+            per[part] = _group_size(resolved.bn_group_size)
+    smallest = bn_group_size(per)
+    if unread:
+        return smallest, f"bn_group_size not read from {', '.join(unread)}"
+    if len(set(per.values())) <= 1:
+        return smallest, None
     listed = ", ".join(f"{part}={'device batch' if v is None else v}" for part, v in per.items())
     return smallest, f"bn_group_size differs by component ({listed}): the smallest, {smallest}, is the batch axis"
 
 
 def images_per_group(components: tuple, ims_per_device: int | None, bn_group_size: int | None,
                      world_size: int) -> int | None:
-    """The batch axis: bn_group_size if set, else the device batch (times the world size for
-    SyncBN, whose statistics span all processes)."""
+    """The batch axis: bn_group_size if set, else the device batch (times the world size for a
+    norm whose statistics span all processes, SyncBN)."""
     if bn_group_size is not None:
         return bn_group_size
     if ims_per_device is None:
         return None
-    if any(c[0] == "syncbn" for c in components) and world_size > 1:
+    if world_size > 1 and any(_spec(c[0]) is not None and _spec(c[0]).cross_rank for c in components):
         return ims_per_device * world_size
     return ims_per_device
 
@@ -314,7 +339,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     if run.ims_per_device is None and run.ims_per_batch is not None:
         run.ims_per_device = run.ims_per_batch // run.world_size
         run.notes.append("data.ims_per_device missing: solver.ims_per_batch / world size used")
-    run.bn_group_size, note = read_bn_group_size(cfg, run.components)
+    run.bn_group_size, note = read_bn_group_size(cfg)
     if note:
         run.notes.append(note)
     run.ims_per_group = images_per_group(run.components, run.ims_per_device, run.bn_group_size,
@@ -361,28 +386,33 @@ def metric_values(run: Run) -> dict[str, float]:
 # labels
 # --------------------------------------------------------------------------------------------
 
-# Name tokens that stand for a norm, and which component norms satisfy them. "bn" is also
-# satisfied by "affine" (Detectron's frozen BN is an AffineChannel).
-_TOKEN_TO_NORMS = {
-    "affine": {"affine"},
-    "frozenbn": {"affine"},
-    "frozen": {"affine"},
-    "bn": {"bn", "affine"},
-    "syncbn": {"syncbn"},
-    "gn": {"gn"},
-    "ln": {"ln"},
-    "in": {"in"},
-}
-# Component norms that may go unnamed in a label: no norm, and the frozen-BN default.
-_IMPLICIT_NORMS = {"none", "affine"}
+def _token_norms() -> dict[str, set[str]]:
+    """Run-name word -> the component norms it stands for, from the norm table's ``tokens`` (read
+    on each call: a norm registered later is known). A ``ws`` name (``gn_ws``) is its base norm
+    plus WS, so it adds nothing of its own."""
+    out: dict[str, set[str]] = {}
+    for name in norm_names():
+        spec = norm_spec(name)
+        if not spec.ws:
+            for token in spec.tokens:
+                out.setdefault(token, set()).add(name)
+    return out
+
+
+def _may_go_unnamed(norm: str) -> bool:
+    """A component norm that a preset name need not mention: one that does not normalize (no
+    norm, the frozen-BN affine default)."""
+    spec = _spec(norm)
+    return spec is not None and not spec.normalizes
 
 
 def component_label(components: tuple) -> str:
-    """``affine/gn/gn+ws+pn`` -- backbone/fpn/head; ``+ws`` weight standardization,
-    ``+pn`` a PN activation in the head."""
+    """``affine/gn/gn+ws+pn`` -- backbone/fpn/head, each norm as the table labels it; ``+ws``
+    weight standardization, ``+pn`` a PN activation in the head."""
     parts = []
     for i, comp in enumerate(components):
-        s = comp[0]
+        spec = _spec(comp[0])
+        s = spec.label if spec is not None and spec.label else comp[0]
         if comp[1]:
             s += "+ws"
         if i == 2 and len(comp) > 2 and comp[2]:
@@ -396,17 +426,16 @@ def label_matches(name: str, components: tuple) -> bool:
     tokens = [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
     if not tokens:
         return False
+    token_norms = _token_norms()
     used = {c[0] for c in components}
     # every norm the name mentions is used somewhere
     for t in tokens:
-        if t in _TOKEN_TO_NORMS and not (_TOKEN_TO_NORMS[t] & used):
+        if t in token_norms and not (token_norms[t] & used):
             return False
-    # every norm used (other than none / the frozen-BN default) is mentioned
-    mentioned = set().union(*(_TOKEN_TO_NORMS[t] for t in tokens if t in _TOKEN_TO_NORMS)) \
-        if any(t in _TOKEN_TO_NORMS for t in tokens) else set()
-    for n in used - _IMPLICIT_NORMS:
-        if n not in mentioned:
-            return False
+    # every norm used (other than those that may go unnamed) is mentioned
+    mentioned = set().union(*(token_norms[t] for t in tokens if t in token_norms))
+    if any(n not in mentioned and not _may_go_unnamed(n) for n in used):
+        return False
     # "ws" in the name <=> some component uses WS; same for "pn" and the head activation
     if ("ws" in tokens) != any(c[1] for c in components):
         return False
@@ -414,9 +443,10 @@ def label_matches(name: str, components: tuple) -> bool:
     if any(t.startswith("pn") for t in tokens) != has_pn:
         return False
     # "fpn" / "head" in the name: that component has a norm
-    if "fpn" in tokens and components[1][0] == "none":
+    no_norm = canonical_name(None)
+    if "fpn" in tokens and components[1][0] == no_norm:
         return False
-    if "head" in tokens and components[2][0] == "none":
+    if "head" in tokens and components[2][0] == no_norm:
         return False
     return True
 

@@ -19,7 +19,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from .collect import Run
-from .summary import display_scale
+from .compare import optimizer_groups, optimizer_key
+from .summary import display_scale, group_cell, row_name
 
 _SPLIT_FIELDS = ("mode", "world_size", "ims_per_device", "ims_per_batch", "max_iter")
 
@@ -45,10 +46,41 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v)
 
 
+def band_rows(rows: list[dict]) -> list[dict]:
+    """The references drawn as horizontal bands: settings without batch statistics in an optimizer
+    group whose batch-statistics settings span two or more images-per-group values (an emulated
+    study: one optimizer batch, the BN group varied). Elsewhere (the per-device study, where each
+    optimizer batch has one group size) a reference is a point at its images per device."""
+    out = []
+    for group in optimizer_groups(rows).values():
+        if len({r["ims_per_group"] for r in group if not r["reference"]}) >= 2:
+            out += [r for r in group if r["reference"]]
+    return out
+
+
+def band_series(rows: list[dict], metric: str = "AP") -> list[dict]:
+    """One band per :func:`band_rows` row with the metric: mean, std, n and the seed values;
+    named by its label (and its optimizer batch when the sweep has several)."""
+    bands = [r for r in band_rows(rows) if _finite(r[f"{metric}_mean"])]
+    several = len(optimizer_groups(rows)) > 1
+    out = []
+    for r in sorted(bands, key=lambda r: (r["setting"], str(optimizer_key(r)))):
+        name = row_name(r, [b for b in bands if optimizer_key(b) == optimizer_key(r)])
+        if several:
+            name += f", {r['ims_per_batch']} img/step"
+        out.append({"name": name, "setting": r["setting"], "kind": "band", "ims_per_batch": r["ims_per_batch"],
+                    "mean": r[f"{metric}_mean"], "std": r[f"{metric}_std"], "n": r[f"{metric}_n"],
+                    "values": _seed_values(r, metric)})
+    return out
+
+
 def ap_series(rows: list[dict], metric: str = "AP") -> list[dict]:
     """Lines for AP vs images per normalization group: one per setting label, split further (by
-    mode, then world size, ...) only where a label has two rows at the same x."""
+    mode, then world size, ...) only where a label has two rows at the same x. References drawn
+    as bands (:func:`band_rows`) are left out."""
     series = []
+    banded = {id(r) for r in band_rows(rows)}
+    rows = [r for r in rows if id(r) not in banded]
     labels = sorted({r["setting"] for r in rows})
     for lab in labels:
         lrows = [r for r in rows if r["setting"] == lab and r["ims_per_group"] is not None
@@ -71,6 +103,7 @@ def ap_series(rows: list[dict], metric: str = "AP") -> list[dict]:
             series.append({
                 "name": name,
                 "setting": lab,
+                "kind": "line",
                 "x": [r["ims_per_group"] for r in prows],
                 "mean": [r[f"{metric}_mean"] for r in prows],
                 "std": [r[f"{metric}_std"] for r in prows],
@@ -103,10 +136,12 @@ def fmt_tick(v: float) -> str:
 def ap_vs_batch_figure(rows: list[dict], metric: str = "AP") -> tuple[Figure, list[dict], float]:
     """The figure of ``plot_ap_vs_batch`` (not saved), its series and the plotted scale: per line,
     mean ± std error bars and a dot per seed, lines dodged sideways a little so they do not hide
-    each other at one x."""
+    each other at one x; per reference (:func:`band_series`) a horizontal band mean ± std across
+    the whole x range with its mean as a dashed line and its seed dots at the right edge."""
     series = ap_series(rows, metric)
+    bands = band_series(rows, metric)
     scale = display_scale(rows, metric)
-    colors = label_colors([s["setting"] for s in series])
+    colors = label_colors([s["setting"] for s in series + bands])
     linestyles = ["-", "--", ":", "-."]
     fig = _new_figure(6.4, 4.4)
     ax = fig.add_subplot(1, 1, 1)
@@ -124,8 +159,21 @@ def ap_vs_batch_figure(rows: list[dict], metric: str = "AP") -> tuple[Figure, li
         px = [xi * 2 ** 0.03 for xi, vals in zip(x, s["values"]) for _ in vals]  # beside the bar
         py = [v * scale for vals in s["values"] for v in vals]
         ax.scatter(px, py, s=18, color=c, alpha=0.8, edgecolors="0.1", linewidths=0.5, zorder=3)
-    if series:
-        _log2_axis(ax, [x for s in series for x in s["x"]])
+    for b in bands:
+        c = colors[b["setting"]]
+        m = b["mean"] * scale
+        sd = b["std"] * scale if _finite(b["std"]) else 0.0
+        ax.axhspan(m - sd, m + sd, color=c, alpha=0.18, linewidth=0, gid=f"band:{b['name']}")
+        ax.axhline(m, color=c, linestyle="--", linewidth=1.5, gid=f"band-mean:{b['name']}",
+                   label=f"{b['name']} (reference: no batch statistics; mean ± std band)")
+        vals = [v * scale for v in b["values"]]  # seed dots at the right edge (x in axes coordinates)
+        ax.scatter([0.985] * len(vals), vals, s=18, color=c, alpha=0.8, edgecolors="0.1", linewidths=0.5,
+                   zorder=3, transform=ax.get_yaxis_transform(), clip_on=False)
+    if series or bands:
+        xs = [x for s in series for x in s["x"]] or [r["ims_per_group"] for r in band_rows(rows)
+                                                     if r["ims_per_group"] is not None]
+        if xs:
+            _log2_axis(ax, xs)
         ax.legend(fontsize=8, title="dots: one per seed", title_fontsize=7)
     else:
         ax.text(0.5, 0.5, "no finished runs with AP", ha="center", va="center", transform=ax.transAxes)
@@ -134,7 +182,7 @@ def ap_vs_batch_figure(rows: list[dict], metric: str = "AP") -> tuple[Figure, li
     ax.set_ylabel(f"{metric}{unit}, mean ± std over seeds")
     ax.set_title(f"{metric} vs images per normalization group")
     ax.grid(True, alpha=0.3)
-    return fig, series, scale
+    return fig, series + bands, scale
 
 
 def plot_ap_vs_batch(rows: list[dict], path: Path, metric: str = "AP") -> dict:
@@ -146,14 +194,16 @@ def plot_ap_vs_batch(rows: list[dict], path: Path, metric: str = "AP") -> dict:
         "x": "ims_per_group",
         "y": metric,
         "y_scale": scale,  # plotted = value × y_scale (100: a fraction shown in percent)
-        "series": [{"name": s["name"], "setting": s["setting"], "points": len(s["x"]), "x": s["x"],
-                    "mean": s["mean"], "std": s["std"], "n": s["n"], "values": s["values"]} for s in series],
+        # lines: a point per images-per-group value; bands: one value drawn across the x range
+        "series": [s if s["kind"] == "band" else
+                   {k: s[k] for k in ("name", "setting", "kind", "x", "mean", "std", "n", "values")}
+                   | {"points": len(s["x"])} for s in series],
     }
 
 
 def setting_tick(row: dict, rows: list[dict]) -> str:
     """Bar label: setting, images per group, and the mode where not a plain single process."""
-    s = f"{row['setting']}\n{row['ims_per_group']} img/grp"
+    s = f"{row['setting']}\n{group_cell(row)} img/grp"
     if row["mode"] != "single process":
         s += f"\n{row['mode']}"
     same = [r for r in rows if r["setting"] == row["setting"] and r["ims_per_group"] == row["ims_per_group"]

@@ -20,7 +20,7 @@ from gn_detect.io import to_jsonable, write_json_atomic
 from .collect import METRICS, Run, collect_runs
 from .compare import compare, comparison_markdown
 from .figures import plot_ap_vs_batch, plot_label_pr_bars, plot_loss_curves, plot_speed_memory
-from .summary import (aggregate, paper_table_md, paper_table_tex, problem_table_md, run_record,
+from .summary import (aggregate, group_cell, paper_table_md, paper_table_tex, problem_table_md, run_record,
                       settings_table_md, write_runs_csv, write_summary_csv)
 
 OUTPUT_FILES = ("summary.csv", "summary.md", "summary.json", "summary.tex", "runs.csv", "comparison.md",
@@ -61,11 +61,13 @@ def _summary_md(sweep_dir: Path, runs: list[Run], parts: dict, rows: list[dict],
     lines += ["", "## Settings (mean ± std over seeds)", "",
               "Std is the sample standard deviation over seeds (ddof=1), not shown with one seed; metrics "
               "marked (%) are in percent (summary.csv and summary.json hold the unrounded values). "
-              "*img/group* is the batch axis: images per normalization group (the BN components' "
+              "*img/group* is the batch axis: images per normalization group (the ghost-batch components' "
               "model.<part>.norm_opts.bn_group_size, null inheriting model.norm_opts.bn_group_size, "
-              "if set; else images per device; SyncBN across processes: images per device × world "
-              "size). *emulated*: one process computes norm statistics over sub-groups of its "
-              "batch; *real processes*: world size > 1.", ""]
+              "the smallest if they differ, as the config check reads it; else images per device; SyncBN "
+              "across processes: images per device × world size); *any* for a reference, a setting whose "
+              "norms use no batch statistics (GN, LN, affine...), compared at every group size with the "
+              "settings of its optimizer batch (*img/step*) and schedule. *emulated*: one process computes "
+              "norm statistics over sub-groups of its batch; *real processes*: world size > 1.", ""]
     lines.append(settings_table_md(rows) if rows else "No finished runs.")
     lines += ["", "## Failed runs", ""]
     lines.append(problem_table_md(parts["failed"], with_progress=True) if parts["failed"] else "None.")
@@ -76,7 +78,7 @@ def _summary_md(sweep_dir: Path, runs: list[Run], parts: dict, rows: list[dict],
         lines.append(problem_table_md(parts["excluded"]))
     notes = []
     for row in rows:
-        notes += [f"{row['setting']} @ {row['ims_per_group']} img/group ({row['mode']}): {n}" for n in row["notes"]]
+        notes += [f"{row['setting']} @ {group_cell(row)} img/group ({row['mode']}): {n}" for n in row["notes"]]
     seen = set()
     for r in runs:
         for n in r.notes:

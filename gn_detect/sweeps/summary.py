@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .collect import METRICS, Run, component_label, config_differences, metric_values
+from .collect import METRICS, Run, component_label, config_differences, metric_values, uses_batch_stats
 
 METRIC_TITLES = {
     "AP": "AP",
@@ -35,6 +35,7 @@ ROW_INFO_COLUMNS = (
     "ims_per_batch",
     "max_iter",
     "mode",
+    "reference",
     "n",
     "seeds",
 )
@@ -75,6 +76,8 @@ def aggregate(done_runs: list[Run]) -> list[dict[str, Any]]:
             "ims_per_batch": first.ims_per_batch,
             "max_iter": first.max_iter,
             "mode": first.mode,
+            # no component takes batch statistics: the same at every images-per-group value
+            "reference": not uses_batch_stats(first.components),
             "n": len(runs),
             "seeds": [r.seed for r in runs],
             "run_dirs": [r.rel_dir for r in runs],
@@ -161,11 +164,13 @@ def fmt_row_metric(row: dict, metric: str, scale: float, tex: bool = False) -> s
     return fmt_metric(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"], metric, scale, tex)
 
 
-def row_name(row: dict, rows_at_x: list[dict]) -> str:
-    """The setting's label, plus what tells it apart from others with the same label at this x."""
+def row_name(row: dict, rows_at_x: list[dict], base: str | None = None) -> str:
+    """``base`` (default the setting's label), plus what tells the row apart from others with the
+    same label in ``rows_at_x``."""
+    base = row["setting"] if base is None else base
     same = [r for r in rows_at_x if r["setting"] == row["setting"]]
     if len(same) <= 1:
-        return row["setting"]
+        return base
     fields = (("mode", str), ("world_size", lambda v: f"world size {v}"),
               ("ims_per_device", lambda v: f"{v} img/device"),
               ("ims_per_batch", lambda v: f"{v} img/step"),
@@ -177,21 +182,32 @@ def row_name(row: dict, rows_at_x: list[dict]) -> str:
         if len({r[key] for r in same}) > 1:
             extra.append((key, fmt_fn))
     parts = [f(row[k]) for k, f in extra]
-    return f"{row['setting']} ({', '.join(parts)})" if parts else row["setting"]
+    return f"{base} ({', '.join(parts)})" if parts else base
+
+
+REFERENCE_X = "any"  # the img/group cell of a setting without batch statistics
+
+
+def group_cell(row: dict) -> str:
+    """The img/group cell: the number, or ``any`` for a reference (no batch statistics)."""
+    return REFERENCE_X if row["reference"] else fmt(row["ims_per_group"])
 
 
 def paper_rows(rows: list[dict], tex: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and body of the paper table: setting (with its mode unless a plain single process),
-    img/group, n, AP, AP50, label P, label R."""
-    header = ["setting", "img/group", "n"] + [METRIC_TITLES[m] + " (%)" for m in PAPER_METRICS]
+    img/group (``any`` for a reference), img/step when the rows differ in it, n, AP, AP50, label P,
+    label R."""
+    steps = len({r["ims_per_batch"] for r in rows}) > 1
+    header = ["setting", "img/group"] + (["img/step"] if steps else []) + ["n"]
+    header += [METRIC_TITLES[m] + " (%)" for m in PAPER_METRICS]
     scales = {m: display_scale(rows, m) for m in PAPER_METRICS}
     body = []
     for row in rows:
-        at_x = [r for r in rows if r["ims_per_group"] == row["ims_per_group"]]
+        at_x = [r for r in rows if r["ims_per_group"] == row["ims_per_group"] and r["reference"] == row["reference"]]
         name = row_name(row, at_x)
         if row["mode"] != "single process" and row["mode"] not in name:
             name += f" ({row['mode']})"
-        line = [name, fmt(row["ims_per_group"]), str(row["n"])]
+        line = [name, group_cell(row)] + ([fmt(row["ims_per_batch"])] if steps else []) + [str(row["n"])]
         body.append(line + [fmt_row_metric(row, m, scales[m], tex) for m in PAPER_METRICS])
     return header, body
 
@@ -212,12 +228,13 @@ def tex_escape(s: Any) -> str:
 def paper_table_tex(rows: list[dict]) -> str:
     """A plain LaTeX tabular (no packages needed) of :func:`paper_rows`: mean $\\pm$ sample std."""
     header, body = paper_rows(rows, tex=True)
+    n_text = len(header) - len(PAPER_METRICS)
     cols = "ll" + "r" * (len(header) - 2)
     lines = ["% gn-detect sweep report: mean \\pm sample std (ddof=1) over seeds; AP, AP50, label P/R in percent",
              f"\\begin{{tabular}}{{{cols}}}", "\\hline",
              " & ".join(tex_escape(h) for h in header) + r" \\", "\\hline"]
     for line in body:
-        cells = [tex_escape(c) for c in line[:3]] + line[3:]  # the metric cells are math already
+        cells = [tex_escape(c) for c in line[:n_text]] + line[n_text:]  # the metric cells are math already
         lines.append(" & ".join(cells) + r" \\")
     lines += ["\\hline", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -312,12 +329,12 @@ def md_table(header: list[str], body: list[list[Any]]) -> str:
 
 def settings_table_md(rows: list[dict]) -> str:
     scales = {m: display_scale(rows, m) for m in METRICS}
-    header = ["setting", "backbone/fpn/head", "img/group", "img/device", "world size", "mode", "n",
+    header = ["setting", "backbone/fpn/head", "img/group", "img/device", "img/step", "world size", "mode", "n",
               "seeds"] + [METRIC_TITLES[m] + (" (%)" if scales[m] == 100.0 else "") for m in METRICS]
     body = []
     for row in rows:
-        line = [row["setting"], row["components"], fmt(row["ims_per_group"]), fmt(row["ims_per_device"]),
-                row["world_size"], row["mode"], row["n"],
+        line = [row["setting"], row["components"], group_cell(row), fmt(row["ims_per_device"]),
+                fmt(row["ims_per_batch"]), row["world_size"], row["mode"], row["n"],
                 " ".join("n/a" if s is None else str(s) for s in row["seeds"])]
         for m in METRICS:
             cell = fmt_row_metric(row, m, scales[m])

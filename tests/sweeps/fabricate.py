@@ -27,7 +27,7 @@ def make_config(norm_name, seed, ims_per_device, bn_group_size=None, world_size=
     parts = part_bn_group_size or {}
     model = {c: {"norm": comps[c][0], "ws": comps[c][1], "norm_opts": {"bn_group_size": parts.get(c)}}
              for c in ("backbone", "fpn", "head")}
-    model["head"]["act"] = act or default_act
+    model["head"].update(act=act or default_act, per_level_norm=None)
     model["norm_opts"] = {"num_groups": 32, "eps": 1e-5, "bn_group_size": bn_group_size, "impl": "auto"}
     return {
         "seed": seed,

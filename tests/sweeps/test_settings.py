@@ -29,7 +29,9 @@ def test_normalize_and_component_label():
 
 @pytest.mark.parametrize("name,c,ok", [
     ("bn", comps("bn", "none", "none"), True),
-    ("bn", comps("affine", "none", "none"), True),  # frozen BN baseline
+    ("affine", comps("affine", "none", "none"), True),  # frozen BN baseline
+    ("frozenbn", comps("affine", "none", "none"), True),
+    ("bn", comps("affine", "none", "none"), False),  # the table's affine tokens: affine, frozenbn, frozen
     ("gn", comps("gn", "gn", "gn"), True),
     ("gn_ws", comps("gn", "gn", "gn", ws=(True, True, True)), True),
     ("gn_ws", comps("gn", "gn", "gn"), False),  # no WS used
@@ -59,7 +61,7 @@ def test_batch_axis_and_mode():
 
 def test_bn_group_size_from_model_norm_opts():
     """model.<part>.norm_opts.bn_group_size of the bn components, null inheriting
-    model.norm_opts.bn_group_size; without bn the model-wide value as set."""
+    model.norm_opts.bn_group_size, reduced as the config check reduces them; without bn: None."""
     bn_head = {"components": {"head": ("bn", False)}}
     cases = [
         # (make_config kwargs, expected size, note expected)
@@ -73,14 +75,14 @@ def test_bn_group_size_from_model_norm_opts():
     ]
     for kwargs, size, noted in cases:
         cfg = make_config("bn", 0, 8, **kwargs)
-        c = comps("bn", "none", "bn" if "components" in kwargs else "none")
-        got, note = read_bn_group_size(cfg, c)
+        got, note = read_bn_group_size(cfg)
         assert got == size, kwargs
         assert (note is not None) == noted, (kwargs, note)
     cfg = make_config("bn", 0, 8, part_bn_group_size={"head": 2}, **bn_head)
-    assert read_bn_group_size(cfg, comps("bn", "none", "bn"))[1] == (
+    assert read_bn_group_size(cfg)[1] == (
         "bn_group_size differs by component (backbone=device batch, head=2): the smallest, 2, is the batch axis")
-    assert read_bn_group_size(make_config("gn", 0, 8, bn_group_size=2), comps("gn", "gn", "gn")) == (2, None)
+    # GN ignores bn_group_size: no ghost-batch component, no group (validate's answer too)
+    assert read_bn_group_size(make_config("gn", 0, 8, bn_group_size=2)) == (None, None)
 
 
 def test_per_component_group_size_sets_the_batch_axis(tmp_path):
@@ -129,7 +131,10 @@ def test_single_seed_and_real_processes(tmp_path):
     assert "exceeds the seed spread" not in text.split("In all:")[1]
     figs = json.loads((tmp_path / "out" / "figures.json").read_text())
     names = sorted(s["name"] for s in figs["ap_vs_batch"]["series"])
+    # two optimizer batches (2 and 8 images per step); in the 2-image group bn has one group size,
+    # so gn is a point at its images per device, not a band
     assert names == ["bn (real processes)", "bn (single process)", "gn"]
+    assert "never compared" in text and "8 images per step (solver.ims_per_batch)" in text
     md = (tmp_path / "out" / "summary.md").read_text()
     # n=1: no ±; an AP already written in percent (above 1) is shown as written, one decimal
     assert "real processes" in md and "| 35.0 |" in md and "± n/a" not in md
@@ -170,3 +175,26 @@ def test_config_difference_between_seeds_is_noted(tmp_path):
     assert len(res["rows"]) == 1 and res["rows"][0]["n"] == 2
     assert res["rows"][0]["notes"] == ["config differs between seeds in: solver.base_lr"]
     assert "solver.base_lr" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["norm=bn", "model.norm_opts.bn_group_size=2"],
+    ["norm=bn", "model.norm_opts.bn_group_size=4", "model.head.norm_opts.bn_group_size=2"],
+    ["norm=bn", "model.backbone.norm_opts.bn_group_size=4"],  # fpn, head: the whole device batch
+    ["norm=bn"],
+    ["norm=gn", "model.norm_opts.bn_group_size=2"],  # no ghost-batch norm: the option is unused
+    ["norm=gn_fpn_head", "model.backbone.norm=bn", "model.norm_opts.bn_group_size=4"],
+])
+def test_bn_group_size_agrees_with_the_config_check(overrides):
+    """The report's images per BN group is the config check's (validate.resolve_batch) on composed
+    configs, as config.yaml holds them."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from gn_detect.config import resolve_batch
+    from gn_detect.engine.launch import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    expected = resolve_batch(cfg, 1)["bn_group_size"]
+    assert read_bn_group_size(OmegaConf.to_container(cfg, resolve=True))[0] == expected

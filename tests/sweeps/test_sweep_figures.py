@@ -63,7 +63,7 @@ def test_loss_curve_single_point_and_long_runs() -> None:
 
 def _row(setting: str, precision: float | None, recall: float | None) -> dict:
     return {"setting": setting, "ims_per_group": 2, "mode": "single process", "world_size": 1,
-            "ims_per_device": 2, "max_iter": 10, "label_precision_mean": precision, "label_precision_std": None,
+            "ims_per_device": 2, "ims_per_batch": 2, "max_iter": 10, "reference": False, "label_precision_mean": precision, "label_precision_std": None,
             "label_recall_mean": recall, "label_recall_std": 0.02}
 
 

@@ -22,13 +22,13 @@ METRICS = ("AP", "AP50", "label_recall", "label_precision", "box_recall", "box_p
            "ims_per_sec", "peak_mem_mb")
 IMS_PER_DEVICE = 8  # x=2 is emulated with bn_group_size=2, x=8 uses the whole device batch
 
-# AP per (norm, images per norm group) for seeds 0 and 1: at x=2 gn beats bn by far more than the
-# seed spread; at x=8 the two are within the spread.
+# AP per (norm, images per norm group) for seeds 0 and 1; gn (no batch statistics) is the reference
+# at every group size, stored at its device batch: it beats bn at 2 images per group by far more
+# than the seed spread; bn at 8 is within the spread of it.
 AP = {
     ("bn", 2): [30.0, 31.0],
-    ("gn", 2): [40.0, 40.6],
     ("bn", 8): [39.0, 40.0],
-    ("gn", 8): [39.4, 40.2],
+    ("gn", 8): [40.0, 40.6],
 }
 
 
@@ -65,12 +65,11 @@ def expected(norm: str, x: int, metric: str) -> tuple[float, float, int]:
 def build_sweep(root: Path) -> Path:
     sweep = root / "multirun" / "2024-01-01" / "12-00-00"
     job = 0
-    for norm in ("bn", "gn"):
-        for x in (2, 8):
-            for seed in (0, 1):
-                cfg = make_config(norm, seed, IMS_PER_DEVICE, bn_group_size=x if x < IMS_PER_DEVICE else None)
-                write_run(sweep / str(job), cfg, final=final_metrics(norm, x, seed))
-                job += 1
+    for norm, x in AP:
+        for seed in (0, 1):
+            cfg = make_config(norm, seed, IMS_PER_DEVICE, bn_group_size=x if x < IMS_PER_DEVICE else None)
+            write_run(sweep / str(job), cfg, final=final_metrics(norm, x, seed))
+            job += 1
     write_run(sweep / str(job), make_config("gn", 2, IMS_PER_DEVICE), state="failed",
               error="Traceback (most recent call last):\n  File x\nRuntimeError: loss is NaN at iter 40",
               train_iters=(0, 20, 40))
@@ -97,13 +96,14 @@ def test_summary_csv_means_and_stds(report):
     _, out, _ = report
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4
+    assert len(rows) == 3
     assert {(r["setting"], int(r["ims_per_group"])) for r in rows} == set(AP)
     for r in rows:
         norm, x = r["setting"], int(r["ims_per_group"])
         assert int(r["n"]) == 2
         assert r["seeds"] == "0 1"
         assert r["mode"] == ("emulated" if x < IMS_PER_DEVICE else "single process")
+        assert r["reference"] == str(norm == "gn")
         assert int(r["ims_per_device"]) == IMS_PER_DEVICE and int(r["world_size"]) == 1
         for m in METRICS:
             mean, std, n = expected(norm, x, m)
@@ -119,7 +119,7 @@ def test_summary_csv_means_and_stds(report):
 def test_summary_json_matches_csv(report):
     _, out, res = report
     data = json.loads((out / "summary.json").read_text())
-    assert data["counts"] == {"done": 8, "failed": 1, "unfinished": 1, "excluded": 0, "runs": 10, "settings": 4}
+    assert data["counts"] == {"done": 6, "failed": 1, "unfinished": 1, "excluded": 0, "runs": 8, "settings": 3}
     assert res["counts"] == data["counts"]
     row = next(r for r in data["rows"] if r["setting"] == "bn" and r["ims_per_group"] == 2)
     mean, std, _ = expected("bn", 2, "AP")
@@ -137,11 +137,11 @@ def test_failed_and_running_runs_are_listed(report):
     md = (out / "summary.md").read_text()
     failed_section = md.split("## Failed runs")[1].split("##")[0]
     assert "RuntimeError: loss is NaN at iter 40" in failed_section
-    assert "`8`" in failed_section  # the run folder
+    assert "`6`" in failed_section  # the run folder
     unfinished = md.split("## Unfinished runs")[1].split("##")[0]
-    assert "`9`" in unfinished and "running" in unfinished and "iter 20/100" in unfinished
+    assert "`7`" in unfinished and "running" in unfinished and "iter 20/100" in unfinished
     runs_csv = list(csv.DictReader(open(out / "runs.csv", newline="")))
-    assert sorted(r["state"] for r in runs_csv) == ["done"] * 8 + ["failed", "running"]
+    assert sorted(r["state"] for r in runs_csv) == ["done"] * 6 + ["failed", "running"]
 
 
 def test_figures_and_series(report):
@@ -150,19 +150,20 @@ def test_figures_and_series(report):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     figs = json.loads((out / "figures.json").read_text())
-    ap = figs["ap_vs_batch"]["series"]
-    assert sorted(s["name"] for s in ap) == ["bn", "gn"]
-    for s in ap:
-        assert s["points"] == 2 and s["x"] == [2, 8]
-        assert s["mean"] == pytest.approx([np.mean(AP[(s["name"], 2)]) / 100, np.mean(AP[(s["name"], 8)]) / 100])
-        for vals, x in zip(s["values"], (2, 8)):
-            assert vals == pytest.approx([v / 100 for v in AP[(s["name"], x)]])
+    line, band = figs["ap_vs_batch"]["series"]
+    assert (line["name"], line["kind"], band["name"], band["kind"]) == ("bn", "line", "gn", "band")
+    assert line["points"] == 2 and line["x"] == [2, 8]
+    assert line["mean"] == pytest.approx([np.mean(AP[("bn", 2)]) / 100, np.mean(AP[("bn", 8)]) / 100])
+    for vals, x in zip(line["values"], (2, 8)):
+        assert vals == pytest.approx([v / 100 for v in AP[("bn", x)]])
+    assert band["mean"] == pytest.approx(np.mean(AP[("gn", 8)]) / 100)
+    assert band["std"] == pytest.approx(np.std(AP[("gn", 8)], ddof=1) / 100)
     bars = figs["label_pr_bars"]["series"]
     assert [s["name"] for s in bars] == ["label_precision", "label_recall"]
-    assert all(s["points"] == 4 for s in bars)
+    assert all(s["points"] == 3 for s in bars)
     loss = figs["loss_curves"]["series"]
-    assert len(loss) == 10  # every run with training records, failed and running included
-    assert sorted(s["points"] for s in loss) == [2, 3] + [5] * 8
+    assert len(loss) == 8  # every run with training records, failed and running included
+    assert sorted(s["points"] for s in loss) == [2, 3] + [5] * 6
 
 
 def test_comparison_flags_large_not_small(report):
@@ -172,7 +173,7 @@ def test_comparison_flags_large_not_small(report):
     ap_section = text.split("## AP")[1].split("## ")[0]
     x2 = ap_section.split("**2 image(s) per normalization group**")[1].split("**8 image(s)")[0]
     x8 = ap_section.split("**8 image(s) per normalization group**")[1]
-    assert "gn > bn: difference 9.8 exceeds the seed spread" in x2
+    assert "**bn @2 vs gn: gn higher by 9.8, exceeds the seed spread 1.1**" in x2
     assert "exceeds" not in x8 and "within the seed spread" in x8
     verdicts = {(c["metric"], c["ims_per_group"]): c["verdict"] for c in res["comparisons"]}
     assert verdicts[("AP", 2)] == "exceeds"
@@ -186,13 +187,13 @@ def test_cli_subprocess(report, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "sweep_report.py"), str(sweep), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "10 run(s)" in proc.stdout and "8 done, 1 failed" in proc.stdout
+    assert "8 run(s)" in proc.stdout and "6 done, 1 failed" in proc.stdout
     assert (out / "summary.csv").is_file() and (out / "comparison.md").is_file()
 
 
 def test_cli_main_default_out_and_missing_folder(tmp_path, capsys):
     sweep = tmp_path / "sw"
-    write_run(sweep / "a", make_config("gn", 0, 2), final=final_metrics("gn", 2, 0))
+    write_run(sweep / "a", make_config("gn", 0, 2), final=final_metrics("gn", 8, 0))
     assert main([str(sweep)]) == 0
     assert "1 run(s)" in capsys.readouterr().out
     assert (sweep / "summary.md").is_file()  # default: into the sweep folder
@@ -211,12 +212,13 @@ def test_percent_tables_and_latex(report):
     settings = md.split("## Settings")[1].split("\n## ")[0]
     assert "30.5 ± 0.7" in settings and "AP (%)" in settings
     comparison = (out / "comparison.md").read_text()
-    assert "(40.3 ± 0.4, n=2 vs 30.5 ± 0.7, n=2)" in comparison
+    assert "(30.5 ± 0.7, n=2 vs 40.3 ± 0.4, n=2)" in comparison
+    assert "| gn | any | 2 | 40.3 ± 0.4 |" in results  # a reference: any images per group
     tex = (out / "summary.tex").read_text()
     assert tex.count("\\begin{tabular}") == 1 == tex.count("\\end{tabular}")
     ncols = len(tex.split("\\begin{tabular}{")[1].split("}")[0])
     rows = [ln for ln in tex.splitlines() if ln.endswith("\\\\")]
-    assert len(rows) == 1 + 4 and all(ln.count(" & ") == ncols - 1 for ln in rows)
+    assert len(rows) == 1 + 3 and all(ln.count(" & ") == ncols - 1 for ln in rows)
     assert "$30.5 \\pm 0.7$" in tex
     data = json.loads((out / "summary.json").read_text())
     bn2 = next(r for r in data["rows"] if r["setting"] == "bn" and r["ims_per_group"] == 2)
@@ -230,11 +232,11 @@ def test_single_seed_has_no_pm_and_latex_escapes(tmp_path):
                                         "ims_per_sec": 77.04, "peak_mem_mb": 7612.3, "peak_mem_kind": "process_rss"})
     write_sweep_report(sweep, quiet=True)
     md = (sweep / "summary.md").read_text()
-    assert "| gn_ws | 2 | 1 | 49.6 | 70.0 | 50.0 | 25.0 |" in md
+    assert "| gn_ws | any | 1 | 49.6 | 70.0 | 50.0 | 25.0 |" in md
     table = [ln for ln in md.split("## Results")[1].split("\n## ")[0].splitlines() if ln.startswith("|")]
     assert len(table) == 3 and not any("±" in ln for ln in table)
     assert "| 77.0 | 7612 |" in md
     tex = (sweep / "summary.tex").read_text()
-    assert "gn\\_ws & 2 & 1 & $49.6$ & $70.0$ & $50.0$ & $25.0$ \\\\" in tex
+    assert "gn\\_ws & any & 1 & $49.6$ & $70.0$ & $50.0$ & $25.0$ \\\\" in tex
     assert "label P (\\%)" in tex
     assert "speed_memory.png" in md
