@@ -67,10 +67,13 @@ class DiskFullError(OSError):
     that the previous file, if any, is kept (writes are atomic)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__(f"no space left on device (ENOSPC) while writing {path}; the previous {Path(path).name}, "
-                         "if any, is kept. Fix: free space on that disk or put the run folder on another one "
-                         "(hydra.run.dir=...)")
-        self.errno, self.filename = errno.ENOSPC, os.fspath(path)
+        self.message = (f"no space left on device (ENOSPC) while writing {path}; the previous {Path(path).name}, "
+                        "if any, is kept. Fix: free space on that disk or put the run folder on another one "
+                        "(hydra.run.dir=...)")
+        super().__init__(errno.ENOSPC, self.message, os.fspath(path))
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def is_disk_full(exc: BaseException) -> bool:
