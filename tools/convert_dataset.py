@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gn_detect.data.convert import ConversionError, read_names, voc_to_coco, write_coco, yolo_to_coco
+from gn_detect.data.convert import ConversionError, read_names, read_text, voc_to_coco, write_coco, yolo_to_coco
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.format == "voc":
             ann_dir = Path(args.ann_dir)
             if args.image_set:
-                ids = [ln.split()[0] for ln in Path(args.image_set).read_text().splitlines() if ln.strip()]
+                ids = [ln.split()[0] for ln in read_text(args.image_set, "--image-set file").splitlines() if ln.strip()]
                 files = [ann_dir / f"{i}.xml" for i in ids]
             else:
                 files = sorted(ann_dir.glob("*.xml"))
@@ -47,16 +47,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             data = yolo_to_coco(args.images, args.labels, class_names=args.names)
     except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"gn-detect: {e}", file=sys.stderr)
         return 2
-    out = write_coco(data, args.out)
+    try:
+        out = write_coco(data, args.out)
+    except OSError as e:  # a full disk, a read-only or missing folder: one line, nothing half-written
+        print(f"gn-detect: cannot write {args.out}: {e.strerror or e}; free space or give another --out",
+              file=sys.stderr)
+        return 1
     # prove the result loads the way training and evaluation will read it
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
         COCO(str(out))
+    dropped = ", ".join(f"{n} {reason}" for reason, n in data["info"]["dropped"].items()) or "nothing"
     print(f"{out}: {len(data['images'])} images, {len(data['annotations'])} annotations, "
-          f"{len(data['categories'])} categories")
+          f"{len(data['categories'])} categories; dropped or clipped: {dropped}")
     return 0
 
 

@@ -1,9 +1,13 @@
 """Composes and validates the command line's config(s) before Hydra creates a run folder, so a
 mistyped key or value ends the command in about a second with one line (no traceback, no data
-read, no folder made). ``HYDRA_FULL_ERROR=1`` re-raises with the full trace instead."""
+read, no folder made); a valid config then goes to the command's ``inspect`` (tools/train.py and
+tools/evaluate.py: the annotation files, the model's layer shapes and the run folder, see
+gn_detect/engine/preflight.py), and every problem found is one line, exit status 2, before any
+image is opened. ``HYDRA_FULL_ERROR=1`` re-raises with the full trace instead."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 from typing import Callable, Sequence
@@ -35,27 +39,103 @@ def _combinations(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_COMBINATIONS)]
 
 
-def check_command_line(config_dir: str, config_name: str, argv: Sequence[str],
-                       validate: Callable[[DictConfig], object]) -> str | None:
-    """The first problem of any run the command line would start, as one line; None when fine."""
+# Hydra's options that take a value (``-cd DIR`` or ``--config-dir=DIR``).
+_VALUE_FLAGS = {"-cd": "config_dir", "--config-dir": "config_dir", "-cn": "config_name", "--config-name": "config_name",
+                "-cp": "config_path", "--config-path": "config_path", "--experimental-rerun": "rerun"}
+MAX_PROBLEMS = 20
+
+# inspect(cfg, multirun) -> problem lines: the checks that read files (annotations, run folder), run
+# once the config itself is valid (tools/train.py: gn_detect/engine/preflight.py)
+Inspect = Callable[[DictConfig, bool], list[str]]
+
+
+def _parse_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
+    """(overrides, Hydra's value options by name, multirun) of a command line."""
+    overrides, options, multirun = [], {}, False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        flag, eq, value = a.partition("=")
+        if flag in _VALUE_FLAGS and a.startswith("-"):
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            options[_VALUE_FLAGS[flag]] = value
+        elif a in ("-m", "--multirun"):
+            multirun = True
+        elif not a.startswith("-"):
+            overrides.append(a)
+        i += 1
+    return overrides, options, multirun
+
+
+def _with_config_dir(overrides: list[str], config_dir: str) -> list[str]:
+    """``--config-dir DIR`` as Hydra applies it: DIR searched after the package's configs (and
+    after a ``hydra.searchpath`` the command line gives), as one ``hydra.searchpath`` override."""
+    entry = f"file://{os.path.abspath(config_dir)}"
+    paths, rest = [], []
+    for ov in overrides:
+        parsed = OverridesParser.create().parse_overrides([ov])[0]
+        if parsed.get_key_element() == "hydra.searchpath":
+            value = parsed.value()
+            paths += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        else:
+            rest.append(ov)
+    quoted = ",".join(json.dumps(p) for p in [*paths, entry])
+    return [*rest, f"hydra.searchpath=[{quoted}]"]
+
+
+def command_line_problems(config_dir: str, config_name: str, argv: Sequence[str],
+                          validate: Callable[[DictConfig], object], inspect: Inspect | None = None) -> list[str]:
+    """Every problem of the runs the command line would start, one line each (at most
+    :data:`MAX_PROBLEMS`); [] when fine. A config that does not compose or validate is one
+    ``config error`` (nothing is read then); a valid one goes on to ``inspect``. Honours
+    ``--config-dir``/``-cd``, ``--config-name``/``-cn`` and ``hydra.searchpath`` as Hydra does."""
     if any(a.split("=")[0] in _INFO_FLAGS for a in argv):
-        return None
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
+        return []
+    overrides, options, multirun = _parse_argv(argv)
+    if "config_path" in options or "rerun" in options:
+        return []  # another primary config folder or a rerun: Hydra itself reports its problems
+    if options.get("config_dir"):
+        if not os.path.isdir(options["config_dir"]):
+            return [f"config error: --config-dir {options['config_dir']}: no such folder; give the folder that "
+                    "holds your config groups (e.g. DIR/data/mine.yaml for data=mine)"]
+        overrides = _with_config_dir(overrides, options["config_dir"])
+    config_name = options.get("config_name") or config_name
+    problems: list[str] = []
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             for combo in _combinations(overrides, multirun):
-                validate(compose(config_name=config_name, overrides=combo))
+                cfg = compose(config_name=config_name, overrides=combo, return_hydra_config=inspect is not None)
+                validate(cfg)
+                if inspect is not None:
+                    where = f"[{' '.join(combo)}] " if multirun and len(combo) else ""
+                    problems += [f"{where}{p}" for p in inspect(cfg, multirun) if f"{where}{p}" not in problems]
+                if len(problems) >= MAX_PROBLEMS:
+                    break
     except Exception as exc:  # noqa: BLE001 - every composition or validation error becomes one line
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        return one_line(exc)
-    return None
+        return [f"config error: {one_line(exc)}"]
+    return problems
 
 
-def preflight(config_dir: str, config_name: str, validate: Callable[[DictConfig], object]) -> None:
-    """Exits with status 2 and one line on stderr when the command line's config is invalid."""
-    problem = check_command_line(config_dir, config_name, sys.argv[1:], validate)
-    if problem is not None:
-        print(f"gn-detect: config error: {problem}", file=sys.stderr)
+def check_command_line(config_dir: str, config_name: str, argv: Sequence[str],
+                       validate: Callable[[DictConfig], object]) -> str | None:
+    """The first config problem of any run the command line would start, as one line; None when fine."""
+    problems = command_line_problems(config_dir, config_name, argv, validate)
+    return problems[0].removeprefix("config error: ") if problems else None
+
+
+def preflight(config_dir: str, config_name: str, validate: Callable[[DictConfig], object],
+              inspect: Inspect | None = None) -> None:
+    """Exits with status 2 and one line per problem on stderr (``gn-detect: <kind> error: ...``, at
+    most :data:`MAX_PROBLEMS`) when the command line's config, or what ``inspect`` reads, is unusable."""
+    problems = command_line_problems(config_dir, config_name, sys.argv[1:], validate, inspect)
+    for p in problems[:MAX_PROBLEMS]:
+        print(f"gn-detect: {p}", file=sys.stderr)
+    if len(problems) > MAX_PROBLEMS:
+        print(f"gn-detect: ... and {len(problems) - MAX_PROBLEMS} more problems", file=sys.stderr)
+    if problems:
         sys.exit(2)

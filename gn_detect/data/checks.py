@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from gn_detect.io import write_json_atomic
+
+from gn_detect.image_io import problem_of, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,17 @@ SKIP_REASONS: dict[str, str] = {
                          "opened (the path as written is checked; symlinks inside the folder are followed)",
     "missing_image": "image file not found: image dropped",
     "unreadable_image": "image file cannot be decoded (corrupt, truncated, not an image): image dropped",
+    "image_too_large": "image has more pixels than PIL's decompression-bomb limit (gn_detect/image_io.py "
+                       "MAX_PIXELS): image dropped, never decoded",
     "size_mismatch": "json width/height differ from the image file: image dropped (its boxes would be wrong)",
     "converted_mode": "image is not 8-bit RGB (grayscale, CMYK, RGBA, palette, 16-bit): converted to RGB when read",
     "unknown_image": "annotation names an image id that is not in 'images': annotation skipped",
     "unknown_category": "annotation names a category id that is not in 'categories': annotation skipped",
+    "duplicate_annotation_id": "several annotations share one id: the repeats get new ids in memory (pycocotools "
+                               "would keep one box per id), every box kept",
+    "invalid_bbox_type": "bbox values that are not numbers (strings, booleans, null): annotation skipped",
     "degenerate_box": "bbox missing, not 4 finite numbers, or width/height <= 0: annotation skipped",
+    "tiny_box": "bbox width or height under 1e-2 pixels (after clipping to the image): annotation skipped",
     "outside_box": "bbox entirely outside the image: annotation skipped",
     "clipped_box": "bbox partly outside the image: clipped to the image, kept",
     "crowd": "iscrowd=1: excluded from training targets, kept in .coco so evaluation ignores it like COCO does",
@@ -131,29 +138,18 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ImageCheck:
-    problem: str | None  # None, "missing_image" or "unreadable_image"
+    problem: str | None  # None, "missing_image", "image_too_large" or "unreadable_image"
     size: tuple[int, int] | None  # (w, h) from the file
     mode: str | None
     detail: str = ""
 
 
 def check_image(path: str | Path, decode: bool = True) -> ImageCheck:
-    """Open an image; with decode=True also decode it to catch truncation.
-
-    JPEGs are decoded in draft mode (DCT scaling to ~1/8 size): the whole entropy-coded
-    stream is still read, so truncation is caught, at a fraction of a full decode's cost.
-    """
+    """Open an image (gn_detect/image_io.py); with decode=True also decode it to catch truncation."""
     try:
-        with Image.open(path) as im:
-            size, mode = im.size, im.mode
-            if decode:
-                if im.format == "JPEG":
-                    im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                im.load()
-    except FileNotFoundError:
-        return ImageCheck("missing_image", None, None, "not found")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
-        return ImageCheck("unreadable_image", None, None, f"{type(e).__name__}: {e}")
+        size, mode = read_header(path, decode=decode)
+    except OSError as e:
+        return ImageCheck(problem_of(e), None, None, str(e))
     return ImageCheck(None, size, mode)
 
 
@@ -170,25 +166,6 @@ def check_images(paths: Sequence[Path], decode: bool, num_threads: int | None = 
         return [check_image(p) for p in paths]
     with ThreadPoolExecutor(max_workers=n) as ex:
         return list(ex.map(check_image, paths, chunksize=16))
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB (grayscale, CMYK, RGBA, palette, 16-bit)."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: PIL's convert would clip, so rescale to 8 bit by the max value
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        a = np.clip(a * 255.0 + 0.5 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")  # avoids PIL's palette-transparency warning
-    return im.convert("RGB")
 
 
 # ----------------------------------------------------------------------------- annotations
@@ -294,24 +271,30 @@ def _map_by_name(train: list[dict[str, Any]], val: list[dict[str, Any]], a: str,
     return [v_names[str(c.get("name"))] for c in train]
 
 
+# boxes narrower or lower than this many pixels (after clipping) are no training target: a
+# 1e-30-wide box would give a regression target of log(1e-30 / anchor)
+MIN_BOX_SIDE = 1e-2
+
+
 def check_box(bbox: Any, width: float, height: float) -> tuple[str | None, list[float] | None]:
     """Validate one COCO [x, y, w, h] box against the image size.
 
     Returns (reason, xyxy): reason None = fine, "clipped_box" = fixed (xyxy clipped),
-    "degenerate_box"/"outside_box" = unusable (xyxy None).
+    "invalid_bbox_type"/"degenerate_box"/"outside_box"/"tiny_box" = unusable (xyxy None).
     """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return "degenerate_box", None
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return "degenerate_box", None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        return "invalid_bbox_type", None  # "12" or true would otherwise be read as numbers
+    x, y, w, h = (float(v) for v in bbox)
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         return "degenerate_box", None
     x1, y1, x2, y2 = x, y, x + w, y + h
     if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
         return "outside_box", None
     c = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+    if c[2] - c[0] < MIN_BOX_SIDE or c[3] - c[1] < MIN_BOX_SIDE:
+        return "tiny_box", None
     if c != [x1, y1, x2, y2]:
         return "clipped_box", c
     return None, c
@@ -429,6 +412,7 @@ def validate_coco(
     annotations: list[dict[str, Any]] = []
     next_ann_id = 1 + max((a.get("id", 0) for a in data["annotations"]
                            if isinstance(a, Mapping) and _is_int(a.get("id"))), default=0)
+    seen_ann_ids: set[int] = set()
     for a in data["annotations"]:
         if not isinstance(a, Mapping):
             skips.add("degenerate_box", None)
@@ -451,8 +435,11 @@ def validate_coco(
         if reason:
             skips.add(reason, ann_id)
         ann = dict(a)
-        if not _is_int(ann_id):
+        if _is_int(ann_id) and ann_id in seen_ann_ids:
+            skips.add("duplicate_annotation_id", ann_id)
+        if not _is_int(ann_id) or ann_id in seen_ann_ids:
             ann["id"], next_ann_id = next_ann_id, next_ann_id + 1
+        seen_ann_ids.add(ann["id"])
         ann["bbox"] = [xyxy[0], xyxy[1], xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]]
         area = ann.get("area")
         if reason or not isinstance(area, (int, float)) or isinstance(area, bool) or area <= 0:

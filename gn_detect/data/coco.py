@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from gn_detect.cocoapi import coco_from_dict
 
@@ -16,9 +15,9 @@ from .checks import (
     EmptyDatasetError,
     SkipLog,
     load_coco_json,
-    to_rgb,
     validate_coco,
 )
+from gn_detect.image_io import problem_of, read_rgb
 from .transforms import DetectionTransform
 
 logger = logging.getLogger(__name__)
@@ -26,8 +25,6 @@ logger = logging.getLogger(__name__)
 # how many following items __getitem__ tries when an image fails to decode at run time
 # (only possible with verify_images=False, or if a file changes under a running job)
 _MAX_FALLBACKS = 8
-
-
 
 
 
@@ -137,9 +134,7 @@ class CocoDetection(torch.utils.data.Dataset):
         """Decode image `index` as uint8 3xHxW RGB; raises OSError with the path on failure."""
         path = self.image_path(index)
         info = self._images[index]
-        with Image.open(path) as im:
-            im = to_rgb(im)
-            arr = np.asarray(im, dtype=np.uint8)
+        arr = np.asarray(read_rgb(path), dtype=np.uint8)
         if arr.shape[:2] != (info["height"], info["width"]):
             raise OSError(f"{path}: size {arr.shape[1]}x{arr.shape[0]} != json "
                           f"{info['width']}x{info['height']}")
@@ -153,11 +148,18 @@ class CocoDetection(torch.utils.data.Dataset):
             index, generator = int(key), None
         if index < 0:
             index += len(self)
+        if generator is None:  # evaluation order: an unreadable image is marked, never replaced
+            try:
+                return self._make_item(index, self.read_image(index), None)
+            except OSError as e:
+                logger.warning("%s: cannot read %s (%s); the evaluation skips it", self.name,
+                               self.image_path(index), e)
+                return self._skipped_item(index, e)
         for attempt in range(_MAX_FALLBACKS + 1):
             try:
                 image = self.read_image(index)
                 break
-            except (OSError, SyntaxError, ValueError) as e:
+            except OSError as e:
                 # never crash mid-epoch: log and use the next image (deterministic choice)
                 if attempt == _MAX_FALLBACKS:
                     raise RuntimeError(
@@ -168,6 +170,15 @@ class CocoDetection(torch.utils.data.Dataset):
                                self.name, self.image_path(index), e)
                 index = (index + 1) % len(self)
         return self._make_item(index, image, generator)
+
+    def _skipped_item(self, index: int, error: OSError) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A stand-in for an image that cannot be read at evaluation time: a small blank image whose
+        target says ``skipped`` (with the reason), so inference drops its output and the
+        evaluation leaves the image out, counted (gn_detect/engine/inference.py)."""
+        h, w = min(self._images[index]["height"], 64), min(self._images[index]["width"], 64)
+        image, target = self._make_item(index, torch.zeros(3, h, w, dtype=torch.uint8), None)
+        target["skipped"] = problem_of(error)
+        return image, target
 
     def _make_item(self, index: int, image: torch.Tensor,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Any]]:

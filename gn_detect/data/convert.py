@@ -10,17 +10,22 @@ Conventions (see docs/data.md):
 * YOLO lines are `class cx cy w h` normalized to [0, 1]; image sizes come from the image
   headers. A missing or empty label file means an image without objects. Segment lines
   (`class x1 y1 x2 y2 ...`) are accepted and converted to their bounding box.
+* Nothing is written that training would refuse: a box that is not finite, empty or entirely
+  outside its image is dropped, one partly outside is clipped, an image that cannot be read
+  (gn_detect/image_io.py) is left out with its labels; each is counted in the output's
+  ``info.dropped`` (reason -> count; ``clipped_box`` boxes are kept).
 """
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from gn_detect.image_io import problem_of, read_header
 from gn_detect.io import write_json_atomic
 
 from .checks import DataError
@@ -33,9 +38,9 @@ class ConversionError(DataError):
 
 
 def _coco_dict(images: list[dict[str, Any]], annotations: list[dict[str, Any]], names: Sequence[str],
-               description: str) -> dict[str, Any]:
+               description: str, dropped: Counter[str]) -> dict[str, Any]:
     return {
-        "info": {"description": description},
+        "info": {"description": description, "dropped": {k: dropped[k] for k in sorted(dropped)}},
         "licenses": [],
         "categories": [{"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(names)],
         "images": images,
@@ -43,9 +48,22 @@ def _coco_dict(images: list[dict[str, Any]], annotations: list[dict[str, Any]], 
     }
 
 
+def read_text(path: str | Path, what: str) -> str:
+    """A text file the converter needs (UTF-8), or a one-line ConversionError naming it and ``what`` it is."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConversionError(f"{what} not found: {path}; check the path") from None
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path}: the {what} is not UTF-8 text (byte {e.start}: {e.reason}); re-save it as "
+                              "UTF-8 text") from None
+    except OSError as e:
+        raise ConversionError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+
+
 def read_names(path: str | Path) -> list[str]:
     """Class names, one per line (classes.txt / obj.names); blank lines ignored."""
-    names = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    names = [ln.strip() for ln in read_text(path, "class names file").splitlines() if ln.strip()]
     if not names:
         raise ConversionError(f"{path}: no class names found")
     return names
@@ -61,12 +79,39 @@ def _text(node: ET.Element, tag: str, file: Path) -> str:
     return child.text.strip()
 
 
+def _size_value(node: ET.Element, tag: str, file: Path) -> int:
+    """<size>'s <width>/<height> as an int (0 when absent); a one-line error when not a number."""
+    if node.find(tag) is None:
+        return 0
+    text = _text(node, tag, file)
+    try:
+        return int(float(text))
+    except (ValueError, OverflowError):
+        raise ConversionError(f"{file}: <{tag}> is {text!r}, not a number; fix the xml (or delete <size> and pass "
+                              "--images to read the size from the image)") from None
+
+
+def _xywh(x1: float, y1: float, x2: float, y2: float, w: int, h: int,
+          dropped: Counter[str]) -> list[float] | None:
+    """A box given by its edges as a COCO [x, y, w, h] inside the w x h image, clipped; None (and
+    counted in ``dropped``) when it is not finite, empty, or entirely outside the image."""
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        dropped["degenerate_box"] += 1
+        return None
+    c = [min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
+    if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
+        dropped["outside_box"] += 1
+        return None
+    if c != [x1, y1, x2, y2]:
+        dropped["clipped_box"] += 1  # kept, clipped: counted, not dropped
+    return [c[0], c[1], c[2] - c[0], c[3] - c[1]]
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError) as e:
-        raise ConversionError(f"cannot read image size from {path}: {e}") from e
+        return read_header(path)[0]
+    except OSError as e:
+        raise ConversionError(f"cannot read the image size ({e}); fix or remove the file") from None
 
 
 def voc_to_coco(
@@ -104,11 +149,12 @@ def voc_to_coco(
 
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter()
     for image_id, (f, root) in enumerate(parsed, start=1):
         file_name = _text(root, "filename", f)
         size = root.find("size")
-        w = int(float(_text(size, "width", f))) if size is not None and size.find("width") is not None else 0
-        h = int(float(_text(size, "height", f))) if size is not None and size.find("height") is not None else 0
+        w = _size_value(size, "width", f) if size is not None else 0
+        h = _size_value(size, "height", f) if size is not None else 0
         if w <= 0 or h <= 0:  # some VOC-style exporters write 0 or omit <size>
             if image_dir is None:
                 raise ConversionError(f"{f}: no usable <size>; pass image_dir to read it from the image")
@@ -130,7 +176,10 @@ def voc_to_coco(
             except ValueError as e:
                 raise ConversionError(f"{f}: non-numeric <bndbox> for {name!r}: {e}") from e
             # 1-based inclusive -> 0-based pixel edges
-            x, y, bw, bh = xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0
+            box = _xywh(xmin - 1.0, ymin - 1.0, xmax, ymax, w, h, dropped)
+            if box is None:
+                continue
+            x, y, bw, bh = box
             ann = {
                 "id": len(annotations) + 1,
                 "image_id": image_id,
@@ -142,7 +191,7 @@ def voc_to_coco(
             if is_difficult:
                 ann["difficult"] = 1
             annotations.append(ann)
-    return _coco_dict(images, annotations, class_names, "converted from Pascal VOC")
+    return _coco_dict(images, annotations, class_names, "converted from Pascal VOC", dropped)
 
 
 # ----------------------------------------------------------------------------- YOLO
@@ -176,14 +225,20 @@ def yolo_to_coco(
 
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for image_id, p in enumerate(files, start=1):
+    dropped: Counter[str] = Counter()
+    for p in files:
         rel = p.relative_to(image_dir)
-        W, H = _image_size(p)
+        try:
+            (W, H), _ = read_header(p)
+        except OSError as e:  # the image and its labels are left out, counted
+            dropped[problem_of(e)] += 1
+            continue
+        image_id = len(images) + 1
         images.append({"id": image_id, "file_name": rel.as_posix(), "width": W, "height": H})
         txt = (label_dir / rel).with_suffix(".txt")
         if not txt.is_file():
             continue  # YOLO convention: no label file = background image
-        for lineno, line in enumerate(txt.read_text().splitlines(), start=1):
+        for lineno, line in enumerate(read_text(txt, "YOLO label file").splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue
@@ -197,13 +252,16 @@ def yolo_to_coco(
                                       f"({len(names)} names)")
             if len(vals) == 4:
                 cx, cy, bw, bh = vals
-                x, y, w, h = (cx - bw / 2) * W, (cy - bh / 2) * H, bw * W, bh * H
+                edges = ((cx - bw / 2) * W, (cy - bh / 2) * H, (cx + bw / 2) * W, (cy + bh / 2) * H)
             elif len(vals) >= 6 and len(vals) % 2 == 0:  # segment polygon: its bounding box
                 xs, ys = vals[0::2], vals[1::2]
-                x, y = min(xs) * W, min(ys) * H
-                w, h = (max(xs) - min(xs)) * W, (max(ys) - min(ys)) * H
+                edges = (min(xs) * W, min(ys) * H, max(xs) * W, max(ys) * H)
             else:
                 raise ConversionError(f"{txt}:{lineno}: expected 'class cx cy w h', got {len(fields)} fields")
+            box = _xywh(*edges, W, H, dropped)
+            if box is None:
+                continue
+            x, y, w, h = box
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
@@ -212,7 +270,9 @@ def yolo_to_coco(
                 "area": w * h,
                 "iscrowd": 0,
             })
-    return _coco_dict(images, annotations, names, "converted from YOLO")
+    if not images:
+        raise ConversionError(f"none of the {len(files)} images under {image_dir} could be read ({dict(dropped)})")
+    return _coco_dict(images, annotations, names, "converted from YOLO", dropped)
 
 
 def write_coco(data: dict[str, Any], path: str | Path) -> Path:

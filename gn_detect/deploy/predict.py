@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from gn_detect.data import build_transform, collate, data_config
-from gn_detect.data.checks import to_rgb
+from gn_detect.image_io import problem_of, read_header, read_rgb
 from gn_detect.data.transforms import resize_shape
 from gn_detect.engine.device import amp_dtype, resolve_device
 from gn_detect.engine.inference import to_coco_results
@@ -50,24 +50,31 @@ def _resolve(path: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def image_name(file: Path, input_path: Path) -> str:
+    """An input image's name in the outputs: its path relative to the input folder (posix), or
+    the file's name when the input is that file."""
+    return file.name if file == input_path else file.relative_to(input_path).as_posix()
+
+
 def list_images(path: Path) -> tuple[list[tuple[Path, int, int]], list[dict[str, str]]]:
-    """``[(file, width, height)]`` of ``path`` (a file, or a folder's files by name, not recursive)
-    from the image headers, and the files skipped as unreadable; ValueError when none is left."""
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir()
+    """``[(file, width, height)]`` of ``path`` (a file, or a folder's image files, subfolders
+    included, sorted by path) from the image headers (gn_detect/data/image_io.py: oversized
+    images are refused unread), and the files skipped; ValueError when none is left."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
                                                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     found, skipped = [], []
     for f in files:
         try:
-            with Image.open(f) as im:
-                found.append((f, *im.size))
-        except (OSError, UnidentifiedImageError) as e:
-            skipped.append({"file": f.name, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
+            (w, h), _ = read_header(f)
+            found.append((f, w, h))
+        except OSError as e:
+            skipped.append({"file": image_name(f, path), "reason": problem_of(e), "detail": str(e).splitlines()[0]})
     if not found:
         what = f"{path} is not a readable image" if path.is_file() else (
-            f"{path} holds no readable image ({', '.join(IMAGE_EXTENSIONS)}; subfolders are not searched)")
+            f"{path} holds no readable image ({', '.join(IMAGE_EXTENSIONS)}, subfolders included)")
         raise ValueError(f"input: {what}; give an image file or a folder of images")
     for s in skipped:
-        log.warning("skipping %s: %s", s["file"], s["reason"])
+        log.warning("skipping %s: %s", s["file"], s["detail"])
     return found, skipped
 
 
@@ -101,11 +108,23 @@ def class_thresholds(report_path: Path | None, score_thresh: float | None,
     if wrong:
         raise ValueError(f"report {report_path} does not list the model's categories {', '.join(wrong[:5])}: it "
                          "belongs to another model; give that run's report=..., or score_thresh=<0..1>")
-    thr = {cid: math.inf if per_class[cid].get("threshold") is None else float(per_class[cid]["threshold"])
-           for cid in (int(c["id"]) for c in categories)}
+    thr = {int(c["id"]): _threshold(per_class[int(c["id"])].get("threshold"), report_path, c) for c in categories}
     record = {"source": "report", "report": str(report_path),
               "per_class": [{"id": cid, "threshold": None if math.isinf(t) else t} for cid, t in thr.items()]}
     return thr, record
+
+
+def _threshold(value: Any, report_path: Path, category: dict[str, Any]) -> float:
+    """A class's tuned threshold from report.json: null disables the class (``inf``); anything but
+    a finite number in [0, 1] (NaN, a list, a string, true) is refused in one line."""
+    if value is None:
+        return math.inf
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+    if not ok:
+        raise ValueError(f"report {report_path}: per_class threshold of class {category['id']} ({category['name']}) "
+                         f"is {value!r}, not a number in [0, 1] or null; the file was edited or damaged: re-run "
+                         "tools/evaluate.py to rewrite it, or give score_thresh=<0..1>")
+    return float(value)
 
 
 def _groups(images: list[tuple[Path, int, int]], transform: Any, batch_size: int, div: int) -> list[list[int]]:
@@ -120,9 +139,7 @@ def _groups(images: list[tuple[Path, int, int]], transform: Any, batch_size: int
 
 
 def _load(path: Path) -> tuple[torch.Tensor, Image.Image]:
-    with Image.open(path) as im:
-        rgb = to_rgb(im)
-        rgb.load()
+    rgb = read_rgb(path)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1), rgb
 
 
@@ -132,7 +149,7 @@ def _batch(images: list[tuple[Path, int, int]], group: list[int], transform: Any
     for i in group:
         try:
             pixels, pil = _load(images[i][0])
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except OSError as e:
             log.warning("skipping %s: cannot decode it (%s)", images[i][0].name, e)
             continue
         img, _, info = transform(pixels, torch.zeros(0, 4))
@@ -153,7 +170,8 @@ def _detect(model: torch.nn.Module, items: list, device: torch.device,
     return [r for r in results if r["score"] >= thresholds[r["category_id"]]]
 
 
-def _run(cfg: DictConfig, found: list, loaded: Any, thresholds: dict[int, float], out: Path) -> tuple[list, set]:
+def _run(cfg: DictConfig, found: list, files: list[str], loaded: Any, thresholds: dict[int, float],
+         out: Path) -> tuple[list, set]:
     """Detections of every image (batched by size), drawing each as it goes; the ids done."""
     run_cfg = loaded.description["config"]
     transform = build_transform(data_config(run_cfg["data"]), train=False)
@@ -174,7 +192,7 @@ def _run(cfg: DictConfig, found: list, loaded: Any, thresholds: dict[int, float]
         if cfg.draw:
             for i, pil in zip(kept, pils):
                 mine = [d for d in dets if d["image_id"] == i + 1]
-                draw_detections(pil, mine, names, label_to_cat_id, out / "drawn" / drawn_name(found[i][0].name))
+                draw_detections(pil, mine, names, label_to_cat_id, out / "drawn" / drawn_name(files[i]))
         bar.update(len(group))
     bar.close()
     return sorted(results, key=lambda r: (r["image_id"], -r["score"])), done
@@ -183,7 +201,9 @@ def _run(cfg: DictConfig, found: list, loaded: Any, thresholds: dict[int, float]
 def predict_run(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
     """tools/predict.py (``cfg`` on PredictConfig); returns a summary (module docstring)."""
     base = Path(base_dir or ".")
-    found, skipped = list_images(_resolve(cfg.input, base))
+    input_path = _resolve(cfg.input, base)
+    found, skipped = list_images(input_path)
+    names = [image_name(f, input_path) for f, _, _ in found]
     ckpt = _resolve(cfg.checkpoint, base)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}; give checkpoint=<run folder>/checkpoints/"
@@ -193,10 +213,10 @@ def predict_run(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str
     loaded, ckpt_path = load_for_inference(cfg, base)
     thresholds, record = class_thresholds(report_path, cfg.score_thresh, loaded.categories)
     out.mkdir(parents=True, exist_ok=True)
-    results, done = _run(cfg, found, loaded, thresholds, out)
-    skipped += [{"file": found[i][0].name, "reason": "cannot decode"} for i in range(len(found)) if i + 1 not in done]
-    images = [{"id": i + 1, "file_name": f.name, "width": w, "height": h}
-              for i, (f, w, h) in enumerate(found) if i + 1 in done]
+    results, done = _run(cfg, found, names, loaded, thresholds, out)
+    skipped += [{"file": names[i], "reason": "unreadable_image"} for i in range(len(found)) if i + 1 not in done]
+    images = [{"id": i + 1, "file_name": names[i], "width": w, "height": h}
+              for i, (_, w, h) in enumerate(found) if i + 1 in done]
     info = {"description": "gn-detect predictions", "checkpoint": str(ckpt_path), "thresholds": record,
             "skipped": skipped}
     write_json_atomic(out / "detections.json", results, indent=None)

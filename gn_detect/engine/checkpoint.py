@@ -4,8 +4,8 @@ File layout written by :class:`Checkpointer` (one dict, ``torch.save``)::
 
     {"format": "gn_detect.checkpoint/1", "iteration": int, "model": state_dict,
      "optimizer": ..., "scheduler": ..., "rng": rank-0 RNG state, "world_size": int,
-     "time": float, "extra": {keyword arguments of save(); the trainer stores "skipped_steps"
-     and "skipped_in_a_row"}, "description": {"config", "model", "version"}}
+     "time": float, "extra": {keyword arguments of save(); the trainer stores "skipped_steps",
+     "skipped_in_a_row" and under fp16 "grad_scaler" (the loss scale's state)}, "description": {"config", "model", "version"}}
 
 (model-only files such as ``model_final.pth`` have no optimizer, scheduler or rng; the
 ``description`` -- resolved config, model signature, package version -- is in every file the
@@ -23,6 +23,7 @@ plus, under DDP, ``<name>.rank<k>.rng.pth`` = ``{"iteration", "rng"}`` written b
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
+    "DiskFullError",
+    "is_disk_full",
     "save_checkpoint",
     "load_checkpoint",
     "capture_rng_state",
@@ -57,6 +60,33 @@ _TMP_SUFFIX = ".tmp"
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read (truncated, corrupt, wrong format)."""
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a run file; the message names the path and says
+    that the previous file, if any, is kept (writes are atomic)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.message = (f"no space left on device (ENOSPC) while writing {path}; the previous {Path(path).name}, "
+                        "if any, is kept. Fix: free space on that disk or put the run folder on another one "
+                        "(hydra.run.dir=...)")
+        super().__init__(errno.ENOSPC, self.message, os.fspath(path))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception in its chain is ENOSPC (torch.save reports it as a
+    RuntimeError whose cause says "No space left on device")."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -91,8 +121,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt / SystemExit too: never leave partial temp files
+    except BaseException as exc:  # KeyboardInterrupt / SystemExit too: never leave partial temp files
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, DiskFullError) and is_disk_full(exc):
+            raise DiskFullError(path) from exc
         raise
     _fsync_dir(path.parent)
     return path

@@ -18,7 +18,7 @@ from gn_detect.engine.device import amp_dtype as autocast_dtype, resolve_device
 from gn_detect.engine.inference import run_inference
 from gn_detect.engine.signals import ignore_stop_signals
 from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint, user_file
-from gn_detect.evaluation import evaluate_detections, format_results
+from gn_detect.evaluation import evaluate_detections, format_results, subset_coco
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,15 @@ def evaluate_model(
     """Runs inference on every rank; rank 0 returns the headline metrics ({} on the other
     ranks) and, with ``full_report``, writes the report files to ``out_dir``. ``eval_cfg`` is
     the ``eval`` section (schema EvalConfig)."""
+    skipped: list[dict[str, Any]] = []
     dets = run_inference(model, loader, dataset.label_to_cat_id, device=device, amp_dtype=amp_dtype,
-                         channels_last=channels_last, progress=True)
+                         channels_last=channels_last, progress=True, skipped=skipped)
     if not gdist.is_main_process():
         return {}
+    coco = dataset.coco
+    if skipped:  # images unreadable at run time: scored on the others, counted in the metrics
+        gone = {s["image_id"] for s in skipped}
+        coco = subset_coco(coco, [i for i in coco.getImgIds() if i not in gone])
     if eval_cfg.tune not in ("half", "same"):
         raise ValueError(f"eval.tune={eval_cfg.tune!r}: use 'half' (tune thresholds on a seeded half of the split "
                          "and report on the other half) or 'same' (tune and report on the whole split)")
@@ -56,7 +61,8 @@ def evaluate_model(
     if full_report:
         kwargs["image_root"] = getattr(dataset, "image_dir", None)
         kwargs["num_vis_images"] = eval_cfg.num_vis_images
-    return evaluate_detections(dataset.coco, dets, Path(out_dir) if full_report else None, **kwargs)
+    metrics = evaluate_detections(coco, dets, Path(out_dir) if full_report else None, **kwargs)
+    return {**metrics, "skipped_images": len(skipped)} if skipped else metrics
 
 
 def _run_config(cfg: DictConfig, base: Path, ckpt_path: Path, description: dict[str, Any]) -> DictConfig:

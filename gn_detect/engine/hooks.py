@@ -28,7 +28,7 @@ from torch import nn
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import Checkpointer
 from gn_detect.engine.precise_bn import bn_layers, update_bn_stats
-from gn_detect.engine.signals import STOP_SIGNALS, exit_code, preempt_signal
+from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, preempt_signal
 from gn_detect.engine.train_loop import HookBase
 from gn_detect.engine.writers import MetricWriter
 
@@ -105,18 +105,31 @@ class EvalHook(HookBase):
     """Evaluation every ``period`` iterations (0: only at the end) and at the end of a finished
     run. ``evaluate(iter, final)`` returns the headline metrics (rank 0; {} elsewhere). They go
     to ``trainer.storage.eval`` (MetricsWriter writes them once, at ``iter``), the final ones
-    also to ``trainer.results``."""
+    also to ``trainer.results``. ``trainer.evaluating`` is True meanwhile: a stop signal then
+    ends the evaluation at once (SignalHandler); one that came before the final evaluation
+    stops the run before it starts."""
 
     def __init__(self, period: int, evaluate: Callable[[int, bool], dict[str, Any]]) -> None:
         self.period, self.evaluate = period, evaluate
 
+    def _run(self, final: bool) -> dict[str, Any]:
+        t = self.trainer
+        t.evaluating = True
+        try:
+            return self.evaluate(t.iter, final)
+        finally:
+            t.evaluating = False
+
     def after_step(self) -> None:
         if _due(self.trainer, self.period):
-            self.trainer.storage.eval = self.evaluate(self.trainer.iter, False)
+            self.trainer.storage.eval = self._run(False)
 
     def after_train(self) -> None:
-        if self.trainer.state == "done":
-            metrics = self.evaluate(self.trainer.iter, True)
+        t = self.trainer
+        if t.state == "done":
+            if getattr(t, "stop_reason", None) is not None:  # a signal during the final checkpoint: no evaluation
+                raise StopRequested(t.stop_reason, t.stop_exit_code)
+            metrics = self._run(True)
             self.trainer.storage.eval = metrics
             self.trainer.results.update(metrics)
 
@@ -182,7 +195,9 @@ class IterationTimer(HookBase):
 class SignalHandler(HookBase):
     """SIGTERM/SIGINT (a scheduler's preemption, Ctrl-C) ask the trainer to stop with exit status
     128 + the signal number (gn_detect/engine/signals.py): all ranks agree at the next step,
-    ``last.pth`` is saved and the run ends ``interrupted``. The data-loader workers ignore both
+    ``last.pth`` is saved and the run ends ``interrupted``. During an evaluation (``trainer.
+    evaluating``) the handler raises :class:`StopRequested` to end it at once; in the final one
+    ``model_final.pth`` is already written, and re-running the command evaluates again. The data-loader workers ignore both
     signals (``ignore_stop_signals``), so a signal to the whole process group is handled here
     alone. The pre-emption signal (SIGUSR2, submitit's) stops the run the same way (exit status
     140); launch.py then hands it to submitit, which re-submits the job. The previous handlers
@@ -200,7 +215,10 @@ class SignalHandler(HookBase):
                 log.info("not on the main thread: %s will not stop training gracefully", signal.Signals(s).name)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.trainer.request_stop(f"signal {signal.Signals(signum).name}", exit_code(signum))
+        reason = f"signal {signal.Signals(signum).name}"
+        self.trainer.request_stop(reason, exit_code(signum))
+        if getattr(self.trainer, "evaluating", False):  # an evaluation can take long: end it now (EvalHook)
+            raise StopRequested(reason, exit_code(signum))
 
     def after_train(self) -> None:
         for s, h in self._old.items():

@@ -49,8 +49,12 @@ def run_inference(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every rank runs its shard; the gathered list is returned on every rank."""
+    """Every rank runs its shard; the gathered list is returned on every rank. Images the dataset
+    could not read (their target says ``skipped``, gn_detect/data/coco.py) give no detections and
+    are appended to ``skipped`` as ``{"image_id", "reason"}`` (gathered from every rank)."""
+    missed: list[dict[str, Any]] = []
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []
@@ -65,10 +69,18 @@ def run_inference(
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(images, image_sizes)
-        results.extend(to_coco_results(outputs, targets, label_to_cat_id))
-        n_images += len(targets)
+        read = [i for i, t in enumerate(targets) if not t.get("skipped")]
+        missed += [{"image_id": int(t["image_id"]), "reason": t["skipped"]} for t in targets if t.get("skipped")]
+        results.extend(to_coco_results([outputs[i] for i in read], [targets[i] for i in read], label_to_cat_id))
+        n_images += len(read)
     model.train(was_training)
     if gdist.get_world_size() > 1:
         results = [r for part in gdist.all_gather_object(results) for r in part]
+        missed = [m for part in gdist.all_gather_object(missed) for m in part]
+    if skipped is not None:
+        skipped.extend(missed)
+    if missed:
+        log.warning("inference: %d images could not be read and are left out of the evaluation, e.g. %s",
+                    len(missed), missed[:3])
     log.info("inference: %d images, %d detections in %.1fs", n_images, len(results), time.perf_counter() - start)
     return results

@@ -1,11 +1,13 @@
 """Hydra entry points of tools/train.py and tools/evaluate.py: config pre-flight, run folders,
 multirun skip/resume, failure isolation, exit status. The only engine module that touches Hydra.
 
-Exit status of tools/train.py: 0 when every run ended done (or, in a sweep, done or failed:
-failures are recorded and the sweep goes on); 2 after a one-line start-up refusal of a single
-run (config error, refused resume, run folder in use, unusable checkpoint); 128 + the signal
-number (143 SIGTERM, 130 SIGINT) when a run was stopped by a signal -- after its checkpoint and
-status 'interrupted' are written and Hydra has finished the job. A stopped run also stops its
+Exit status of tools/train.py (README.md: Exit statuses). A single run: 0 done; 1 failed after
+the start (one line for a failure its message explains: data, non-finite loss, out of memory,
+disk full; status.json 'failed' with it); 2 refused at start (the pre-flight's lines, a refused
+resume, run folder in use, unusable checkpoint); 128 + the signal number (143 SIGTERM, 130
+SIGINT) when stopped by a signal at any stage, the final evaluation included -- after status
+'interrupted' is written and Hydra has finished the job; the last line says what is kept. A
+sweep: 0 when every run ended done (or done or failed: failures are recorded and the sweep goes on). A stopped run also stops its
 sweep: the remaining runs are skipped (the sweep report is still written) and the sweep exits
 with that status; rerunning the same command resumes it.
 
@@ -19,11 +21,13 @@ Multirun folders (``hydra.sweep.subdir: ${gn_sweep_subdir:}``) are named by the 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import traceback
 import uuid
@@ -46,9 +50,11 @@ from gn_detect.config import (
     validate_train_config,
 )
 from gn_detect.engine import dist as gdist
-from gn_detect.engine.checkpoint import CheckpointError
-from gn_detect.engine.signals import exit_code, hand_over_preemption, preempt_signal
+from gn_detect.engine.checkpoint import CheckpointError, DiskFullError, is_disk_full
+from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, hand_over_preemption, preempt_signal
 from gn_detect.engine.evaluate import evaluate_checkpoint
+from gn_detect.engine.preflight import evaluate_problems, train_problems
+from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
 from gn_detect.engine.writers import read_status, write_status
 
@@ -204,7 +210,7 @@ def _note_interruption(result: Any, run_dir: Path) -> None:
     """A run stopped early (a signal): the command exits with its status, a sweep stops."""
     if isinstance(result, dict) and result.get("interrupted"):
         _OUTCOME.exit_code = int(result.get("exit_code") or 1)
-        _OUTCOME.reason = f"{run_dir} was interrupted"
+        _OUTCOME.reason = f"{run_dir} was interrupted" + (f": {result['message']}" if result.get("message") else "")
 
 
 def _handed_to_scheduler(result: Any) -> bool:
@@ -220,14 +226,51 @@ def _handed_to_scheduler(result: Any) -> bool:
     return hand_over_preemption(signum)
 
 
-def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
+# Failures after a single run started that the run's own message explains: one line and exit
+# status 1 (status.json says failed with the same message); anything else keeps its traceback.
+_RUN_FAILURES = (ValueError, NonFiniteLossError, BatchTooLargeError, DiskFullError)
+
+
+@contextlib.contextmanager
+def _stop_signals_raise() -> Any:
+    """Until the trainer's SignalHandler takes over (and after it gives the signals back), SIGTERM
+    and SIGINT raise :class:`StopRequested`: a run stopped while its data are checked or its model
+    built ends 'interrupted' with 128 + the signal number, never killed with status 'running'."""
+    def handle(signum: int, frame: Any) -> None:
+        raise StopRequested(f"signal {signal.Signals(signum).name}", exit_code(signum))
+
     try:
-        result = train(cfg, _rank0_run_dir(cfg, run_dir), base_dir)
+        old = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals cannot be caught here
+        old = {}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
+    """One run; its exit status (README: Exit statuses) is left in _OUTCOME: 2 refused at start,
+    1 failed after the start (one line for the failures of _RUN_FAILURES), 128 + signal when
+    stopped, and the last output line says what is kept."""
+    try:
+        with _stop_signals_raise():
+            result = train(cfg, _rank0_run_dir(cfg, run_dir), base_dir)
     except _START_REFUSALS as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
         _OUTCOME.exit_code, _OUTCOME.reason = 2, "start-up refused"
+        return None
+    except StopRequested as stop:  # after train() returned: its status is written
+        _OUTCOME.exit_code, _OUTCOME.reason = stop.exit_code, f"{run_dir}: stopped by {stop.reason}"
+        return None
+    except Exception as exc:  # noqa: BLE001 - status.json already says failed, with this error
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (isinstance(exc, _RUN_FAILURES) or is_disk_full(exc)):
+            raise
+        _OUTCOME.exit_code = 1
+        _OUTCOME.reason = f"run failed: {one_line(exc)} (status.json in {run_dir} says failed)"
         return None
     if not _handed_to_scheduler(result):
         _note_interruption(result, run_dir)
@@ -325,14 +368,16 @@ def _evaluate_main(cfg: DictConfig) -> Any:
 def main() -> Any:
     """tools/train.py: one-line config errors before Hydra starts, then the run or sweep, then
     the exit status (module docstring)."""
-    preflight(CONFIG_DIR, "config", validate_train_config)
+    preflight(CONFIG_DIR, "config", validate_train_config, train_problems)
     result = _train_main()
     if _OUTCOME.exit_code:
+        if _OUTCOME.exit_code != 2:  # a refusal has printed its line; otherwise say what happened last
+            print(f"gn-detect: {_OUTCOME.reason}", file=sys.stderr, flush=True)
         sys.exit(_OUTCOME.exit_code)
     return result
 
 
 def evaluate_main() -> Any:
     """tools/evaluate.py."""
-    preflight(CONFIG_DIR, "evaluate", validate_evaluate_config)
+    preflight(CONFIG_DIR, "evaluate", validate_evaluate_config, evaluate_problems)
     return _evaluate_main()

@@ -27,12 +27,22 @@ import os
 import signal
 import threading
 
-__all__ = ["EXIT_INTERRUPTED", "STOP_SIGNALS", "exit_code", "hand_over_preemption", "ignore_stop_signals",
+__all__ = ["EXIT_INTERRUPTED", "STOP_SIGNALS", "StopRequested", "exit_code", "hand_over_preemption", "ignore_stop_signals",
            "preempt_signal"]
 
 STOP_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 # Exit status of a run stopped early without a signal (a hook's request_stop): not a success.
 EXIT_INTERRUPTED = 1
+
+
+class StopRequested(BaseException):
+    """A stop signal that arrived while the trainer evaluates (periodically or at the end): raised
+    from the signal handler so a long evaluation ends at once (a BaseException, so no ``except
+    Exception`` on the way swallows it); the trainer ends the run ``interrupted`` with ``exit_code``."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.reason, self.exit_code = reason, exit_code
 
 
 def exit_code(signum: int | None) -> int:

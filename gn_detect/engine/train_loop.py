@@ -36,7 +36,7 @@ from torch import nn
 
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import Checkpointer, unwrap_model
-from gn_detect.engine.signals import EXIT_INTERRUPTED
+from gn_detect.engine.signals import EXIT_INTERRUPTED, StopRequested
 from gn_detect.engine.solver import clip_gradients
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,15 @@ TrainState = Literal["idle", "running", "done", "interrupted", "failed"]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss was NaN/Inf on some rank and ``solver.nonfinite=stop``."""
+
+
+class BatchTooLargeError(RuntimeError):
+    """The device ran out of memory in one of the first :data:`OOM_STEPS` steps of a start: the
+    batch does not fit, which no later step will change. One line naming ``data.ims_per_device``."""
+
+
+# An out-of-memory error in this many first steps of a start is the batch's size, not a leak.
+OOM_STEPS = 10
 
 
 class HookBase:
@@ -139,6 +148,8 @@ class Trainer:
                  device: torch.device, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                  clip_grad_norm: float | None = None, nonfinite: NonFinitePolicy | None = None,
                  ims_per_batch: int = 0) -> None:
+        # fp16 gradients underflow to zero without loss scaling; bf16 and fp32 need none (disabled: a no-op)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.model, self.bare_model = model, unwrap_model(model)
         self.data_loader, self.optimizer = data_loader, optimizer
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
@@ -154,6 +165,7 @@ class Trainer:
         self.storage = StepStorage()
         self.state: TrainState = "idle"
         self.stopping = False
+        self.evaluating = False  # an evaluation runs (EvalHook): a stop signal then raises StopRequested
         self.stop_reason: str | None = None  # set locally by request_stop
         self.stop_exit_code = EXIT_INTERRUPTED  # the process's exit status after an early stop
         self.run_lock: Any = None  # the run folder's lock (build_trainer), released by train()
@@ -182,8 +194,19 @@ class Trainer:
         return next((h for h in self.hooks if isinstance(h, kind)), None)
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        """Loop state that checkpoints carry besides model, optimizer, scheduler and RNG."""
-        return {"skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row}
+        """Loop state that checkpoints carry besides model, optimizer, scheduler and RNG (the fp16
+        loss scale under ``grad_scaler``); :meth:`restore_extra` reads it back."""
+        extra: dict[str, Any] = {"skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row}
+        if self.scaler.is_enabled():
+            extra["grad_scaler"] = self.scaler.state_dict()
+        return extra
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        """The loop state of :meth:`checkpoint_extra` from a resumed checkpoint's ``extra``."""
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        self.skipped_in_a_row = int(extra.get("skipped_in_a_row", 0))
+        if self.scaler.is_enabled() and extra.get("grad_scaler"):
+            self.scaler.load_state_dict(extra["grad_scaler"])
 
     def request_stop(self, reason: str, exit_code: int = EXIT_INTERRUPTED) -> None:
         """Ask the loop to stop after the current step (decided with the other ranks, see module doc);
@@ -208,12 +231,19 @@ class Trainer:
                 if self.stopping:
                     break
             self.state = "interrupted" if self.iters_done < max_iter else "done"
+        except StopRequested as stop:  # a signal during a periodic evaluation: stop as after a step
+            self._stopped(stop)
+            self.state = "interrupted"
         except BaseException:
             self.state, self._data_iter = "failed", None
             self.after_train()
             raise
         self._data_iter = None  # the loader's workers can exit before the final evaluation
         self.after_train()
+
+    def _stopped(self, stop: StopRequested) -> None:
+        self.stop_reason, self.stop_exit_code, self.evaluating = stop.reason, stop.exit_code, False
+        log.warning("%s during the evaluation after iteration %d: stopping", stop.reason, self.iter)
 
     def _call(self, name: str) -> None:
         for h in self.hooks:
@@ -227,6 +257,9 @@ class Trainer:
         for h in self.hooks:
             try:
                 h.after_train()
+            except StopRequested as stop:  # a signal in the final evaluation: interrupted, the others still run
+                self._stopped(stop)
+                self.state = "interrupted"
             except BaseException as exc:  # noqa: BLE001 - the others still release their resources
                 if first is None and self.state != "failed":
                     first = exc
@@ -263,8 +296,27 @@ class Trainer:
         return tuple(bool(v > 0) for v in t.tolist())
 
     def run_step(self) -> None:
-        """Batch, forward, loss; the one collective deciding non-finite and stop; then backward,
-        clipping and the optimizer step (or the non-finite policy). Fills ``self.storage``."""
+        """:meth:`step`, with an out-of-memory error in the first :data:`OOM_STEPS` steps of this
+        start turned into :class:`BatchTooLargeError` (one line naming the batch and the memory)."""
+        try:
+            self.step()
+        except torch.OutOfMemoryError as e:
+            if self.iter - self.start_iter >= OOM_STEPS:
+                raise
+            per_device = self.ims_per_batch // max(gdist.get_world_size(), 1)
+            memory = ""
+            if self.device.type == "cuda":
+                total = torch.cuda.get_device_properties(self.device).total_memory / 2**30
+                memory = f", {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB of {total:.1f} GiB in use"
+            raise BatchTooLargeError(
+                f"{self.device.type} out of memory in iteration {self.iter} with {per_device} images per device"
+                f"{memory}: the batch does not fit. Fix: lower data.ims_per_device (now {per_device}) or "
+                f"data.max_size") from e
+
+    def step(self) -> None:
+        """Batch, forward, loss; the one collective deciding non-finite and stop; then backward
+        (loss-scaled under fp16), clipping and the optimizer step (or the non-finite policy).
+        Fills ``self.storage``."""
         t0 = time.perf_counter()
         batch = next(self._data_iter)
         data_time = time.perf_counter() - t0
@@ -280,8 +332,10 @@ class Trainer:
             self.storage.skipped = True
         else:
             self.skipped_in_a_row = 0
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # true gradients for clipping and grad_norm
             self.storage.grad_norm = clip_gradients(self.bare_model, self.clip_grad_norm)
             self.storage.lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # skipped by the scaler when an fp16 gradient overflowed
+            self.scaler.update()
         self.storage.step_time = time.perf_counter() - t0

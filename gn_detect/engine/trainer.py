@@ -63,7 +63,7 @@ from gn_detect.engine.hooks import (
     SignalHandler,
 )
 from gn_detect.engine.run_lock import RunFolderInUse, RunLock
-from gn_detect.engine.signals import ignore_stop_signals
+from gn_detect.engine.signals import StopRequested, ignore_stop_signals
 from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, scale_lr
 from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFinitePolicy, Trainer
 from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
@@ -327,8 +327,7 @@ def _build(run: _Run, base_dir: str | Path | None) -> Trainer:
         ims_per_batch=run.batch["ims_per_batch"],
     )
     trainer.start_iter, trainer.max_iter = start_iter, cfg.solver.max_iter
-    trainer.skipped_steps = int(extra.get("skipped_steps", 0))
-    trainer.skipped_in_a_row = int(extra.get("skipped_in_a_row", 0))
+    trainer.restore_extra(extra)
     trainer.register_hooks(_hooks(run, trainer, checkpointer, scheduler, train_set, val_set))
     return trainer
 
@@ -339,15 +338,33 @@ def _finish(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
     main = gdist.is_main_process()
     if trainer.state == "interrupted":
         reason = trainer.stop_reason or "a stop requested on another rank"
-        message = f"stopped by {reason} after {done} iterations; rerun the same command to resume"
+        if done >= trainer.max_iter:  # in the final evaluation: every checkpoint is written
+            message = (f"stopped by {reason} during the final evaluation after {done} iterations; "
+                       f"{run_dir / 'checkpoints' / 'model_final.pth'} and last.pth are kept; rerun the same command "
+                       f"to evaluate (a single run: with hydra.run.dir={run_dir})")
+        else:
+            message = (f"stopped by {reason} after {done} iterations; {run_dir / 'checkpoints' / 'last.pth'} is kept; "
+                       f"rerun the same command to resume (a single run: with hydra.run.dir={run_dir})")
         if main:
             write_status(run_dir, "interrupted", iteration=done, error=message)
-        log.warning("%s (checkpoint saved)", message)
-        return {"interrupted": True, "iter": done, "exit_code": trainer.stop_exit_code}
+        log.warning("%s", message)
+        return {"interrupted": True, "iter": done, "exit_code": trainer.stop_exit_code, "message": message}
     if main:
         write_status(run_dir, "done", iteration=done)
         print(format_results(trainer.results, run_dir=run_dir, report_path=run_dir / "report.md"), flush=True)
     return trainer.results
+
+
+def _record(run_dir: Path, state: str, error: str, trainer: Trainer | None) -> None:
+    """status.json after a run ended early (rank 0, still holding the folder); a status that cannot
+    be written (a full disk) is logged, so the error that ended the run is the one reported."""
+    if not gdist.is_main_process():
+        return
+    progress = {"iteration": trainer.iters_done} if trainer is not None else {}
+    try:
+        write_status(run_dir, state, error=error, **progress)  # type: ignore[arg-type]
+    except OSError as e:
+        log.error("could not write %s/status.json (%s): %s", run_dir, e, error)
 
 
 def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = None, *,
@@ -356,9 +373,10 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     ``{"interrupted": True, "iter": completed iterations, "exit_code": the status the process
     should exit with (128 + signal number after a signal)}`` after a stop.
 
-    ``hooks`` are added to the standard ones, before MetricsWriter (which stays last). Any
-    failure, start-up included (bad config, unreadable annotations), ends as status.json
-    'failed' with the error, and is re-raised -- except a folder another process holds
+    ``hooks`` are added to the standard ones, before MetricsWriter (which stays last). A
+    :class:`StopRequested` raised before the loop (the launcher's signal handler) ends it
+    'interrupted' (returned as after a stop). Any failure, start-up included (bad config,
+    unreadable annotations), ends as status.json 'failed' with the error, and is re-raised -- except a folder another process holds
     (:class:`RunFolderInUse`) and a refused resume (:class:`ResumeRefusedError`), which leave
     the folder as they found it. The run folder's lock is released however the run ends.
     """
@@ -374,10 +392,13 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
         return _finish(trainer, run_dir)
     except (RunFolderInUse, ResumeRefusedError):
         raise
+    except StopRequested as stop:  # a signal before the loop (data checks, model build): nothing to save yet
+        done = trainer.iters_done if trainer is not None else 0
+        message = f"stopped by {stop.reason} while starting, after {done} iterations; nothing new was saved"
+        _record(run_dir, "interrupted", message, trainer)
+        return {"interrupted": True, "iter": done, "exit_code": stop.exit_code, "message": message}
     except BaseException as exc:
-        if gdist.is_main_process():  # still holding the folder
-            progress = {"iteration": trainer.iters_done} if trainer is not None else {}
-            write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", **progress)
+        _record(run_dir, "failed", f"{type(exc).__name__}: {exc}", trainer)
         raise
     finally:
         if lock is not None:

@@ -19,8 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
-from PIL import Image
-
+from gn_detect.image_io import read_rgb
 from gn_detect.evaluation.events import Counts, Events
 from gn_detect.evaluation.matching import FP, IGNORED, BoxMatches, GroundTruth
 
@@ -202,9 +201,8 @@ def _load_examples(image_root: Path, file_names: dict[int, str], gt: GroundTruth
         img_id = int(gt.image_ids[i])
         f = Path(image_root) / file_names.get(img_id, "")
         try:
-            with Image.open(f) as im:
-                loaded.append((i, img_id, np.asarray(im.convert("RGB"))))
-        except (OSError, ValueError) as e:
+            loaded.append((i, img_id, np.asarray(read_rgb(f))))
+        except OSError as e:
             log.warning("examples.png: cannot read %s (%s)", f, e)
     return loaded
 

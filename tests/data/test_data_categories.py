@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gn_detect import image_io
 from gn_detect.data import CocoDetection, build_dataset, categories_of, check_same_categories, split_categories
 from gn_detect.data import checks
 
@@ -66,7 +67,7 @@ def test_datasets_coco_objects_and_split_json(make_coco, tmp_path: Path, monkeyp
     msg = one_line_error(check_same_categories, ds, other)
     assert f"training ({ds.name})" in msg
     # a split's categories straight from its json: no image is opened
-    monkeypatch.setattr(checks.Image, "open", lambda *a, **k: pytest.fail("split_categories opened an image"))
+    monkeypatch.setattr(image_io.Image, "open", lambda *a, **k: pytest.fail("split_categories opened an image"))
     cfg = {"name": "coco", "root": str(tmp_path), "val": {"images": "images", "ann": "ann.json"}}
     assert split_categories(cfg, "val") == ds.categories
     with pytest.raises(checks.AnnotationFileError, match="not found"):

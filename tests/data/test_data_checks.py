@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gn_detect.data import AnnotationFileError, CocoDetection, EmptyDatasetError, write_skip_summary
+from gn_detect import image_io
 from gn_detect.data import checks
 from gn_detect.data.checks import SKIP_REASONS, check_box, file_name_problem
 from gn_detect.data.transforms import DetectionTransform
@@ -99,8 +100,10 @@ def test_runtime_fallback_without_verification(make_coco, caplog: pytest.LogCapt
     ds = load(d, f, verify_images=False)
     assert len(ds) == 2  # not caught at load time when verification is off ...
     with caplog.at_level(logging.WARNING):
-        _, target = ds[0]  # ... but a bad image never crashes the epoch
+        _, target = ds[0, 7]  # ... but a bad image never crashes a training epoch: the next one is used
     assert target["image_id"] == 2 and "cannot read" in caplog.text
+    _, target = ds[0]  # evaluation order: the image is marked (inference leaves it out), never replaced
+    assert target["image_id"] == 1 and target["skipped"] == "unreadable_image"
 
 
 @pytest.mark.parametrize("mode,fmt,ext", [("L", "JPEG", "jpg"), ("CMYK", "JPEG", "jpg"), ("RGBA", "PNG", "png"),
@@ -251,8 +254,8 @@ def test_file_names_leaving_the_image_folder_are_never_opened(make_coco, tmp_pat
                        img(4, file_name="sub/../../outside/secret.jpg"), img(6, file_name="link.jpg")]
     f.write_text(json.dumps(data))
     opened: list[str] = []
-    real_open = checks.Image.open
-    monkeypatch.setattr(checks.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    real_open = image_io.Image.open
+    monkeypatch.setattr(image_io.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
     ds = load(d, f)
     assert ds.image_ids == [1, 5, 6] and ds.skipped["outside_image_dir"] == 3
     assert [e["file_name"] for e in ds.skip_log.examples["outside_image_dir"]] == [

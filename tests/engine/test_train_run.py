@@ -108,6 +108,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(shapes_root, tmp_path):  #
     train(tiny_cfg(shapes_root, **overrides), ref_dir, base_dir=tmp_path)
 
     out = train(tiny_cfg(shapes_root, **overrides), run_dir, base_dir=tmp_path, hooks=[StopAt(4)])
+    assert out.pop("message") == read_status(run_dir)["error"]
     assert out == {"interrupted": True, "iter": 5, "exit_code": 1}  # not a success: no exit status 0
     status = read_status(run_dir)
     assert status["state"] == "interrupted" and status["iteration"] == 5

@@ -1,0 +1,96 @@
+"""What the command-line pre-flight (gn_detect/config/preflight.py) checks of a valid config before
+Hydra makes a folder: the run folder, the model's layer shapes and the annotation files
+(gn_detect/data/preflight.py). Nothing here opens an image, makes a folder or allocates a weight:
+the model is built on PyTorch's ``meta`` device (shapes only), so a GroupNorm whose group count
+does not divide a layer's channels is found in milliseconds, named with its key."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gn_detect.data.preflight import annotation_problems
+from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
+from gn_detect.modeling import build_model
+
+__all__ = ["evaluate_problems", "train_problems"]
+
+
+def _folder_problem(key: str, raw: Any) -> str | None:
+    """Why the folder ``raw`` (relative to the launch folder) cannot be (or become) a run folder."""
+    path = Path(str(raw)).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"has the file {p} on its way"
+                return (f"run folder error: {key}={raw} {what}, not a folder. Fix: give a folder path "
+                        f"({key}=outputs/my_run) or move the file away")
+            if not os.access(p, os.W_OK | os.X_OK):
+                return f"run folder error: {key}={raw}: {p} is not writable. Fix: give a folder you can write to"
+            return None
+    return None
+
+
+def _run_folder_problems(cfg: DictConfig, multirun: bool) -> list[str]:
+    hydra = cfg.get("hydra") if isinstance(cfg, DictConfig) else None
+    if hydra is None:
+        return []
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        raw = OmegaConf.select(cfg, key)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's job can resolve: Hydra checks it
+        return []
+    problem = _folder_problem(key, raw) if raw else None
+    return [problem] if problem else []
+
+
+def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:
+    """The model built on the meta device (no memory, no weight file read): a layer the config
+    cannot build (e.g. GroupNorm groups that do not divide its channels) is one line."""
+    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    OmegaConf.update(cfg, "backbone.weights", None)  # the weight file is checked when the run loads it
+    try:
+        with torch.device("meta"):
+            build_model(cfg, num_classes)
+    except (ValueError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return [f"config error: model: {first} (keys: model.norm_opts.num_groups / channels_per_group, or "
+                f"model.<backbone|fpn|head>.norm_opts)"]
+    return []
+
+
+def train_problems(cfg: DictConfig, multirun: bool) -> list[str]:
+    """tools/train.py's inspect: run folder, model shapes, training and evaluation annotation files."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    problems = _run_folder_problems(cfg, multirun)
+    data, train = annotation_problems(cfg.data, train_split="train", eval_split=cfg.eval.split, base_dir=Path.cwd(),
+                                      ims_per_batch=cfg.data.ims_per_device * world)
+    num_classes = len(train.categories) if train is not None else 1
+    return problems + model_problems(cfg.model, num_classes) + data
+
+
+def evaluate_problems(cfg: DictConfig, multirun: bool) -> list[str]:
+    """tools/evaluate.py's inspect: the evaluation split's annotation file against the categories
+    of the checkpoint's model (read with weights_only; its own problems are left to the command)."""
+    path = Path(str(cfg.checkpoint)).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    if not path.is_file():
+        return []  # the command says so in one line
+    try:
+        description = load_checkpoint(path).get("description")
+    except CheckpointError:
+        return []
+    if not isinstance(description, dict) or "config" not in description:
+        return []
+    run = description["config"]
+    if cfg.data is None and cfg.run_config:
+        return []  # the data section comes from run_config, read (and checked) by the command
+    data_cfg = cfg.data if cfg.data is not None else run["data"]
+    split = cfg.eval.split if cfg.eval.split is not None else run["eval"]["split"]
+    problems, _ = annotation_problems(data_cfg, train_split=None, eval_split=split, base_dir=Path.cwd(),
+                                      train_categories=description["model"]["categories"])
+    return problems

@@ -1,0 +1,181 @@
+"""Hostile inputs through the real command lines (tools/train.py, tools/evaluate.py, tools/predict.py,
+tools/convert_dataset.py): each case asserts the exit status (README: Exit statuses), one
+``gn-detect:`` line per problem naming the cause and the fix, and no traceback. Cases that only
+need the pre-flight are batched into one train.py start (every problem is listed at once)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.deploy._runs import make_run, write_report
+from tests.engine._train_utils import REPO, child_env, shapes_root, tail  # noqa: F401
+
+NAMES = {1: "circle", 2: "square", 3: "triangle", 4: "star", 5: "cross"}
+
+
+def _coco(root: Path, *, n: int = 3, cats: tuple[str, ...] = ("a", "b"), val_cats: tuple[str, ...] | None = None,
+          train_text: str | None = None, val_annotations: bool = True) -> Path:
+    """A COCO-layout dataset of ``n`` 40x32 PNG images per split; ``train_text`` replaces the train json."""
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir(parents=True)
+        for i in range(1, n + 1):
+            Image.fromarray(np.full((32, 40, 3), 40 * i, np.uint8)).save(root / split / f"{i}.png")
+    (root / "annotations").mkdir()
+    for split, names in (("train2017", cats), ("val2017", val_cats or cats)):
+        data = {"images": [{"id": i, "file_name": f"{i}.png", "width": 40, "height": 32} for i in range(1, n + 1)],
+                "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400,
+                                 "iscrowd": 0} for i in range(1, n + 1)],
+                "categories": [{"id": k + 1, "name": c} for k, c in enumerate(names)]}
+        if split == "val2017" and not val_annotations:
+            data["annotations"] = []
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    if train_text is not None:
+        (root / "annotations" / "instances_train2017.json").write_text(train_text)
+    return root
+
+
+def _run(tool: str, args: list[str], cwd: Path, timeout: float = 120) -> tuple[int, str, list[str]]:
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], cwd=str(cwd),
+                          env=child_env(HYDRA_FULL_ERROR="0", PYTHONPATH=str(REPO)), timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gn-detect:")]
+    return proc.returncode, proc.stdout, lines
+
+
+def _tiny(root: Path, *extra: str) -> list[str]:
+    return ["data=coco", f"data.root={root}", "data.min_size_train=[32]", "data.min_size_test=32", "data.max_size=64",
+            "data.ims_per_device=2", "data.num_workers=0", "solver.max_iter=2", *extra]
+
+
+# --------------------------------------------------------------------------- the table
+
+def _config_error_before_unreadable_image(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """The first training image is a FIFO: opening it would block (the test would time out). The
+    config error comes first, exit 2, and nothing opened it."""
+    root = _coco(tmp / "coco")
+    (root / "train2017" / "1.png").unlink()
+    os.mkfifo(root / "train2017" / "1.png")
+    return "train.py", _tiny(root, "solver.base_lr=-1"), 2, ["config error: solver.base_lr"]
+
+
+def _every_problem_at_once(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """Category mismatch, GroupNorm groups, a run folder that is a file and a batch larger than the
+    split: four lines, before any image is opened (the first image is a FIFO again)."""
+    root = _coco(tmp / "coco", val_cats=("a", "z"))
+    (root / "train2017" / "1.png").unlink()
+    os.mkfifo(root / "train2017" / "1.png")
+    (tmp / "not_a_folder").write_text("x")
+    args = _tiny(root, "model.norm_opts.num_groups=5", "hydra.run.dir=not_a_folder", "data.ims_per_device=4")
+    return "train.py", args, 2, ["categories differ", "GroupNorm with 5 groups", "model.norm_opts.num_groups",
+                                 "hydra.run.dir=not_a_folder", "data.ims_per_device=3 or less"]
+
+
+def _truncated_and_empty_annotations(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    root = _coco(tmp / "coco", train_text='{"images": [{"id": 1, "file_name": "1.png"', val_annotations=False)
+    return "train.py", _tiny(root), 2, ["instances_train2017.json is not valid JSON", "AP is undefined"]
+
+
+def _user_config_dir(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """A preset in the user's own folder (``--config-dir DIR data=mine``) composes like a shipped one:
+    the pre-flight reads its data and finds the category mismatch planted there."""
+    root = _coco(tmp / "coco", val_cats=("a", "z"))
+    (tmp / "mine" / "data").mkdir(parents=True)
+    (tmp / "mine" / "data" / "mine.yaml").write_text(f"name: coco\nroot: {root}\n")
+    args = ["--config-dir", str(tmp / "mine"), *[a for a in _tiny(root) if not a.startswith("data=")], "data=mine"]
+    return "train.py", args, 2, ["categories differ"]
+
+
+def _predict_nan_threshold(tmp: Path, shapes: Path) -> tuple[str, list[str], int, list[str]]:
+    ckpt = make_run(tmp / "run", shapes)
+    report = write_report(tmp / "run", {1: 0.5, 2: float("nan"), 3: 0.2, 4: None, 5: 0.9}, NAMES)
+    shutil_images = tmp / "images"
+    shutil_images.mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(shutil_images / "a.png")
+    return "predict.py", [f"checkpoint={ckpt}", f"input={shutil_images}", "output=o"], 2, \
+        [str(report), "class 2 (square)", "nan", "score_thresh"]
+
+
+def _voc(tmp: Path, width: str = "40", box: tuple[str, ...] = ("2", "3", "20", "30")) -> Path:
+    d = tmp / "voc"
+    d.mkdir(exist_ok=True)
+    (d / "a.xml").write_text(
+        f"<annotation><filename>a.jpg</filename><size><width>{width}</width><height>32</height></size>"
+        "<object><name>cat</name><bndbox>" + "".join(f"<{k}>{v}</{k}>" for k, v in zip(
+            ("xmin", "ymin", "xmax", "ymax"), box)) + "</bndbox></object>"
+        "<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+        "</annotation>")
+    return d
+
+
+def _yolo(tmp: Path, label: bytes) -> tuple[Path, Path]:
+    images, labels = tmp / "y" / "images", tmp / "y" / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(images / "a.png")
+    (labels / "a.txt").write_bytes(label)
+    (tmp / "names.txt").write_text("cat\ndog\n")
+    return images, labels
+
+
+def _convert_case(kind: str) -> Callable[[Path], tuple[str, list[str], int, list[str]]]:
+    def case(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+        out = ["--out", str(tmp / "out.json")]
+        if kind == "voc_width":
+            return "convert_dataset.py", ["voc", "--ann-dir", str(_voc(tmp, width="forty")), *out], 2, \
+                ["<width> is 'forty', not a number", "a.xml"]
+        if kind == "voc_image_set":
+            return "convert_dataset.py", ["voc", "--ann-dir", str(_voc(tmp)), "--image-set", str(tmp / "nope.txt"),
+                                          *out], 2, ["--image-set file not found", "nope.txt"]
+        if kind == "yolo_latin1":
+            images, labels = _yolo(tmp, "0 0.5 0.5 0.2 0.2 # caf\xe9\n".encode("latin-1"))
+            return "convert_dataset.py", ["yolo", "--images", str(images), "--labels", str(labels), "--names",
+                                          str(tmp / "names.txt"), *out], 2, ["a.txt", "not UTF-8", "re-save"]
+        images, labels = _yolo(tmp, b"0 0.5 0.5 0.2 0.2\n")  # yolo_names
+        return "convert_dataset.py", ["yolo", "--images", str(images), "--labels", str(labels), "--names",
+                                      str(tmp / "missing_names.txt"), *out], 2, ["class names file not found"]
+    return case
+
+
+CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
+    "config_error_before_unreadable_image": _config_error_before_unreadable_image,
+    "every_problem_at_once": _every_problem_at_once,
+    "truncated_and_empty_annotations": _truncated_and_empty_annotations,
+    "user_config_dir": _user_config_dir,
+    "predict_nan_threshold": _predict_nan_threshold,
+    **{f"convert_{k}": _convert_case(k) for k in ("voc_width", "voc_image_set", "yolo_latin1", "yolo_names")},
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input_through_the_command_line(name: str, tmp_path: Path, shapes_root: Path) -> None:  # noqa: F811
+    case = CASES[name]
+    tool, args, status, needles = case(tmp_path, shapes_root) if name.startswith("predict") else case(tmp_path)
+    rc, output, lines = _run(tool, args, tmp_path)
+    assert rc == status, (name, tail(subprocess.CompletedProcess(args, rc, output)))
+    assert "Traceback" not in output, output[-3000:]
+    assert lines and all(len(ln) < 1000 for ln in lines), output[-3000:]
+    for needle in needles:
+        assert any(needle in ln for ln in lines), (needle, lines)
+    if tool == "train.py":  # refused before Hydra: no run folder, no generated data
+        assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+    if name == "every_problem_at_once":
+        assert len(lines) == 4, lines
+
+
+def test_converter_drops_bad_boxes_counted_never_null(tmp_path: Path) -> None:
+    """A NaN VOC box is dropped and counted; the written json holds no null box and loads in pycocotools."""
+    rc, output, lines = _run("convert_dataset.py", ["voc", "--ann-dir", str(_voc(tmp_path, box=("nan", "3", "20", "30"))),
+                                                    "--out", str(tmp_path / "out.json")], tmp_path)
+    assert rc == 0 and not lines and "Traceback" not in output, output
+    assert "1 degenerate_box" in output.splitlines()[-1]
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [a["bbox"] for a in data["annotations"]] == [[0.0, 0.0, 9.0, 9.0]]
+    assert data["info"]["dropped"] == {"degenerate_box": 1}
