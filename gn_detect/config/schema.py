@@ -52,13 +52,17 @@ class NormOverrides:
 
 @dataclass
 class BackboneConfig:
-    depth: str = "50"                    # tiny, 18, 34, 50, 101
+    name: str = "resnet"                 # a registered backbone (gn_detect/modeling/registry.py)
+    depth: str = "50"                    # tiny, 18, 34, 50, 101, 152
     norm: str = "affine"
     ws: bool = False
     freeze_at: int = 2                   # 0: train all; 1: stem; 2: stem + res2 (Detectron)
-    weights: Optional[str] = None        # a torchvision ResNet .pth (state dict; never downloaded)
+    weights: Optional[str] = None        # torchvision/timm/Detectron/detectron2 file or a converted one (never downloaded)
     weights_strict: bool = True
     widths: Optional[List[int]] = None   # stage widths override (tiny models)
+    stride_in_1x1: Optional[bool] = None  # stage stride in the 1x1 conv (MSRA); null: from the weights, else false
+    groups: int = 1                      # ResNeXt cardinality (e.g. 32 for X-101-32x8d)
+    width_per_group: int = 64            # ResNeXt width per group (e.g. 8 for X-101-32x8d)
     zero_init_residual: bool = False
     norm_opts: NormOverrides = field(default_factory=NormOverrides)
 
@@ -115,8 +119,19 @@ class TestConfig:
 
 
 @dataclass
+class InputConfig:
+    """How the model turns 0-255 RGB images into the backbone's input; null: from the weights
+    (gn_detect/checkpoint/conventions.py), else torchvision's."""
+
+    format: Optional[str] = None         # RGB or BGR: channel order the backbone expects
+    pixel_mean: Optional[List[float]] = None  # 0-255, in that channel order
+    pixel_std: Optional[List[float]] = None
+
+
+@dataclass
 class ModelConfig:
     name: str = "retinanet_r50_fpn"
+    input: InputConfig = field(default_factory=InputConfig)
     norm_opts: NormOpts = field(default_factory=NormOpts)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)

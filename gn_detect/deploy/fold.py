@@ -13,9 +13,8 @@ holding its standardized weight (then folded further if a foldable norm follows)
 LayerNorm, InstanceNorm (``GroupNorm``/``GroupNormAct``) and PN activations stay: they compute
 moments of each input, so they are not a fixed linear map.
 
-The conv -> norm pairs are the backbone's torchvision-style ones (stem ``conv1/bn1``, blocks
-``conv1/bn1``, ``conv2/bn2``, ``conv3/bn3``, ``downsample.0/downsample.1``) and every
-``ConvNormAct``'s ``conv/norm`` (FPN and head). The head's per-level BN behind one conv shared
+The conv -> norm pairs are the ones a backbone lists in ``conv_norm_pairs()`` (its contract,
+gn_detect/modeling/registry.py) and every ``ConvNormAct``'s ``conv/norm`` (FPN and head). The head's per-level BN behind one conv shared
 across levels cannot fold into that one conv: ``per_level="duplicate"`` (default) replaces the
 layer by a :class:`PerLevelConvAct` holding one folded conv per level (same arithmetic per level,
 more parameters), ``per_level="keep"`` leaves the conv and its BNs unfolded. Folding is done in
@@ -32,11 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torchvision.models import resnet as tv_resnet
 
 from gn_detect.layers import NORM_TYPES, AffineChannel, ConvNormAct, ProxyNormAct
 from gn_detect.layers import Conv2d as WSConv2d
-from gn_detect.modeling.backbone import ResNet
 
 __all__ = ["FOLD_PER_LEVEL", "FoldReport", "PerLevelConvAct", "fold_model", "count_state"]
 
@@ -139,13 +136,13 @@ def _slots(model: nn.Module) -> list[tuple[str, nn.Module, str, str]]:
     for name, m in model.named_modules():
         if isinstance(m, ConvNormAct):
             out.append((name, m, "conv", "norm"))
-        elif isinstance(m, (tv_resnet.BasicBlock, tv_resnet.Bottleneck)):
-            n = 3 if isinstance(m, tv_resnet.Bottleneck) else 2
-            out += [(name, m, f"conv{i}", f"bn{i}") for i in range(1, n + 1)]
-        elif isinstance(m, nn.Sequential) and name.endswith("downsample") and len(m) == 2:
-            out.append((name, m, "0", "1"))
-        elif isinstance(m, (ResNet, tv_resnet.ResNet)):
-            out.append((name, m, "conv1", "bn1"))  # the stem
+        elif callable(getattr(m, "conv_norm_pairs", None)):  # a backbone (its contract)
+            for conv, norm in m.conv_norm_pairs():
+                parent, _, conv_attr = conv.rpartition(".")
+                norm_parent, _, norm_attr = norm.rpartition(".")
+                if parent != norm_parent:
+                    raise ValueError(f"{type(m).__name__}.conv_norm_pairs: {conv} and {norm} must share a parent")
+                out.append((_join(name, parent), m.get_submodule(parent) if parent else m, conv_attr, norm_attr))
     return out
 
 

@@ -14,8 +14,8 @@ from gn_detect.config.validate import size_divisibility
 from gn_detect.layers import NORM_TYPES
 from gn_detect.norms import resolve_norm
 from gn_detect.modeling.anchors import AnchorGenerator
-from gn_detect.modeling.backbone import build_resnet
 from gn_detect.modeling.box_coder import BoxCoder
+from gn_detect.modeling.registry import build_backbone
 from gn_detect.modeling.fpn import FPN
 from gn_detect.modeling.head import RetinaNetHead
 from gn_detect.modeling.loss import RetinaNetLoss
@@ -41,9 +41,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
         raise ValueError(f"build_model: num_classes={num_classes}; the dataset lists no categories")
     norms = {part: resolve_norm(cfg, part) for part in ("backbone", "fpn", "head")}
     bb, fp, hd = cfg.backbone, cfg.fpn, cfg.head
-    backbone = build_resnet(bb.depth, norm=bb.norm, ws=bb.ws, freeze_at=bb.freeze_at,
-                            norm_opts=norms["backbone"].opts, widths=bb.widths,
-                            zero_init_residual=bb.zero_init_residual)
+    backbone = build_backbone(cfg)
     if bb.weights:
         report = load_backbone_weights(backbone, bb.weights, strict=bb.weights_strict)
         log.info("loaded backbone weights from %s (skipped: %s)", bb.weights, report)

@@ -8,7 +8,8 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from gn_detect.layers import GroupNormAct
-from gn_detect.modeling.backbone import build_resnet
+from gn_detect.modeling.backbone import BasicBlock, Bottleneck
+from tests.modeling._backbones import backbone
 
 
 def _torchvision_forward(model, x):
@@ -25,11 +26,11 @@ def _torchvision_forward(model, x):
 
 
 def _torchvision_blocks(model, x):
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.maxpool(torch.relu(model.bn1(model.conv1(x))))  # our stem act may be the fused Identity
     feats = {}
     for i, layer in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
         for block in layer:
-            base = tv_resnet.Bottleneck if isinstance(block, tv_resnet.Bottleneck) else tv_resnet.BasicBlock
+            base = tv_resnet.Bottleneck if isinstance(block, Bottleneck) else tv_resnet.BasicBlock
             x = base.forward(block, x)
         feats[f"c{i + 2}"] = x
     return {k: feats[k] for k in ("c3", "c4", "c5")}
@@ -41,8 +42,8 @@ def _torchvision_blocks(model, x):
 ])
 def test_fused_backbone_matches_torchvision_forward_and_keys(depth, widths, per_block, norm):
     torch.manual_seed(0)
-    model = build_resnet(depth, norm=norm, norm_opts={"num_groups": 4}, widths=widths)
-    blocks = [m for m in model.modules() if isinstance(m, (tv_resnet.BasicBlock, tv_resnet.Bottleneck))]
+    model = backbone(depth, norm=norm, norm_opts={"num_groups": 4}, widths=widths)
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
     fused = [m for m in model.modules() if isinstance(m, GroupNormAct)]
     assert len(fused) == 1 + per_block * len(blocks) and all(m.act == "relu" for m in fused)
     ctor = {"18": torchvision.models.resnet18, "50": torchvision.models.resnet50}[depth]
@@ -72,9 +73,9 @@ def test_fused_backbone_matches_torchvision_forward_and_keys(depth, widths, per_
 
 
 def test_no_fusion_for_other_norms_and_parameters_are_shared():
-    model = build_resnet("tiny", norm="bn", widths=(8, 8, 16, 16))
+    model = backbone("tiny", norm="bn", widths=(8, 8, 16, 16))
     assert not any(isinstance(m, GroupNormAct) for m in model.modules())
-    model = build_resnet("tiny", norm="gn", norm_opts={"num_groups": 4, "impl": "torch"}, widths=(8, 8, 16, 16),
+    model = backbone("tiny", norm="gn", norm_opts={"num_groups": 4, "impl": "torch"}, widths=(8, 8, 16, 16),
                          freeze_at=1)
     assert isinstance(model.bn1, GroupNormAct) and model.bn1.impl == "torch"
     assert not model.bn1.weight.requires_grad  # frozen after fusion: the stem's GN is the fused one

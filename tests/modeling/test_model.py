@@ -138,7 +138,7 @@ def test_norm_parameters_are_found_by_norm_types():
         (tiny_cfg(fpn="groupnorm"), "fpn.*groupnorm|groupnorm.*fpn"),
         (tiny_cfg(head="gn") | {"norm_opts": {"num_groups": 7}}, "7"),
         (tiny_cfg() | {"fpn": {"out_channels": 16, "nrom": "gn"}}, "nrom"),
-        (tiny_cfg() | {"backbone": {"depth": 152, "norm": "gn"}}, "152"),
+        (tiny_cfg() | {"backbone": {"depth": 200, "norm": "gn"}}, "200"),
     ],
 )
 def test_bad_config_fails_at_build_with_a_clear_message(cfg, match):

@@ -4,7 +4,7 @@ import torch
 from torchvision.models import resnet18, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 
-from gn_detect.modeling.backbone import build_resnet
+from tests.modeling._backbones import backbone
 from gn_detect.modeling.weights import load_backbone_weights
 
 
@@ -35,7 +35,7 @@ def test_resnet50_outputs_equal_torchvision(r50_file, norm):
     ref, path = r50_file
     # float64 end to end (checkpoint included): folding BN into scale/bias rounds differently
     # from BN's (x - mean) / std in float32, and the difference grows over 50 layers.
-    ours = build_resnet(50, norm=norm).double()
+    ours = backbone(50, norm=norm).double()
     double_path = path.with_name("r50_f64.pth")
     torch.save(ref.double().state_dict(), double_path)
     ref.float()
@@ -52,14 +52,14 @@ def test_resnet50_outputs_equal_torchvision(r50_file, norm):
 def test_mismatched_checkpoints_fail_clearly(r50_file, tmp_path):
     _, path = r50_file
     with pytest.raises(RuntimeError, match="depth"):
-        load_backbone_weights(build_resnet(18, norm="affine"), path)
+        load_backbone_weights(backbone(18, norm="affine"), path)
     with pytest.raises(RuntimeError, match="unexpected keys.*weights_strict=false"):
-        load_backbone_weights(build_resnet(50, norm="gn"), path)
-    report = load_backbone_weights(build_resnet(50, norm="gn"), path, strict=False)
+        load_backbone_weights(backbone(50, norm="gn"), path)
+    report = load_backbone_weights(backbone(50, norm="gn"), path, strict=False)
     assert any(k.endswith("running_mean") for k in report["unexpected"])
     partial = {k: v for k, v in _randomized(resnet18, 1).state_dict().items() if not k.startswith("layer4")}
     torch.save(partial, tmp_path / "partial.pth")
     with pytest.raises(RuntimeError, match="missing keys.*layer4"):
-        load_backbone_weights(build_resnet(18, norm="bn"), tmp_path / "partial.pth")
+        load_backbone_weights(backbone(18, norm="bn"), tmp_path / "partial.pth")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_backbone_weights(build_resnet(18, norm="bn"), tmp_path / "nope.pth")
+        load_backbone_weights(backbone(18, norm="bn"), tmp_path / "nope.pth")
