@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gn_detect.config.schema import EvaluateConfig
+from gn_detect.config.schema import EvaluateConfig, TrainConfig
 from gn_detect.deploy.export import export_run
 from gn_detect.deploy.schema import ExportConfig
 from gn_detect.engine.checkpoint import save_checkpoint
@@ -42,7 +42,7 @@ def test_state_dict_keys_are_those_the_old_version_wrote():
 def test_an_old_checkpoint_resumes_evaluates_and_exports(shapes_root, tmp_path, one_thread):
     pytest.importorskip("onnxruntime")
     description = _old_description(shapes_root)
-    cfg = OmegaConf.create(description["config"])
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), description["config"])  # as a command composes it today
     cfg.solver.max_iter = 2
     run_dir = tmp_path / "run"
     train(cfg, run_dir, base_dir=tmp_path)
