@@ -53,15 +53,18 @@ def _coverage_notes(report: dict[str, Any] | None, report_path: str | Path | Non
     if not cov:
         unknown = "images: unknown (no report written)" if report_path is None else "images: unknown (no report.json)"
         return unknown, unknown
-    ap, th = cov["ap"], cov["thresholded"]
+    return f"all {cov['ap']['images']} images of the split", thresholded_images(cov["thresholded"])
+
+
+def thresholded_images(th: Mapping[str, Any]) -> str:
+    """Which images the numbers at the tuned thresholds count, from report.json's
+    ``coverage.thresholded`` (the console table and report.md say it the same way)."""
+    n, tuned = th["images"], th["tuned_on"]
     if th["tune"] == "half":
-        at = (f"report half, {th['images']} images (thresholds tuned on the other {th['tuned_on']}, "
-              f"seed {th['tune_seed']})")
-    elif th["tune"] == "separate":
-        at = f"all {th['images']} images (thresholds tuned on a separate set of {th['tuned_on']})"
-    else:
-        at = f"all {th['images']} images, also tuned on them (optimistic)"
-    return f"all {ap['images']} images of the split", at
+        return f"report half, {n} images (thresholds tuned on the other {tuned}, seed {th['tune_seed']})"
+    if th["tune"] == "separate":
+        return f"all {n} images (thresholds tuned on a separate set of {tuned})"
+    return f"all {n} images, also tuned on them (optimistic)"
 
 
 def _warning_lines(report: dict[str, Any] | None) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools.coco import COCO
 
+from gn_detect.evaluation.console import thresholded_images
 from gn_detect.evaluation.coco_eval import DEFAULT_BACKEND, STAT_NAMES, CocoResult, coco_metrics_arrays
 from gn_detect.evaluation.degenerate import predict_everything, predict_everything_warning
 from gn_detect.evaluation.events import Counts, Events, nan_to_none
@@ -332,14 +333,7 @@ def _thr_str(c: dict[str, Any]) -> str:
 
 def _coverage_lines(report: dict[str, Any]) -> list[str]:
     """report.md's statement of which images each number covers."""
-    ap, th = report["coverage"]["ap"], report["coverage"]["thresholded"]
-    if th["tune"] == "half":
-        at = (f"the {th['images']} images of the report half; thresholds tuned on the other {th['tuned_on']} "
-              f"(the tuning half, seed {th['tune_seed']})")
-    elif th["tune"] == "separate":
-        at = f"all {th['images']} images; thresholds tuned on a separate set of {th['tuned_on']} images"
-    else:
-        at = f"all {th['images']} images, the same images the thresholds were tuned on (optimistic)"
+    ap, at = report["coverage"]["ap"], thresholded_images(report["coverage"]["thresholded"])
     return [
         f"- COCO metrics, per-class AP / AP50, the 'every detection' rows and the PR curves: all {ap['images']} "
         "images of the split",
