@@ -249,8 +249,8 @@ class MetricWriter:
 
     def _tb_hparams(self, metrics: dict[str, Any], step: int) -> None:
         """A sweep run's swept keys and headline metrics for TensorBoard's HParams view, in
-        ``tb/hparams/`` (gn_detect.sweeps.hparams); nothing outside a sweep."""
-        from gn_detect.sweeps.hparams import run_hparams
+        ``tb/hparams/`` (gn_detect/engine/hparams.py); nothing outside a sweep."""
+        from gn_detect.engine.hparams import run_hparams  # imports launch, which imports this module
 
         try:
             found = run_hparams(self.run_dir, metrics)

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import hparams_plugin
 from werkzeug.test import Client
 
 from gn_detect.engine.writers import MetricWriter
-from gn_detect.sweeps.hparams import swept_values
+from gn_detect.engine.hparams import swept_values
 
 FIXED = ["solver.max_iter=2", "sweep_name=hp"]  # fixed overrides: not columns
 

@@ -1,4 +1,5 @@
-"""A sweep run's row in TensorBoard's HParams view: the values of the keys its sweep varies.
+"""A sweep run's row in TensorBoard's HParams view: the values of the keys its sweep varies, and
+the metrics the sweep report leads with (written by ``writers.write_hparams`` at the end of a run).
 
 Read from what Hydra leaves on disk, so any process that trains a run of a sweep finds them (the
 default launcher, submitit jobs): ``<run>/.hydra/hydra.yaml`` (the job's overrides, the keys left
@@ -14,10 +15,25 @@ from typing import Any
 
 import yaml
 
-from .summary import PAPER_METRICS
+from gn_detect.engine.launch import swept_keys
 
-# The metrics of the HParams table, named as the report names them.
-HPARAM_METRICS = PAPER_METRICS
+
+def _metrics() -> tuple[str, ...]:
+    """The metrics of the HParams table, named as the sweep report's paper table names them."""
+    from gn_detect.sweeps.summary import PAPER_METRICS  # imported late: the report pulls matplotlib
+
+    return PAPER_METRICS
+
+
+def _split(override: str) -> tuple[str, Any]:
+    """``"+a.b=2" -> ("a.b", 2)``: the key as Hydra's ``key_or_group`` names it and the value as
+    YAML reads it (numbers and booleans typed; anything that is not a scalar kept as written)."""
+    key, _, text = override.lstrip("+~").partition("=")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:  # Hydra syntax YAML does not read (e.g. interpolations): as written
+        value = None
+    return key.split("@")[0], value if isinstance(value, (bool, int, float, str)) else text
 
 
 def swept_values(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -32,24 +48,14 @@ def swept_values(run_dir: str | os.PathLike) -> dict[str, Any]:
     if job.get("mode") != "MULTIRUN":
         return {}
     sweep = (yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("hydra") or {}
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from gn_detect.engine.launch import swept_keys  # the folder-naming rule (imports Hydra)
-
     excluded = set(job["job"]["config"]["override_dirname"]["exclude_keys"])
     swept = swept_keys((sweep.get("sweeper") or {}).get("params") or {}, sweep["overrides"]["task"]) - excluded
-    values: dict[str, Any] = {}
-    for ov in OverridesParser.create().parse_overrides(list(job["overrides"]["task"])):
-        if ov.key_or_group in swept:
-            value = ov.value()
-            values[ov.key_or_group] = value if isinstance(value, (bool, int, float, str)) \
-                else ov.get_value_element_as_str()
-    return values
+    return {key: value for key, value in map(_split, job["overrides"]["task"]) if key in swept}
 
 
 def run_hparams(run_dir: str | os.PathLike, final: dict[str, Any]) -> tuple[dict, dict] | None:
-    """(swept values, the final record's HPARAM_METRICS) of a run; None outside a sweep."""
+    """(swept values, the final record's headline metrics) of a run; None outside a sweep."""
     values = swept_values(run_dir)
     if not values:
         return None
-    return values, {m: final.get(m) for m in HPARAM_METRICS}
+    return values, {m: final.get(m) for m in _metrics()}
