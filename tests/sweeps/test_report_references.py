@@ -131,3 +131,12 @@ def test_a_registered_norm_is_labelled_without_editing_the_report(tmp_path):
         assert all(r["reference"] for r in res["rows"])  # no batch statistics anywhere
     finally:
         unregister_norm("toyscale")
+
+
+def test_runs_without_speed_or_memory_records_still_get_every_figure(tmp_path):
+    """All-n/a bars (no ims_per_sec / peak_mem_mb in the final records) are drawn, not a crash."""
+    for seed in (0, 1):
+        write_run(tmp_path / f"gn_{seed}", make_config("gn", seed, 4), final={"AP": 0.3 + 0.01 * seed})
+    res = write_sweep_report(tmp_path, tmp_path / "out", quiet=True)
+    assert (tmp_path / "out" / "speed_memory.png").stat().st_size > 1000
+    assert res["figures"]["speed_memory"]["series"][0]["undefined"] == ["gn"]
