@@ -27,7 +27,7 @@ from gn_detect.io import to_jsonable, write_json_atomic  # re-exported: one writ
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricWriter", "write_json_atomic", "write_status", "read_status", "to_jsonable"]
+__all__ = ["MetricWriter", "write_hparams", "write_json_atomic", "write_status", "read_status", "to_jsonable"]
 
 # "interrupted": stopped by a signal after saving last.pth; rerunning resumes it.
 RunState = Literal["running", "done", "failed", "interrupted"]
@@ -79,6 +79,26 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
     return out
+
+
+def write_hparams(log_dir: str | os.PathLike, hparams: dict[str, Any], metrics: dict[str, Any], step: int = 0,
+                  trial_id: str | None = None) -> None:
+    """One run's row in TensorBoard's HParams view (``tensorboard.plugins.hparams``): the hparams
+    summary (session start) with ``hparams`` (``trial_id``: the row's name) and each finite metric
+    as a scalar of its own name at ``step``, in ``log_dir`` (a folder of its own, so the metric columns are exactly these). No
+    experiment summary: TensorBoard then builds the table from every run's hparams, their union
+    when two commands into one sweep folder sweep different keys."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(log_dir=str(log_dir))
+    try:
+        tb._get_file_writer().add_summary(hp.hparams_pb(hparams, trial_id=trial_id), step)
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                tb.add_scalar(name, float(value), step)
+    finally:
+        tb.close()
 
 
 class MetricWriter:
@@ -225,6 +245,20 @@ class MetricWriter:
         it = self._seen_iter if iter is None else iter
         self._write({"type": "final", "iter": it, "time": time.time(), **metrics})
         self._tb_scalars("final", metrics, it or 0)
+        if self.tb is not None:
+            self._tb_hparams(metrics, it or 0)
+
+    def _tb_hparams(self, metrics: dict[str, Any], step: int) -> None:
+        """A sweep run's swept keys and headline metrics for TensorBoard's HParams view, in
+        ``tb/hparams/`` (gn_detect/engine/hparams.py); nothing outside a sweep."""
+        from gn_detect.engine.hparams import run_hparams  # imports launch, which imports this module
+
+        try:
+            found = run_hparams(self.run_dir, metrics)
+            if found is not None:
+                write_hparams(self.run_dir / "tb" / "hparams", *found, step=step, trial_id=self.run_dir.name)
+        except Exception as exc:  # noqa: BLE001 - the run is done; its metrics are in metrics.jsonl
+            warnings.warn(f"TensorBoard HParams not written ({type(exc).__name__}: {exc})", stacklevel=2)
 
     def close(self) -> None:
         if self._bar is not None:

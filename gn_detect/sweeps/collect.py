@@ -339,6 +339,8 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     if run.ims_per_device is None and run.ims_per_batch is not None:
         run.ims_per_device = run.ims_per_batch // run.world_size
         run.notes.append("data.ims_per_device missing: solver.ims_per_batch / world size used")
+    if run.ims_per_batch is None and run.ims_per_device is not None:  # null: derived, as the config check does
+        run.ims_per_batch = run.ims_per_device * run.world_size
     run.bn_group_size, note = read_bn_group_size(cfg)
     if note:
         run.notes.append(note)

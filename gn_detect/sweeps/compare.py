@@ -160,8 +160,8 @@ def _group_lines(group: list[dict], cs: list[dict], metric: str, title: str, sca
     lines = []
     refs = [r for r in group if r["reference"]]
     if refs:
-        shown = ", ".join(f"{names[id(r)]} {_pm(r[f'{metric}_mean'], r[f'{metric}_std'], r[f'{metric}_n'], metric, scale)}"
-                          for r in refs)
+        shown = "; ".join(f"{names[id(r)]} {fmt_metric(r[f'{metric}_mean'], r[f'{metric}_std'], r[f'{metric}_n'], metric, scale)}"
+                          f" (n={r[f'{metric}_n']})" for r in refs)
         lines.append(f"- references (no batch statistics, the same at every group size): {shown}")
     xs = sorted({c["ims_per_group"] for c in cs if c["ims_per_group"] is not None}, key=_order)
     for x in xs:

@@ -165,7 +165,7 @@ def ap_vs_batch_figure(rows: list[dict], metric: str = "AP") -> tuple[Figure, li
         sd = b["std"] * scale if _finite(b["std"]) else 0.0
         ax.axhspan(m - sd, m + sd, color=c, alpha=0.18, linewidth=0, gid=f"band:{b['name']}")
         ax.axhline(m, color=c, linestyle="--", linewidth=1.5, gid=f"band-mean:{b['name']}",
-                   label=f"{b['name']} (reference: no batch statistics; mean ± std band)")
+                   label=f"{b['name']} (reference: no batch statistics, mean ± std)")
         vals = [v * scale for v in b["values"]]  # seed dots at the right edge (x in axes coordinates)
         ax.scatter([0.985] * len(vals), vals, s=18, color=c, alpha=0.8, edgecolors="0.1", linewidths=0.5,
                    zorder=3, transform=ax.get_yaxis_transform(), clip_on=False)
@@ -296,7 +296,8 @@ def speed_memory_figure(rows: list[dict]) -> tuple[Figure, list[dict]]:
     for j, (m, ylabel, color) in enumerate(panels):
         ax = fig.add_subplot(1, 2, j + 1)
         desc = bars_with_seeds(ax, x, rows, m, 1.0, 0.6, color, ylabel)
-        ax.set_ylim(0, max(desc.pop("top"), 1e-9) * 1.1)
+        top = desc.pop("top")
+        ax.set_ylim(0, (top if top > 0 else 1.0) * 1.1)  # all n/a: room for the n/a bars (height 1)
         ax.set_xticks(x)
         ticks = [setting_tick(r, rows) + (f"\n{r.get('peak_mem_kind')}" if m == "peak_mem_mb" and len(kinds) > 1
                                            else "") for r in rows]
