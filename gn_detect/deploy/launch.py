@@ -47,7 +47,7 @@ def _predict_main(cfg: DictConfig) -> Any:
     except _REFUSALS as exc:
         exit_with_one_line(exc)
     print(f"predict: {summary['images']} images, {summary['detections']} detections "
-          f"({summary['thresholds']}) -> {summary['output']}")
+          f"({summary['thresholds']}), {summary['skipped']} files skipped (see images.json) -> {summary['output']}")
     return summary
 
 

@@ -144,12 +144,21 @@ def _convert_case(kind: str) -> Callable[[Path], tuple[str, list[str], int, list
     return case
 
 
+def _evaluate_categories_differ(tmp: Path, shapes: Path) -> tuple[str, list[str], int, list[str]]:
+    """tools/evaluate.py's pre-flight: the split's categories against the checkpoint's model."""
+    ckpt = make_run(tmp / "run", shapes)
+    root = _coco(tmp / "coco", cats=("circle", "square"))
+    return "evaluate.py", [f"checkpoint={ckpt}", "data=coco", f"data.root={root}"], 2, \
+        ["categories differ", "instances_val2017.json"]
+
+
 CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
     "config_error_before_unreadable_image": _config_error_before_unreadable_image,
     "every_problem_at_once": _every_problem_at_once,
     "truncated_and_empty_annotations": _truncated_and_empty_annotations,
     "user_config_dir": _user_config_dir,
     "predict_nan_threshold": _predict_nan_threshold,
+    "evaluate_categories_differ": _evaluate_categories_differ,
     **{f"convert_{k}": _convert_case(k) for k in ("voc_width", "voc_image_set", "yolo_latin1", "yolo_names")},
 }
 
@@ -157,7 +166,8 @@ CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_through_the_command_line(name: str, tmp_path: Path, shapes_root: Path) -> None:  # noqa: F811
     case = CASES[name]
-    tool, args, status, needles = case(tmp_path, shapes_root) if name.startswith("predict") else case(tmp_path)
+    needs_run = name.startswith(("predict", "evaluate"))
+    tool, args, status, needles = case(tmp_path, shapes_root) if needs_run else case(tmp_path)
     rc, output, lines = _run(tool, args, tmp_path)
     assert rc == status, (name, tail(subprocess.CompletedProcess(args, rc, output)))
     assert "Traceback" not in output, output[-3000:]
@@ -179,3 +189,17 @@ def test_converter_drops_bad_boxes_counted_never_null(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "out.json").read_text())
     assert [a["bbox"] for a in data["annotations"]] == [[0.0, 0.0, 9.0, 9.0]]
     assert data["info"]["dropped"] == {"degenerate_box": 1}
+
+
+def test_evaluate_completes_and_counts_an_image_unreadable_at_run_time(tmp_path: Path, shapes_root: Path) -> None:  # noqa: F811
+    """Before: a bad image met by the evaluation loader crashed it (report lost) or was replaced by
+    its neighbour. Now the report is written and the results table says how many were left out."""
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    root = _coco(tmp_path / "coco", cats=tuple(NAMES.values()))
+    (root / "val2017" / "2.png").write_bytes((root / "val2017" / "2.png").read_bytes()[:60])
+    rc, output, lines = _run("evaluate.py", [f"checkpoint={ckpt}", "data=coco", f"data.root={root}",
+                                             "data.verify_images=false", "data.min_size_test=64", "data.max_size=128",
+                                             f"out_dir={tmp_path / 'eval'}"], tmp_path)
+    assert rc == 0 and "Traceback" not in output and not lines, output[-3000:]
+    assert "1 could not be read and are left out" in output
+    assert (tmp_path / "eval" / "report.json").is_file()
