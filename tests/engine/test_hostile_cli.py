@@ -152,11 +152,22 @@ def _evaluate_categories_differ(tmp: Path, shapes: Path) -> tuple[str, list[str]
         ["categories differ", "instances_val2017.json"]
 
 
+def _every_image_missing(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """The json is fine (the pre-flight passes) but no image file exists: found while loading, after
+    the run folder is made -> exit 1, one line, status.json 'failed' with the same cause."""
+    root = _coco(tmp / "coco")
+    for p in (root / "train2017").iterdir():
+        p.unlink()
+    return "train.py", _tiny(root, "hydra.run.dir=run"), 1, ["run failed", "none of the 3 images listed could be used",
+                                                             "status.json"]
+
+
 CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
     "config_error_before_unreadable_image": _config_error_before_unreadable_image,
     "every_problem_at_once": _every_problem_at_once,
     "truncated_and_empty_annotations": _truncated_and_empty_annotations,
     "user_config_dir": _user_config_dir,
+    "every_image_missing": _every_image_missing,
     "predict_nan_threshold": _predict_nan_threshold,
     "evaluate_categories_differ": _evaluate_categories_differ,
     **{f"convert_{k}": _convert_case(k) for k in ("voc_width", "voc_image_set", "yolo_latin1", "yolo_names")},
@@ -174,8 +185,11 @@ def test_hostile_input_through_the_command_line(name: str, tmp_path: Path, shape
     assert lines and all(len(ln) < 1000 for ln in lines), output[-3000:]
     for needle in needles:
         assert any(needle in ln for ln in lines), (needle, lines)
-    if tool == "train.py":  # refused before Hydra: no run folder, no generated data
+    if tool == "train.py" and status == 2:  # refused before Hydra: no run folder, no generated data
         assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+    if status == 1:
+        state = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert state["state"] == "failed" and "none of the 3 images" in state["error"]
     if name == "every_problem_at_once":
         assert len(lines) == 4, lines
 
