@@ -117,7 +117,11 @@ def command_line_problems(config_dir: str, config_name: str, argv: Sequence[str]
     except Exception as exc:  # noqa: BLE001 - every composition or validation error becomes one line
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        return [f"config error: {one_line(exc)}"]
+        line = one_line(exc)
+        if "Could not find" in line:
+            line += ("; the shipped presets are in configs/<group>/, your own go in a folder given with "
+                     "--config-dir DIR (DIR/<group>/<name>.yaml)")
+        return [f"config error: {line}"]
     return problems
 
 

@@ -4,8 +4,8 @@ image, listing a folder or generating data. Each problem is one line naming the 
 and the fix, so a truncated json, an empty annotation list, a category mismatch between splits
 or a batch larger than the split stops the command before the images are verified.
 
-Each file is parsed here and again when the dataset is built (the pre-flight runs before Hydra,
-the dataset inside the run).
+Each file is parsed once here (the runs of a sweep share the result) and again when the dataset
+is built (the pre-flight runs before Hydra, the dataset inside the run).
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from .checks import DataError, SkipLog, _is_int, _usable_entries, categories_of,
 from .synthetic import META_FILE
 
 __all__ = ["SplitSummary", "annotation_problems", "read_split"]
+
+# (path, mtime, size) -> summary: a sweep's runs share their annotation files, parsed once
+_SUMMARIES: dict[tuple[str, int, int], "SplitSummary"] = {}
 
 
 class SplitSummary:
@@ -62,7 +65,17 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
         if not (root / META_FILE).is_file():
             return None
     ann_file = resolve_path(ann, root)
-    return SplitSummary(ann_file, load_coco_json(ann_file))
+    try:
+        st = ann_file.stat()
+        key: tuple[str, int, int] | None = (str(ann_file), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None  # load_coco_json says what is wrong
+    if key not in _SUMMARIES:
+        summary = SplitSummary(ann_file, load_coco_json(ann_file))
+        if key is not None:
+            _SUMMARIES[key] = summary
+        return summary
+    return _SUMMARIES[key]
 
 
 def annotation_problems(cfg: DictConfig | Mapping[str, Any], *, train_split: str | None, eval_split: str | None,

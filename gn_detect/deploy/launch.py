@@ -49,7 +49,7 @@ def _export_main(cfg: DictConfig) -> Any:
 def _predict_main(cfg: DictConfig) -> Any:
     summary = _job(validate_predict_config, predict_run, cfg)
     print(f"predict: {summary['images']} images, {summary['detections']} detections "
-          f"({summary['thresholds']}) -> {summary['output']}")
+          f"({summary['thresholds']}), {summary['skipped']} files skipped (see images.json) -> {summary['output']}")
     return summary
 
 

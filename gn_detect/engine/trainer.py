@@ -392,9 +392,10 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
         return _finish(trainer, run_dir)
     except (RunFolderInUse, ResumeRefusedError):
         raise
-    except StopRequested as stop:  # a signal before the loop (data checks, model build): nothing to save yet
+    except StopRequested as stop:  # a signal outside the loop (data checks, model build, the results table)
         done = trainer.iters_done if trainer is not None else 0
-        message = f"stopped by {stop.reason} while starting, after {done} iterations; nothing new was saved"
+        message = (f"stopped by {stop.reason} outside the training loop (starting or finishing) after {done} "
+                   "iterations; rerun the same command to continue")
         _record(run_dir, "interrupted", message, trainer)
         return {"interrupted": True, "iter": done, "exit_code": stop.exit_code, "message": message}
     except BaseException as exc:

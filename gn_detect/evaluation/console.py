@@ -83,7 +83,7 @@ def format_results(metrics: Mapping[str, Any], *, run_dir: str | Path | None,
                    report_path: str | Path | None) -> str:
     """The end-of-run results table (no colours, no trailing newline). ``metrics``: the headline
     dict (``AP``, ``AP50``, ``AP75``, ``label_*``, ``box_*``; missing or None -> n/a; other
-    keys are ignored). ``report_path``: the report.md written with it (None: not written);
+    keys are ignored; ``skipped_images``, when not 0, gets a line). ``report_path``: the report.md written with it (None: not written);
     report.json beside it supplies the coverage and the warnings."""
     report = _read_report(report_path)
     ap_note, thr_note = _coverage_notes(report, report_path)
@@ -96,6 +96,8 @@ def format_results(metrics: Mapping[str, Any], *, run_dir: str | Path | None,
         _row("label @ tuned thr", [m.get(f"label_{k}") for k in ("precision", "recall", "f1")], thr_note),
         _row("box @ tuned thr", [m.get(f"box_{k}") for k in ("precision", "recall", "f1")], "the same images"),
         *_warning_lines(report),
+        *([f"  {'skipped images'.ljust(_NAME_W)}{m['skipped_images']} could not be read and are left out of every "
+           "number (see the log)"] if m.get("skipped_images") else []),
         f"  {'run folder'.ljust(_NAME_W)}{run_dir if run_dir is not None else '-'}",
         f"  {'report'.ljust(_NAME_W)}{report_path if report_path is not None else 'not written'}",
     ]

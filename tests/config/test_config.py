@@ -152,3 +152,16 @@ def test_help_texts_explain_usage_and_list_only_groups_that_apply():
                               capture_output=True, text=True, timeout=120)
     assert evaluate.returncode == 0 and "checkpoint=PATH" in evaluate.stdout
     assert "norm:" not in evaluate.stdout and "schedule:" not in evaluate.stdout
+
+
+@pytest.mark.parametrize("spelling", ["--config-dir {d}", "-cd {d}", "--config-dir={d}", "hydra.searchpath=[file://{d}]"])
+def test_user_config_folder_composes_like_a_shipped_preset(tmp_path, spelling):
+    """Hydra's ways to add one's own presets (``DIR/data/mine.yaml`` -> ``data=mine``) pass the
+    pre-flight; the preset's values are the ones validated (its bad value is reported)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.yaml").write_text("name: coco\nroot: /somewhere\nims_per_device: 3\n")
+    (tmp_path / "data" / "bad.yaml").write_text("name: coco\nroot: /somewhere\nims_per_device: 0\n")
+    flags = spelling.format(d=tmp_path).split()
+    assert _check(*flags, "data=mine") is None
+    assert "data.ims_per_device: 0 is below" in _check(*flags, "data=bad")
+    assert "Could not find 'data/mine'" in _check("data=mine") and "--config-dir" in _check("data=mine")

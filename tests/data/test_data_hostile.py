@@ -172,3 +172,8 @@ def test_voc_and_yolo_drops_are_counted_and_never_null(tmp_path: Path) -> None:
     assert [a["bbox"] for a in yolo["annotations"]] == [pytest.approx([10, 5, 20, 10]), pytest.approx([28, 6, 12, 8])]
     assert yolo["info"]["dropped"] == {"clipped_box": 1, "degenerate_box": 1, "image_too_large": 1, "outside_box": 1}
     assert "null" not in json.dumps(yolo, allow_nan=True) and "NaN" not in json.dumps(voc, allow_nan=True)
+
+
+def test_docs_list_every_skip_reason() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    assert [r for r in SKIP_REASONS if f"`{r}`" not in text] == []

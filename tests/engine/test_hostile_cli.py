@@ -144,12 +144,32 @@ def _convert_case(kind: str) -> Callable[[Path], tuple[str, list[str], int, list
     return case
 
 
+def _evaluate_categories_differ(tmp: Path, shapes: Path) -> tuple[str, list[str], int, list[str]]:
+    """tools/evaluate.py's pre-flight: the split's categories against the checkpoint's model."""
+    ckpt = make_run(tmp / "run", shapes)
+    root = _coco(tmp / "coco", cats=("circle", "square"))
+    return "evaluate.py", [f"checkpoint={ckpt}", "data=coco", f"data.root={root}"], 2, \
+        ["categories differ", "instances_val2017.json"]
+
+
+def _every_image_missing(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """The json is fine (the pre-flight passes) but no image file exists: found while loading, after
+    the run folder is made -> exit 1, one line, status.json 'failed' with the same cause."""
+    root = _coco(tmp / "coco")
+    for p in (root / "train2017").iterdir():
+        p.unlink()
+    return "train.py", _tiny(root, "hydra.run.dir=run"), 1, ["run failed", "none of the 3 images listed could be used",
+                                                             "status.json"]
+
+
 CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
     "config_error_before_unreadable_image": _config_error_before_unreadable_image,
     "every_problem_at_once": _every_problem_at_once,
     "truncated_and_empty_annotations": _truncated_and_empty_annotations,
     "user_config_dir": _user_config_dir,
+    "every_image_missing": _every_image_missing,
     "predict_nan_threshold": _predict_nan_threshold,
+    "evaluate_categories_differ": _evaluate_categories_differ,
     **{f"convert_{k}": _convert_case(k) for k in ("voc_width", "voc_image_set", "yolo_latin1", "yolo_names")},
 }
 
@@ -157,15 +177,19 @@ CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_through_the_command_line(name: str, tmp_path: Path, shapes_root: Path) -> None:  # noqa: F811
     case = CASES[name]
-    tool, args, status, needles = case(tmp_path, shapes_root) if name.startswith("predict") else case(tmp_path)
+    needs_run = name.startswith(("predict", "evaluate"))
+    tool, args, status, needles = case(tmp_path, shapes_root) if needs_run else case(tmp_path)
     rc, output, lines = _run(tool, args, tmp_path)
     assert rc == status, (name, tail(subprocess.CompletedProcess(args, rc, output)))
     assert "Traceback" not in output, output[-3000:]
     assert lines and all(len(ln) < 1000 for ln in lines), output[-3000:]
     for needle in needles:
         assert any(needle in ln for ln in lines), (needle, lines)
-    if tool == "train.py":  # refused before Hydra: no run folder, no generated data
+    if tool == "train.py" and status == 2:  # refused before Hydra: no run folder, no generated data
         assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+    if status == 1:
+        state = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert state["state"] == "failed" and "none of the 3 images" in state["error"]
     if name == "every_problem_at_once":
         assert len(lines) == 4, lines
 
@@ -179,3 +203,17 @@ def test_converter_drops_bad_boxes_counted_never_null(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "out.json").read_text())
     assert [a["bbox"] for a in data["annotations"]] == [[0.0, 0.0, 9.0, 9.0]]
     assert data["info"]["dropped"] == {"degenerate_box": 1}
+
+
+def test_evaluate_completes_and_counts_an_image_unreadable_at_run_time(tmp_path: Path, shapes_root: Path) -> None:  # noqa: F811
+    """Before: a bad image met by the evaluation loader crashed it (report lost) or was replaced by
+    its neighbour. Now the report is written and the results table says how many were left out."""
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    root = _coco(tmp_path / "coco", cats=tuple(NAMES.values()))
+    (root / "val2017" / "2.png").write_bytes((root / "val2017" / "2.png").read_bytes()[:60])
+    rc, output, lines = _run("evaluate.py", [f"checkpoint={ckpt}", "data=coco", f"data.root={root}",
+                                             "data.verify_images=false", "data.min_size_test=64", "data.max_size=128",
+                                             f"out_dir={tmp_path / 'eval'}"], tmp_path)
+    assert rc == 0 and "Traceback" not in output and not lines, output[-3000:]
+    assert "1 could not be read and are left out" in output
+    assert (tmp_path / "eval" / "report.json").is_file()
