@@ -68,10 +68,11 @@ def random_norms(model: nn.Module) -> nn.Module:
 
 def _torch_runner(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> Callable[[], Any]:
     net = HeadNetwork(model)
+    sizes = torch.tensor([list(images.shape[-2:])] * images.shape[0])  # whole images: no padding
 
     def run():
         with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = net(images)
+            out = net(images, sizes)
         if images.is_cuda:
             torch.cuda.synchronize()
         return out
@@ -93,7 +94,8 @@ def build_variants(preset: str, args: argparse.Namespace, images: torch.Tensor, 
             path = tmp / f"{preset}_{name}.onnx"
             export_onnx(copy.deepcopy(m).float().cpu(), path)
             session = ort_session(path, args.threads)
-            runners[f"ort {name}"] = (lambda s=session: run_ort(s, cpu_images))
+            sizes = torch.tensor([list(images.shape[-2:])] * images.shape[0])
+            runners[f"ort {name}"] = (lambda s=session: run_ort(s, cpu_images, sizes))
     ref = [t.float().cpu() for t in runners["torch unfolded"]()]
     check = {name: max(tensor_diff(r, o.float().cpu())["max_rel"] for r, o in zip(ref, run()))
              for name, run in runners.items() if name != "torch unfolded"}
@@ -188,7 +190,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    images = torch.randn(args.batch, 3, *args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    images = (torch.rand(args.batch, 3, *args.size, generator=torch.Generator().manual_seed(0)) * 255).to(device)  # 0-255 RGB
     with tempfile.TemporaryDirectory() as tmp:
         variants = {p: build_variants(p, args, images, Path(tmp)) for p in args.presets}
         times = time_all(variants, args.warmup, args.iters)

@@ -14,6 +14,7 @@ from typing import List, Optional
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm_opts.impl": ("auto", "torch", "triton"),
     "model.head.act": ("relu", "none", "pn_relu"),
+    "model.input.format": ("RGB", "BGR"),
     "model.fpn.top_block_in": ("p5", "c5"),
     "model.loss.box_loss": ("smooth_l1", "giou"),
     "model.loss.normalizer": ("ema", "batch"),

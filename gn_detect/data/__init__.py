@@ -17,21 +17,14 @@ from .collate import collate
 from .convert import ConversionError, voc_to_coco, write_coco, yolo_to_coco
 from .samplers import InferenceSampler, TrainBatchSampler, build_test_loader, build_train_loader
 from .synthetic import SHAPE_CLASSES, ensure_shapes_dataset
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DetectionTransform,
-    boxes_to_original,
-    denormalize,
-    normalize,
-)
+from .transforms import DetectionTransform, boxes_to_original
 
 __all__ = [
-    "SKIP_REASONS", "SHAPE_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD",
+    "SKIP_REASONS", "SHAPE_CLASSES",
     "AnnotationFileError", "ConversionError", "DataError", "EmptyDatasetError",
     "CocoDetection", "DetectionTransform", "InferenceSampler", "TrainBatchSampler",
     "boxes_to_original", "build_dataset", "build_transform", "build_test_loader", "build_train_loader",
-    "categories_of", "check_same_categories", "collate", "data_config", "denormalize", "ensure_shapes_dataset",
-    "load_coco_json", "normalize", "resolve_path", "split_categories", "validate_coco", "voc_to_coco", "write_coco",
+    "categories_of", "check_same_categories", "collate", "data_config", "ensure_shapes_dataset",
+    "load_coco_json", "resolve_path", "split_categories", "validate_coco", "voc_to_coco", "write_coco",
     "write_skip_summary", "yolo_to_coco",
 ]

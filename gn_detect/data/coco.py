@@ -31,7 +31,7 @@ _MAX_FALLBACKS = 8
 class CocoDetection(torch.utils.data.Dataset):
     """Detection dataset over an images folder and a COCO instances json.
 
-    Items are `(image, target)`: image float 3xHxW normalized (ImageNet mean/std), target
+    Items are `(image, target)`: image uint8 3xHxW 0-255 RGB (resized; the model normalizes), target
     {boxes Nx4 xyxy resized pixels, labels int64 0..K-1, image_id, orig_size (h, w),
     size (h, w), scale}. Crowd boxes are never in targets but stay in `.coco` for evaluation.
 

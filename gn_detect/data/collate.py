@@ -17,8 +17,9 @@ def collate(
     """-> (images BxCxHpxWp, targets, image_sizes [(h, w)]).
 
     Images are zero-padded at the bottom/right to the batch's largest size rounded up to a
-    multiple of size_divisibility (FPN strides up to 128 then divide evenly). Zero is the
-    dataset mean after normalization, and boxes need no shift since padding is bottom/right.
+    multiple of size_divisibility (FPN strides up to 128 then divide evenly). The model zeroes
+    the padding again after normalizing (``image_sizes``), so padded pixels are 0 in normalized
+    space, and boxes need no shift since padding is bottom/right.
     With ``buckets``, the padded size is then the smallest bucket that holds it (pad_shape).
     """
     if not batch:

@@ -1,4 +1,6 @@
-"""Resize (shortest edge + max size), horizontal flip and normalization for detection.
+"""Resize (shortest edge + max size) and horizontal flip for detection. Pixels stay 0-255 RGB
+(uint8 in, uint8 out): the model normalizes its input (gn_detect/modeling/retinanet.py), so a
+batch can travel to the device as uint8 and figures read the images as they are.
 
 Images are uint8 (or float) tensors 3xHxW, boxes float Nx4 xyxy in pixel-edge coordinates
 (a box covering pixel columns a..b-1 is x1=a, x2=b), so resize multiplies and flip is W - x.
@@ -12,11 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-# torchvision ImageNet statistics (RGB, [0,1] scale): torchvision-pretrained backbones expect them
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
 
 def resize_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, int, float]:
     """Output (new_h, new_w, scale) like detectron2's ResizeShortestEdge.
@@ -60,25 +57,6 @@ def hflip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch
     return image, boxes
 
 
-def normalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """uint8 (0..255) or float (0..1) RGB -> float32 (x - mean) / std."""
-    x = image.float()
-    if image.dtype == torch.uint8:
-        x = x / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (x - m) / s
-
-
-def denormalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """Inverse of normalize, to float 0..1 (for visualization)."""
-    m = torch.tensor(mean, dtype=image.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=image.dtype).view(-1, 1, 1)
-    return image * s + m
-
-
 @dataclass
 class TransformInfo:
     size: tuple[int, int]  # (h, w) after resize
@@ -87,7 +65,7 @@ class TransformInfo:
 
 
 class DetectionTransform:
-    """Resize shortest edge -> optional random horizontal flip -> normalize.
+    """Resize shortest edge -> optional random horizontal flip (pixels keep their dtype and range).
 
     min_sizes: one short side (test) or several (train: one chosen uniformly per image).
     """
@@ -97,15 +75,12 @@ class DetectionTransform:
         min_sizes: int | Sequence[int] = 800,
         max_size: int = 1333,
         flip_prob: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         self.min_sizes = (int(min_sizes),) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)
         if not self.min_sizes or min(self.min_sizes) <= 0:
             raise ValueError(f"min_sizes must be positive ints, got {min_sizes!r}")
         self.max_size = int(max_size)
         self.flip_prob = float(flip_prob)
-        self.mean, self.std = tuple(mean), tuple(std)
 
     @property
     def is_random(self) -> bool:
@@ -123,7 +98,6 @@ class DetectionTransform:
         flipped = bool(u[1] < self.flip_prob)
         if flipped:
             image, boxes = hflip(image, boxes)
-        image = normalize(image, self.mean, self.std)
         return image, boxes, TransformInfo((new_h, new_w), scale, flipped)
 
     def __repr__(self) -> str:

@@ -32,13 +32,13 @@ BOX_TOL_PX = 1.0   # detections: max coordinate difference, input pixels
 
 
 def _synthetic(data_cfg: DictConfig, num: int, why: str, divisor: int) -> tuple[torch.Tensor, list[tuple[int, int]], dict]:
-    """Standard-normal images (what normalized pixels look like) at the test size of a 4:3 image."""
+    """Uniform random 0-255 RGB images at the test size of a 4:3 image."""
     short = data_cfg.min_size_test
     long = min(round(short * 4 / 3), data_cfg.max_size) if data_cfg.max_size > 0 else round(short * 4 / 3)
     g = torch.Generator().manual_seed(0)
-    items = [(torch.randn(3, short, long, generator=g), {}) for _ in range(num)]
+    items = [(torch.randint(0, 256, (3, short, long), generator=g, dtype=torch.uint8), {}) for _ in range(num)]
     images, _, sizes = collate(items, divisor)
-    return images, sizes, {"source": "synthetic", "note": f"{why}: compared on {num} standard-normal images of "
+    return images, sizes, {"source": "synthetic", "note": f"{why}: compared on {num} uniform random images of "
                            f"{short}x{long} (seed 0) instead", "images": []}
 
 
@@ -107,11 +107,12 @@ def export_run(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str,
     folded_path = save_folded(out_dir / "model_folded.pt", folded, report, description, source)
     images, sizes, inputs = check_inputs(description["config"], cfg.num_check_images, base)
     runs = {"unfolded": model, "folded": folded, "reloaded": load_folded(folded_path)}
-    outputs = {name: HeadNetwork(m)(images) for name, m in runs.items()}
+    image_sizes = torch.tensor(sizes, dtype=torch.int64)
+    outputs = {name: HeadNetwork(m)(images, image_sizes) for name, m in runs.items()}
     onnx_info = None
     if cfg.onnx:
         onnx_info = export_onnx(folded, out_dir / "model.onnx", opset=cfg.opset)
-        outputs["onnxruntime"] = run_ort(ort_session(out_dir / "model.onnx"), images)
+        outputs["onnxruntime"] = run_ort(ort_session(out_dir / "model.onnx"), images, image_sizes)
     check = {"checkpoint": str(ckpt_path), "out_dir": str(out_dir), "files": {"folded": folded_path.name, "onnx": onnx_info},
              "inputs": {**inputs, "padded_size": list(images.shape[-2:]), "image_sizes": [list(s) for s in sizes]},
              "tolerance": {"head_max_rel": REL_TOL, "box_px": BOX_TOL_PX,

@@ -13,15 +13,17 @@ __all__ = ["HeadNetwork", "feature_shapes", "detect_from_head"]
 
 
 class HeadNetwork(nn.Module):
-    """``images (B, 3, H, W) -> (logits (B, A, K), deltas (B, A, 4))``: backbone, FPN and head of
-    a RetinaNet, without anchors and post-processing (what the ONNX file holds)."""
+    """``images (B, 3, H, W)`` 0-255 RGB padded batch and ``image_sizes (B, 2)`` (h, w) of each
+    image in it ``-> (logits (B, A, K), deltas (B, A, 4))``: the input normalization, backbone,
+    FPN and head of a RetinaNet, without anchors and post-processing (what the ONNX file holds)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        self.normalizer = model.normalizer
         self.backbone, self.fpn, self.head = model.backbone, model.fpn, model.head
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.fpn(self.backbone(images)))
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.fpn(self.backbone(self.normalizer(images, image_sizes))))
 
 
 def feature_shapes(padded_hw: tuple[int, int], strides: list[int]) -> list[tuple[int, int]]:

@@ -56,9 +56,11 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_OPSET,
                 max_side: int = 8192) -> dict[str, Any]:
-    """Write ``model``'s backbone + FPN + head to ``path`` (input ``images`` (B, 3, H, W) float32
-    with H, W multiples of ``model.size_divisibility`` up to ``max_side`` and any batch; outputs ``logits`` (B, A, K) and
-    ``deltas`` (B, A, 4)), check it with onnx's checker, and return facts about the file."""
+    """Write ``model``'s input normalization + backbone + FPN + head to ``path`` (inputs ``images``
+    (B, 3, H, W) float32 0-255 RGB, zero-padded to H, W multiples of ``model.size_divisibility`` up
+    to ``max_side``, any batch, and ``image_sizes`` (B, 2) int64, each image's (h, w) in it; outputs
+    ``logits`` (B, A, K) and ``deltas`` (B, A, 4)), check it with onnx's checker, and return facts
+    about the file."""
     require_onnx()
     import onnx  # noqa: PLC0415 (optional extra)
 
@@ -68,16 +70,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_O
     # A batch of 2 and 2x2 cells of 128 px: torch.export specializes dimensions that are 0 or 1
     # in the example, so the example must not have them for the graph to stay dynamic.
     div = model.size_divisibility  # inputs are padded to a multiple of this (modeling/build.py)
-    example = torch.zeros(2, 3, 2 * div, 2 * div,
-                          device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    example = torch.zeros(2, 3, 2 * div, 2 * div, device=device)
+    example_sizes = torch.tensor([[2 * div - 3] * 2, [div + 5] * 2], device=device)
     cells = max_side // div
-    dims = {0: torch.export.Dim("batch", min=1, max=1024),
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dims = {0: batch,
             2: div * torch.export.Dim("h_cells", min=1, max=cells),
             3: div * torch.export.Dim("w_cells", min=1, max=cells)}
     start = time.perf_counter()
     with _quiet_exporter():
-        program = torch.onnx.export(net, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-                                    output_names=["logits", "deltas"], dynamic_shapes={"images": dims})
+        program = torch.onnx.export(net, (example, example_sizes), dynamo=True, opset_version=opset,
+                                    input_names=["images", "image_sizes"], output_names=["logits", "deltas"],
+                                    dynamic_shapes={"images": dims, "image_sizes": {0: batch}})
         program.save(str(path))
     seconds = time.perf_counter() - start
     proto = onnx.load(str(path))
@@ -87,7 +92,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_O
     return {"file": Path(path).name, "opset": opsets.get("ai.onnx"), "export_seconds": round(seconds, 2),
             "size_mb": round(Path(path).stat().st_size / 2**20, 2),
             "op_types": sorted({n.op_type for n in proto.graph.node}),
-            "inputs": {"images": ["batch", "128*h_cells", "128*w_cells"]},
+            "inputs": {"images": ["batch", 3, "128*h_cells", "128*w_cells"], "image_sizes": ["batch", 2],
+                       "pixels": "0-255 RGB, zero padding; the model normalizes"},
             "outputs": ["logits (batch, anchors, classes)", "deltas (batch, anchors, 4)"],
             "versions": {"onnx": onnx.__version__, "torch": torch.__version__}}
 
@@ -104,7 +110,9 @@ def ort_session(path: str | os.PathLike, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_ort(session: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, deltas) of a float32 image batch, as CPU tensors."""
-    logits, deltas = session.run(["logits", "deltas"], {"images": images.detach().float().cpu().numpy()})
+def run_ort(session: Any, images: torch.Tensor, image_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, deltas) of a padded 0-255 RGB image batch and its (B, 2) image sizes, as CPU tensors."""
+    feeds = {"images": images.detach().float().cpu().numpy(),
+             "image_sizes": torch.as_tensor(image_sizes, dtype=torch.int64).cpu().numpy()}
+    logits, deltas = session.run(["logits", "deltas"], feeds)
     return torch.from_numpy(logits), torch.from_numpy(deltas)

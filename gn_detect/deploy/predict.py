@@ -10,7 +10,7 @@ Output folder::
     drawn/<file>      each input with its boxes, class names and scores (with ``draw``)
 
 Every image goes through the evaluation's test transform (the run's ``data.min_size_test`` and
-``data.max_size``, ImageNet normalization); grayscale, palette, 16-bit and RGBA images become
+``data.max_size``; the model normalizes as its config says); grayscale, palette, 16-bit and RGBA images become
 RGB as in training. Images are batched in groups of similar padded size, on the GPU when present.
 """
 from __future__ import annotations

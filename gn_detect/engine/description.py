@@ -41,6 +41,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gn_detect.checkpoint.conventions import fill_unrecorded
 from gn_detect.config import ConfigError, TrainConfig
 from gn_detect.modeling.build import model_config
 from gn_detect.norms import resolve_norm
@@ -127,7 +128,8 @@ def _on_schema(config: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config on today's schema (keys added since get their defaults); as saved if it
     no longer fits (a key was removed), so the difference is reported, not an exception."""
     try:
-        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(TrainConfig), dict(config)), resolve=True)
+        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(TrainConfig), dict(config)), resolve=True)
+        return fill_unrecorded(merged)  # input conventions of a run that predates them: torchvision's
     except Exception:  # noqa: BLE001 - reported as differences by the caller
         return dict(config)
 
@@ -160,7 +162,7 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], path: str | o
     """Raises :class:`ResumeRefusedError` (one line, every differing key) unless the ``new``
     description differs from the checkpoint's ``saved`` one only where the module docstring allows.
     ``new`` without ``"model"`` compares the configs only (before the data is read)."""
-    diffs = {k: v for k, v in config_differences(_on_schema(saved["config"]), new["config"]).items()
+    diffs = {k: v for k, v in config_differences(_on_schema(saved["config"]), _on_schema(new["config"])).items()
              if k not in RESUME_MAY_CHANGE}
     notes: dict[str, str] = {}
     if "solver.max_iter" in diffs:

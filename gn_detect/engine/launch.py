@@ -292,6 +292,10 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_FROM_THE_WEIGHTS = ("model.input.format", "model.input.pixel_mean", "model.input.pixel_std",
+                     "model.backbone.stride_in_1x1")
+
+
 def finished_run_clash(cfg: DictConfig, run_dir: Path) -> str | None:
     """None when the finished run in ``run_dir`` was made by this job's config (its config.yaml
     equals the resolved ``cfg`` up to :data:`_RESULT_NEUTRAL` keys; ``solver.ims_per_batch`` left
@@ -304,6 +308,9 @@ def finished_run_clash(cfg: DictConfig, run_dir: Path) -> str | None:
     except Exception as exc:  # noqa: BLE001 - an unreadable record cannot be taken for this job
         return f"{run_dir} holds a finished run whose config.yaml cannot be compared ({type(exc).__name__}: {exc})"
     a, b = _flat(old), _flat(new)
+    for key in _FROM_THE_WEIGHTS:  # null now: resolved from the same weights file into config.yaml then
+        if b.get(key) is None:
+            a.pop(key, None), b.pop(key, None)
     if b.get("solver.ims_per_batch") is None:
         a.pop("solver.ims_per_batch", None)
         b.pop("solver.ims_per_batch", None)

@@ -69,6 +69,7 @@ from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFiniteP
 from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
 from gn_detect.evaluation import format_results
 from gn_detect.layers import SyncBatchNorm
+from gn_detect.modeling.weights import resolve_conventions
 from gn_detect.modeling import build_model, norm_summary, size_divisibility
 
 from gn_detect.modeling.compile import compile_model
@@ -166,6 +167,7 @@ def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock
         logging.getLogger("gn_detect").setLevel(logging.WARNING)
     device = resolve_device(cfg.device, info.device)
     batch = validate_train_config(cfg, info.world_size)
+    resolve_conventions(cfg.model)  # null model.input / stride_in_1x1 from the weights file; norm fit checked
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
     resume = _resume_state(cfg, run_dir, resolved)

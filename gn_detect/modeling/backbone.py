@@ -188,10 +188,10 @@ class ResNet(nn.Module):
 
 
 @register_backbone("resnet")
-def resnet(model_cfg: Any, *, stride_in_1x1: bool | None = None) -> ResNet:
+def resnet(model_cfg: Any) -> ResNet:
     """The ResNet/ResNeXt of ``model_cfg.backbone`` (depth, norm, ws, freeze_at, widths, groups,
-    width_per_group, stride_in_1x1, zero_init_residual). ``stride_in_1x1`` given here (the value
-    resolved from the weights' conventions) replaces a null config value; still null: False."""
+    width_per_group, stride_in_1x1 (null: torchvision's False; build_model resolves it from the
+    weights first), zero_init_residual)."""
     bb = model_cfg.backbone
     key = str(bb.depth)
     if key not in DEPTHS:
@@ -209,8 +209,6 @@ def resnet(model_cfg: Any, *, stride_in_1x1: bool | None = None) -> ResNet:
                             **resolved.opts)
 
     block, layers, default_widths = DEPTHS[key]
-    if stride_in_1x1 is None:
-        stride_in_1x1 = bb.stride_in_1x1
     return ResNet(block, layers, tuple(bb.widths or default_widths), norm_act=norm_act, ws=resolved.ws,
                   freeze_at=bb.freeze_at, zero_init_residual=bb.zero_init_residual, groups=bb.groups,
-                  width_per_group=bb.width_per_group, stride_in_1x1=bool(stride_in_1x1))
+                  width_per_group=bb.width_per_group, stride_in_1x1=bool(bb.stride_in_1x1))

@@ -20,7 +20,7 @@ from gn_detect.modeling.fpn import FPN
 from gn_detect.modeling.head import RetinaNetHead
 from gn_detect.modeling.loss import RetinaNetLoss
 from gn_detect.modeling.retinanet import RetinaNet
-from gn_detect.modeling.weights import load_backbone_weights
+from gn_detect.modeling.weights import load_backbone_weights, resolve_conventions
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,12 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
         raise ValueError(f"build_model: num_classes={num_classes}; the dataset lists no categories")
     norms = {part: resolve_norm(cfg, part) for part in ("backbone", "fpn", "head")}
     bb, fp, hd = cfg.backbone, cfg.fpn, cfg.head
+    weights = resolve_conventions(cfg)  # model.input and stride_in_1x1 from the weights file, norm fit
     backbone = build_backbone(cfg)
-    if bb.weights:
-        report = load_backbone_weights(backbone, bb.weights, strict=bb.weights_strict)
-        log.info("loaded backbone weights from %s (skipped: %s)", bb.weights, report)
+    if weights is not None:
+        report = load_backbone_weights(backbone, weights, norm=resolve_norm(cfg, "backbone").norm,
+                                       strict=bb.weights_strict)
+        log.info("loaded backbone weights from %s (%s; skipped: %s)", bb.weights, weights.describe(), report)
         backbone.freeze(backbone.freeze_at)  # loading replaces nothing, but keeps the rule in one place
     fpn = FPN(backbone.out_channels, fp.out_channels, norm=fp.norm, ws=fp.ws,
               norm_opts=norms["fpn"].opts, top_block_in=fp.top_block_in)
@@ -56,7 +58,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
     box_coder = BoxCoder()
     criterion = RetinaNetLoss(num_classes, box_coder=box_coder, **OmegaConf.to_container(cfg.loss))
     model = RetinaNet(backbone, fpn, head, anchor_generator, criterion, box_coder,
-                      OmegaConf.to_container(cfg.test))
+                      OmegaConf.to_container(cfg.test), OmegaConf.to_container(cfg.input))
     model.norms = norms  # each component's resolved norm, for whoever asks what was built
     model.size_divisibility = size_divisibility(cfg)  # gn_detect/config/validate.py
     return model

@@ -51,11 +51,13 @@ def test_export_writes_folded_model_onnx_and_check(shapes_root, tmp_path):
     reference = model_from_checkpoint(state["description"], state, ckpt).eval()
     assert torch.load(out / "model_folded.pt", weights_only=True)["format"] == "gn_detect.folded/1"
     folded = load_folded(out / "model_folded.pt")
-    images = torch.randn(3, 3, 256, 384, generator=torch.Generator().manual_seed(5))
+    # 0-255 RGB images, two of them padded (the model normalizes, then zeroes the padding)
+    images = torch.randint(0, 256, (3, 3, 256, 384), generator=torch.Generator().manual_seed(5)).float()
+    sizes = torch.tensor([[256, 384], [200, 384], [256, 301]])
     with torch.no_grad():
-        ref, got = HeadNetwork(reference)(images), HeadNetwork(folded)(images)
+        ref, got = HeadNetwork(reference)(images, sizes), HeadNetwork(folded)(images, sizes)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = session.run(["logits", "deltas"], {"images": images.numpy()})
+    onnx_out = session.run(["logits", "deltas"], {"images": images.numpy(), "image_sizes": sizes.numpy()})
     for r, g, o in zip(ref, got, onnx_out):
         assert _rel(r, g) <= 1e-4 and _rel(r, torch.from_numpy(o)) <= 1e-4
 

@@ -1,0 +1,67 @@
+"""tools/convert_weights.py: any supported backbone file -> ``{"state_dict", "conventions"}`` in
+torchvision's ResNet layout, loadable with ``torch.load(weights_only=True)`` and by
+``model.backbone.weights``."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gn_detect.norms import norm_spec
+
+from .conventions import file_conventions, norm_for
+from .sources import SourceWeights, WeightsError, read_weights
+
+__all__ = ["NORM_CHOICES", "convert_weights"]
+
+FOLD_EPS = 1e-5  # BN statistics folded into scale/shift (torchvision's and Detectron's BN eps)
+# --norm choices: one norm per kind of pretrained weights the table knows (affine, bn, gn)
+NORM_CHOICES: tuple[str, ...] = tuple(n for n in (norm_for(k) for k in ("scale_shift", "batch_stats", "group")) if n)
+
+
+def _fold_stats(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """BN (weight, bias, running_mean, running_var) -> scale/shift weight/bias, in float64."""
+    out, folded = dict(state), []
+    for key in [k for k in state if k.endswith(".running_var")]:
+        p = key[: -len("running_var")]
+        mean, var = out.pop(p + "running_mean").double(), out.pop(key).double()
+        dtype = state[p + "weight"].dtype
+        scale = state[p + "weight"].double() / torch.sqrt(var + FOLD_EPS)
+        out[p + "weight"] = scale.to(dtype)
+        out[p + "bias"] = (state[p + "bias"].double() - mean * scale).to(dtype)
+        folded.append(p.rstrip("."))
+    return out, folded
+
+
+def _decide(sw: SourceWeights, norm: str) -> tuple[str, dict[str, torch.Tensor], list[str]]:
+    """(what the output holds, its state dict, the norms folded) for ``--norm``."""
+    if norm == "auto":
+        if sw.holds is None:
+            raise WeightsError(f"{sw.path}: a {sw.describe()}: it cannot tell an affine (fused BN) from a GN",
+                               f"give --norm {' or --norm '.join(norm_for(k) for k in ('scale_shift', 'group'))}"
+                               " (or --source timm for a timm GN file)")
+        return sw.holds, dict(sw.state_dict), []
+    want = norm_spec(norm).weights
+    if sw.holds is None and want in ("scale_shift", "group"):
+        return want, dict(sw.state_dict), []
+    if sw.holds == want:
+        return want, dict(sw.state_dict), []
+    if sw.holds == "batch_stats" and want == "scale_shift":
+        state, folded = _fold_stats(sw.state_dict)
+        return want, state, folded
+    raise WeightsError(f"{sw.path}: a {sw.describe()} cannot become --norm {norm}",
+                       f"use --norm {norm_for(sw.holds) or 'auto'}")
+
+
+def convert_weights(src: str | Path, dst: str | Path, *, source: str = "auto", norm: str = "auto",
+                    num_groups: int = 32) -> dict[str, Any]:
+    """Write ``dst``; returns {"mapped", "ignored", "converted", "conventions"}."""
+    sw = read_weights(src, source)
+    holds, state, folded = _decide(sw, norm)
+    conventions = file_conventions(dataclasses.replace(sw, holds=holds), holds, num_groups)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {k: v.contiguous() for k, v in state.items()}, "conventions": conventions}, dst)
+    return {"mapped": sw.mapped, "ignored": sw.ignored, "converted": folded, "conventions": conventions}
