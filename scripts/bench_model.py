@@ -138,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--channels-last", choices=["on", "off"], default=None,
                     help="our model's memory format (default: on for cuda, off for cpu)")
     ap.add_argument("--compile", action="store_true", help="torch.compile our backbone, FPN, head")
+    ap.add_argument("--backend", default="inductor", help="torch.compile backend with --compile")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     return ap.parse_args(argv)
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# RetinaNet train step, ResNet-{args.depth} FPN, {h}x{w}, batch {args.batch}, "
           f"{'bf16' if args.bf16 else 'fp32'}, {machine}, torch {torch.__version__}; ours: "
           f"impl={args.impl}, channels_last={'on' if channels_last else 'off'}, "
-          f"compile={'on' if args.compile else 'off'}; torchvision: eager, NCHW, torch GN")
+          f"compile={args.backend if args.compile else 'off'}; torchvision: eager, NCHW, torch GN")
     print(f"{'norm':8s} {'ours s/step':>12s} {'tv s/step':>12s} {'ours img/s':>11s} {'tv img/s':>9s} {'tv/ours':>8s}")
     results = {}
     for preset in args.norms:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         if channels_last:
             m_ours = m_ours.to(memory_format=torch.channels_last)
         if args.compile:
-            compile_model(m_ours)
+            compile_model(m_ours, backend=args.backend)
         sizes = [(h, w)] * args.batch
         tv_images = list(images.unbind(0))
         images_ours = images.contiguous(memory_format=torch.channels_last) if channels_last else images

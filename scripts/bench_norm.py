@@ -11,7 +11,8 @@ G=32. A step is y = norm(x) and the gradients (dx, dgamma, dbeta) for a given dy
 
 Each entry: median ms per step and effective bandwidth = bytes of x, y, dy and dx at their
 dtype / time (what a perfect fwd+bwd would move; the kernels actually read x and dy twice).
-``ratio`` = torch GN / ours for the same layout (above 1: ours is faster).
+``ratio`` = torch GN / ours for the same layout (above 1: ours is faster). The header gives the
+ceiling: a device-to-device copy's bandwidth (bytes read + written / time) in the same run.
 
     python scripts/bench_norm.py --device cuda --dtype bf16
     python scripts/bench_norm.py --device cpu                          # torch columns only
@@ -89,6 +90,15 @@ def time_ms(step: Callable[[], None], device: torch.device, warmup: int, iters: 
     return statistics.median(samples)
 
 
+def copy_gbps(device: torch.device, repeats: int) -> float:
+    """Bandwidth of ``dst.copy_(src)`` (read + write bytes / time): the ceiling for a norm layer."""
+    nbytes = 2**30 if device.type == "cuda" else 2**24
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup=3, iters=10, repeats=repeats)
+    return 2 * nbytes / ms / 1e6
+
+
 def columns_for(device: torch.device) -> tuple[list[str], str]:
     """The columns that can run here, and why ours is skipped (or "")."""
     if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
@@ -105,7 +115,7 @@ def bench_shape(args, device, dtype, n, name, c, h, w, columns) -> dict:
     row = {"shape": [n, c, h, w], "name": name, "ms": {}, "GBps": {}}
     for col in columns:
         step = step_fn(col, inputs["cl" if col.endswith("-cl") else "nchw"], args.groups)
-        ms = time_ms(step, device, args.warmup, args.iters)
+        ms = time_ms(step, device, args.warmup, args.iters, args.repeats)
         row["ms"][col], row["GBps"][col] = ms, moved / ms / 1e6
     for layout in ("cl", "nchw"):
         if f"ours-{layout}" in row["ms"]:
@@ -128,6 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats of --iters steps (median)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -140,7 +151,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     columns, skipped = columns_for(device)
     shapes = TINY_SHAPES if not gpu and not skipped else DETECTOR_SHAPES
     machine = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# norm fwd+bwd, {args.dtype}, G={args.groups}, {machine}, torch {torch.__version__}"
+    ceiling = copy_gbps(device, args.repeats)
+    print(f"# norm fwd+bwd, {args.dtype}, G={args.groups}, {machine}, torch {torch.__version__}, "
+          f"copy {ceiling:.0f} GB/s"
           + (f"; ours skipped: {skipped}" if skipped else "")
           + ("; Triton interpreter: tiny shapes, times are not kernel speed" if not gpu and not skipped else ""))
     print(f"{'layer':6s} {'N x C x H x W':17s} " + " ".join(f"{c + ' ms':>16s} {'GB/s':>7s}" for c in columns)
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "machine": machine,
-                                         "rows": rows}, indent=2))
+                                         "copy_GBps": ceiling, "rows": rows}, indent=2))
     return rows
 
 

@@ -1,6 +1,7 @@
-"""GroupNorm (optionally fused with ReLU) in Triton: kernels, launch plan, autograd Function.
+"""GroupNorm (optionally fused with ReLU) in Triton: kernels, launch plan, host functions.
 
-Imported lazily by ``group_norm.py`` (only when the kernel is asked for), because Triton is
+The op ``torch.ops.gn_detect.group_norm`` (``gn_op.py``) calls ``forward``/``backward`` here.
+Imported lazily by ``gn_op.py`` (only when the kernel is asked for), because Triton is
 optional and because ``TRITON_INTERPRET=1`` only takes effect if it is set before Triton is
 first imported: Triton's own ``tl.sum`` & co. are decorated when ``triton.language`` loads.
 
@@ -27,10 +28,12 @@ Backward (dx, dgamma, dbeta; two passes over x and dy):
   3. dx = rstd * (g * gamma - a - xhat * b).
   dgamma = sum_n of the per-(n, c) sums of g * xhat, dbeta = of g (torch, (N, C) tensors).
 Saved for backward: x, mean, rstd (and gamma, beta); never y.
+Launches run under ``torch.cuda.device(x.device)``; no atomics (bitwise repeatable).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,9 +43,10 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-__all__ = ["triton_group_norm", "KERNEL_DTYPES", "interpreted"]
+from gn_detect.layers.gn_op import INDEX_LIMIT, KERNEL_DTYPES, dense, group_norm_op, max_offset
 
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+__all__ = ["triton_group_norm", "forward", "backward", "interpreted", "launch_guard"]
+
 _MAX_SPLIT = 256  # chunks per (n, g); the normalize kernel merges them in one block
 
 
@@ -266,6 +270,12 @@ def _mode_mismatch() -> bool:
     return isinstance(tl.sum, JITFunction) != isinstance(_gn_fwd_stats_kernel, JITFunction)
 
 
+def launch_guard(device: torch.device):
+    """The context the launches run in: ``torch.cuda.device(device)`` for a CUDA tensor (Triton
+    launches on the current device, which need not be the tensor's), else nothing."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @dataclass(frozen=True)
 class Plan:
     """Launch geometry shared by the forward and backward of one call."""
@@ -285,8 +295,10 @@ def _sm_count(index: int) -> int:
 def make_plan(
     x3: torch.Tensor, num_groups: int, *,
     block_hw: int | None = None, block_c: int | None = None, split: int | None = None,
+    sms: int | None = None,
 ) -> Plan:
-    """Tile and split sizes for x3 = (N, C, HW). The keyword overrides are for tests/tuning.
+    """Tile and split sizes for x3 = (N, C, HW). The keyword overrides are for tests/tuning;
+    ``sms``: plan as for a GPU with that many SMs (default: x3's GPU; 1 program in the interpreter).
 
     A tile holds about 2048 elements on a GPU (8 per thread with 8 warps: no kernel then
     needs more than ~110 registers, checked with ptxas for sm_90, so two programs fit per SM;
@@ -295,7 +307,8 @@ def make_plan(
     """
     n, c, hw = x3.shape
     cpg = c // num_groups
-    tile = 2048 if x3.is_cuda else 16384
+    gpu = sms is not None or (x3.is_cuda and not interpreted())
+    tile = 2048 if gpu else 16384
     if block_c is None:
         if x3.stride(1) == 1 and c > 1:  # channels-last: channels are contiguous
             block_c = min(triton.next_power_of_2(cpg), 512)
@@ -304,7 +317,9 @@ def make_plan(
     if block_hw is None:
         block_hw = max(1, min(triton.next_power_of_2(hw), tile // block_c))
     if split is None:
-        target = 8 * _sm_count(x3.device.index or 0) if x3.is_cuda and not interpreted() else 1
+        if sms is None and gpu:
+            sms = _sm_count(x3.device.index if x3.device.index is not None else torch.cuda.current_device())
+        target = 8 * sms if gpu else 1
         split = min(triton.cdiv(target, n * num_groups), triton.cdiv(hw, block_hw), _MAX_SPLIT)
     split = max(1, min(int(split), _MAX_SPLIT))
     chunk = triton.cdiv(triton.cdiv(hw, split), block_hw) * block_hw
@@ -313,13 +328,20 @@ def make_plan(
     return Plan(block_hw, block_c, split, chunk, num_warps)
 
 
+def _plan(x3: torch.Tensor, num_groups: int, overrides: tuple[int, ...]) -> Plan:
+    """make_plan with the op's ``plan`` argument: (block_hw, block_c, split), 0 = the default."""
+    names = ("block_hw", "block_c", "split")
+    return make_plan(x3, num_groups, **{k: v for k, v in zip(names, overrides) if v})
+
+
 def _view3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t or a contiguous copy, its (N, C, HW) view); a copy only if H, W do not flatten."""
+    """(t or a dense copy, its (N, C, HW) view); a copy only if H, W do not flatten. The copy
+    keeps t's suggested memory format (so y = empty_like(x) has the layout the fake op says)."""
     shape = (t.shape[0], t.shape[1], math.prod(t.shape[2:]))
     try:
         return t, t.view(shape)
     except RuntimeError:
-        t = t.contiguous()
+        t = dense(t)
         return t, t.view(shape)
 
 
@@ -345,54 +367,60 @@ def check_input(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None) -
     if weight is not None and weight.shape != (x.shape[1],):
         raise ValueError(f"{where}: weight has shape {tuple(weight.shape)} for {x.shape[1]} "
                          f"channels; fix: build the layer with num_channels={x.shape[1]}")
-    per_sample = x.numel() // max(x.shape[0], 1)
-    if per_sample >= 2**31:
-        raise ValueError(f"{where}: one sample has {per_sample} elements, more than the "
-                         f"kernel's int32 indexing allows; fix: use impl='torch'")
+    if max_offset(x) >= INDEX_LIMIT:
+        raise ValueError(f"{where}: an offset inside one sample reaches {max_offset(x)} (sizes "
+                         f"{tuple(x.shape)}, strides {x.stride()}), more than the kernel's int32 "
+                         f"indexing allows; fix: pass a contiguous tensor, or use impl='torch'")
 
 
 def _strides(t3: torch.Tensor) -> tuple[int, int, int]:
     return t3.stride(0), t3.stride(1), t3.stride(2)
 
 
-def _forward(x, weight, bias, num_groups, eps, relu, plan_opts):
-    """-> (y, mean, rstd, plan); y has x's memory format, mean/rstd are fp32 (N*G,)."""
+def forward(x, weight, bias, num_groups, eps, relu, out_dtype, plan_overrides=()):
+    """-> (y, mean, rstd); y has x's memory format and ``out_dtype`` (None: x's dtype),
+    mean/rstd are fp32 (N*G,). weight/bias: both or neither, contiguous on x's device."""
+    check_input(x, num_groups, weight)
     x, x3 = _view3(x)
     n, c, hw = x3.shape
-    y = torch.empty_like(x)
+    y = torch.empty_like(x, dtype=out_dtype or x.dtype)
     mean = torch.empty(n * num_groups, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if x.numel() == 0:
-        return y, mean, rstd, None
-    plan = make_plan(x3, num_groups, **plan_opts)
+        return y, mean, rstd
+    plan = _plan(x3, num_groups, plan_overrides)
     part = torch.empty((n * num_groups, plan.split, 3), device=x.device, dtype=torch.float32)
     grid = (n * num_groups, plan.split)
     cpg = c // num_groups
-    _gn_fwd_stats_kernel[grid](
-        x3, part, hw, cpg, num_groups, plan.chunk, *_strides(x3),
-        BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps,
-    )
     affine = weight is not None
     y3 = y.view(n, c, hw)
-    _gn_fwd_norm_kernel[grid](
-        x3, y3, weight if affine else x3, bias if affine else x3, part, mean, rstd,
-        hw, cpg, num_groups, plan.chunk, plan.split, float(eps), *_strides(x3),
-        *_strides(y3), HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw,
-        BLOCK_C=plan.block_c, BLOCK_S=triton.next_power_of_2(plan.split), num_warps=plan.num_warps,
-    )
-    return y, mean, rstd, plan
+    with launch_guard(x.device):
+        _gn_fwd_stats_kernel[grid](
+            x3, part, hw, cpg, num_groups, plan.chunk, *_strides(x3),
+            BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps,
+        )
+        _gn_fwd_norm_kernel[grid](
+            x3, y3, weight if affine else x3, bias if affine else x3, part, mean, rstd,
+            hw, cpg, num_groups, plan.chunk, plan.split, float(eps), *_strides(x3),
+            *_strides(y3), HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw,
+            BLOCK_C=plan.block_c, BLOCK_S=triton.next_power_of_2(plan.split), num_warps=plan.num_warps,
+        )
+    return y, mean, rstd
 
 
-def _backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan):
-    """-> (dx, per-(n, c) sums of g * xhat (for dgamma), of g (for dbeta))."""
+def backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan_overrides=()):
+    """-> (dx in x's dtype, dgamma = sum over n of g * xhat, dbeta = of g), both fp32 (C,)."""
     x, x3 = _view3(x)
+    if max_offset(dy) >= INDEX_LIMIT:
+        dy = dense(dy)
     _, dy3 = _view3(dy)
     n, c, hw = x3.shape
     cpg = c // num_groups
     dx = torch.empty_like(x)
     f32 = dict(device=x.device, dtype=torch.float32)
     if x.numel() == 0:
-        return dx, torch.zeros((n, c), **f32), torch.zeros((n, c), **f32)
+        return dx, torch.zeros(c, **f32), torch.zeros(c, **f32)
+    plan = _plan(x3, num_groups, plan_overrides)
     part_s = torch.empty((n, plan.split, c), **f32)
     part_b = torch.empty_like(part_s)
     affine = weight is not None
@@ -400,47 +428,26 @@ def _backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan):
     grid = (n * num_groups, plan.split)
     consts = dict(HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
                   num_warps=plan.num_warps)
-    _gn_bwd_reduce_kernel[grid](
-        x3, dy3, w, b, mean, rstd, part_s, part_b, c, hw, cpg, num_groups, plan.chunk,
-        *_strides(x3), *_strides(dy3), **consts,
-    )
     sum_s = torch.empty((n, c), **f32)
     sum_b = torch.empty_like(sum_s)
     coef = torch.empty((n * num_groups, 2), **f32)
     block_s = min(triton.next_power_of_2(plan.split), 64)
-    _gn_bwd_finalize_kernel[(n * num_groups,)](
-        part_s, part_b, w, sum_s, sum_b, coef, c, cpg, num_groups, plan.split, 1.0 / (cpg * hw),
-        HAS_AFFINE=affine, BLOCK_S=block_s,
-        BLOCK_C=min(triton.next_power_of_2(cpg), max(1, 4096 // block_s)),
-    )
     dx3 = dx.view(n, c, hw)
-    _gn_bwd_dx_kernel[grid](
-        x3, dy3, dx3, w, b, mean, rstd, coef, hw, cpg, num_groups, plan.chunk,
-        *_strides(x3), *_strides(dy3), *_strides(dx3), **consts,
-    )
-    return dx, sum_b, sum_s
-
-
-class GroupNormFunction(torch.autograd.Function):
-    """``apply(x, weight, bias, num_groups, eps, relu, plan_opts)``; weight/bias may be None."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, num_groups, eps, relu, plan_opts):
-        y, mean, rstd, plan = _forward(x, weight, bias, num_groups, eps, relu, plan_opts)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.config = (num_groups, relu, plan)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        num_groups, relu, plan = ctx.config
-        dx, sum_b, sum_s = _backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dweight = sum_b.sum(0).to(weight.dtype) if need_w else None
-        dbias = sum_s.sum(0).to(bias.dtype) if need_b else None
-        return (dx if need_x else None), dweight, dbias, None, None, None, None
+    with launch_guard(x.device):
+        _gn_bwd_reduce_kernel[grid](
+            x3, dy3, w, b, mean, rstd, part_s, part_b, c, hw, cpg, num_groups, plan.chunk,
+            *_strides(x3), *_strides(dy3), **consts,
+        )
+        _gn_bwd_finalize_kernel[(n * num_groups,)](
+            part_s, part_b, w, sum_s, sum_b, coef, c, cpg, num_groups, plan.split, 1.0 / (cpg * hw),
+            HAS_AFFINE=affine, BLOCK_S=block_s,
+            BLOCK_C=min(triton.next_power_of_2(cpg), max(1, 4096 // block_s)),
+        )
+        _gn_bwd_dx_kernel[grid](
+            x3, dy3, dx3, w, b, mean, rstd, coef, hw, cpg, num_groups, plan.chunk,
+            *_strides(x3), *_strides(dy3), *_strides(dx3), **consts,
+        )
+    return dx, sum_b.sum(0), sum_s.sum(0)
 
 
 def triton_group_norm(
@@ -455,16 +462,8 @@ def triton_group_norm(
     block_c: int | None = None,
     split: int | None = None,
 ) -> torch.Tensor:
-    """GroupNorm of x (N, C, *) like ``F.group_norm``, then ReLU if ``relu``; differentiable.
-
-    Statistics in fp32 whatever x's dtype; y has x's dtype and memory format. ``block_hw``,
-    ``block_c``, ``split`` override the launch plan (tests, tuning). Only one of weight/bias
-    given: the other is taken as ones/zeros (no gradient for it).
-    """
-    check_input(x, num_groups, weight)
-    if (weight is None) != (bias is None):
-        ref = weight if weight is not None else bias
-        weight = torch.ones_like(ref) if weight is None else weight
-        bias = torch.zeros_like(ref) if bias is None else bias
-    plan_opts = {"block_hw": block_hw, "block_c": block_c, "split": split}
-    return GroupNormFunction.apply(x, weight, bias, int(num_groups), float(eps), bool(relu), plan_opts)
+    """GroupNorm of x (N, C, *) like ``F.group_norm``, then ReLU if ``relu``, always through the
+    kernel (the op with impl='triton'); differentiable. ``block_hw``, ``block_c``, ``split``
+    override the launch plan (tests, tuning)."""
+    plan = tuple(int(v or 0) for v in (block_hw, block_c, split))
+    return group_norm_op(x, num_groups, weight, bias, eps, relu=relu, impl="triton", plan=plan)

@@ -5,29 +5,29 @@ GroupNorm (Wu & He, 2018): for each sample and each group of C/G channels,
 (C/G, H, W). LayerNorm over (C, H, W) is G = 1 and InstanceNorm is G = C.
 
 ``impl`` picks the code that runs, per call, from the input:
-  auto    the Triton kernel (``gn_triton.py``) for CUDA float32/bfloat16/float16 inputs when
-          triton is installed, ``F.group_norm`` otherwise (so CPU runs are unchanged);
+  auto    the op ``torch.ops.gn_detect.group_norm`` (``gn_op.py``): the Triton kernel
+          (``gn_triton.py``) for CUDA float32/bfloat16/float16 inputs when triton is installed
+          and the kernel's self-check passed, aten's GN otherwise (so CPU results are unchanged);
   torch   always ``F.group_norm`` (``get_norm`` then builds a plain ``nn.GroupNorm``);
-  triton  always the kernel: CPU tensors only under ``TRITON_INTERPRET=1``, else a clear error.
+  triton  the op, always with the kernel: CPU tensors only under ``TRITON_INTERPRET=1``, else
+          a clear error.
 The modules are ``nn.GroupNorm`` subclasses with the same ``weight``/``bias`` parameters, so
 state dicts, ``NORM_TYPES`` and checkpoints do not depend on ``impl``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .gn_op import group_norm_op
 
 __all__ = ["resolve_num_groups", "group_norm", "GroupNorm", "GroupNormAct", "GN_IMPLS", "check_impl"]
 
 DEFAULT_NUM_GROUPS = 32
 GN_IMPLS: tuple[str, ...] = ("auto", "torch", "triton")
 GN_ACTS: tuple[str, ...] = ("relu", "none")
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # = gn_triton.KERNEL_DTYPES
 
 
 def check_impl(impl: str, *, layer_name: str = "") -> str:
@@ -37,29 +37,6 @@ def check_impl(impl: str, *, layer_name: str = "") -> str:
         where = f"layer {layer_name!r}" if layer_name else "GroupNorm"
         raise ValueError(f"{where}: unknown impl {impl!r}; valid choices: {', '.join(GN_IMPLS)}")
     return key
-
-
-@lru_cache(maxsize=None)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _kernel():
-    """The kernel entry point, imported on first use (triton is optional; see gn_triton.py)."""
-    if not _triton_installed():
-        raise RuntimeError(
-            "GroupNorm impl='triton' needs the triton package, which is not installed; "
-            "fix: pip install triton, or use impl='auto'/'torch'"
-        )
-    from .gn_triton import triton_group_norm  # noqa: PLC0415 (optional dependency, see above)
-
-    return triton_group_norm
-
-
-def _use_kernel(impl: str, x: torch.Tensor) -> bool:
-    if impl == "triton":
-        return True
-    return impl == "auto" and x.is_cuda and x.dtype in _KERNEL_DTYPES and _triton_installed()
 
 
 def _divisors(n: int) -> list[int]:
@@ -113,8 +90,9 @@ class GroupNorm(nn.GroupNorm):
         return super().extra_repr() + ("" if self.impl == "auto" else f", impl={self.impl}")
 
     def _group_norm(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        if _use_kernel(self.impl, x):
-            return _kernel()(x, self.num_groups, self.weight, self.bias, self.eps, relu=relu)
+        if self.impl != "torch":
+            return group_norm_op(x, self.num_groups, self.weight, self.bias, self.eps, relu=relu,
+                                 impl=self.impl)
         y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.relu(y, inplace=True) if relu else y
 
@@ -125,8 +103,8 @@ class GroupNorm(nn.GroupNorm):
 class GroupNormAct(GroupNorm):
     """GroupNorm followed by an activation in one call (timm's ``GroupNormAct``).
 
-    ``act="relu"``: with the kernel, ReLU is applied in the same pass and its backward mask is
-    recomputed from x (no extra saved tensor); with torch's GN, ``F.relu`` in place. Same
+    ``act="relu"``: through the op, ReLU is applied in the same call and its backward mask is
+    recomputed from x (no extra saved tensor); with impl='torch', ``F.relu`` in place. Same
     ``weight``/``bias`` keys as ``nn.GroupNorm``; an ``nn.GroupNorm`` subclass, so NORM_TYPES
     and the solver's norm weight decay see it.
     """

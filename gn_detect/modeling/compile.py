@@ -6,7 +6,9 @@ keys are untouched, so checkpoints load the same with and without compile). The 
 anchors and post-processing stay eager: they have data-dependent shapes (matching, top-k,
 NMS) that would recompile or break graphs.
 
-Every distinct input shape (and train/eval mode) compiles once. ``gn_detect.data.collate.pad_shape`` rounds a
+Shapes are static (``dynamic=False`` unless the caller passes ``dynamic=``): every distinct
+input shape (and train/eval mode) compiles once, and nothing shape-derived, such as the launch
+plan of the GroupNorm op ``torch.ops.gn_detect.group_norm``, ever becomes symbolic. ``gn_detect.data.collate.pad_shape`` rounds a
 batch's padded (H, W) up to one of a few bucket shapes so that the number of compilations is
 bounded by the number of buckets; the collate function pads to that shape.
 """
@@ -71,8 +73,8 @@ def compile_model(
         num_buckets: the number of padded input shapes the run will use (``len(buckets)``);
             raises torch._dynamo's per-function recompile limit to ``2 * num_buckets + 2``
             (train and eval per bucket) so that no bucket falls back to eager.
-        compile_kwargs: passed to ``torch.compile`` (e.g. ``mode="max-autotune"``,
-            ``dynamic=False``).
+        compile_kwargs: passed to ``torch.compile`` (e.g. ``mode="max-autotune"``);
+            ``dynamic`` defaults to False (static shapes per bucket).
 
     Call it before wrapping the model in DDP and after any ``copy.deepcopy`` of the model (a
     copy would keep calling the original's compiled forward). Compiling twice is an error.
@@ -85,6 +87,7 @@ def compile_model(
         if "forward" in vars(sub):
             raise ValueError(f"compile_model: model.{name} is already compiled (or has a patched forward); "
                              f"fix: call compile_model once per model")
+    compile_kwargs.setdefault("dynamic", False)
     for name in parts:
         sub = getattr(model, name)
         sub.forward = _timed_first_calls(sub, name, torch.compile(sub.forward, **compile_kwargs))

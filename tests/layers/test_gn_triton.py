@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,10 @@ CASES: dict[str, dict] = {
                          module=True),
     "module_gn_act_bf16": dict(shape=(1, 8, 3, 3), groups=2, dtype="bf16", cl=False, relu=True,
                                module=True),
+    "channel_slice_cl": dict(shape=(2, 16, 5, 3), groups=2, dtype="fp32", cl=True, relu=True,
+                             channel_slice=(4, 12)),
+    "noncontiguous_weight": dict(shape=(2, 8, 3, 5), groups=4, dtype="fp32", cl=False, relu=False,
+                                 strided_weight=True),
 }
 CUDA_CASES: dict[str, dict] = {  # detector-sized, default launch plan (split chosen per GPU)
     "fpn_p3_bf16_cl": dict(shape=(2, 256, 100, 152), groups=32, dtype="bf16", cl=True, relu=True),
@@ -94,16 +99,30 @@ def make_inputs(case: dict, device: str = "cpu") -> dict[str, torch.Tensor]:
         out["x"] = out["x"].contiguous(memory_format=torch.channels_last)
         if not case.get("dy_contiguous"):
             out["dy"] = out["dy"].contiguous(memory_format=torch.channels_last)
+    if case.get("channel_slice"):  # a strided view the kernel reads in place (no copy)
+        lo, hi = case["channel_slice"]
+        out["x"], out["dy"] = out["x"][:, lo:hi], out["dy"][:, lo:hi]
+        out["w"], out["b"] = out["w"][lo:hi], out["b"][lo:hi]
+    if case.get("strided_weight"):
+        out["w"] = torch.stack([out["w"], -out["w"]], 1)[:, 0]
+        assert not out["w"].is_contiguous()
     return out
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    """t as a leaf that needs grad, keeping its strides (a non-contiguous weight stays one)."""
+    return t.detach().requires_grad_() if not t.is_contiguous() else t.clone().requires_grad_()
 
 
 def run_kernel(case: dict, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Forward and backward through the kernel (directly, or through the nn.Module path)."""
     from gn_detect.layers.gn_triton import triton_group_norm
 
-    x = inputs["x"].detach().clone().requires_grad_()
-    w = inputs["w"].clone().requires_grad_() if "w" in inputs else None
-    b = inputs["b"].clone().requires_grad_() if "b" in inputs else None
+    x = inputs["x"].detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    if case.get("channel_slice"):
+        x = inputs["x"].detach().requires_grad_()  # the strided view itself (a leaf)
+    w = _leaf(inputs["w"]) if "w" in inputs else None
+    b = _leaf(inputs["b"]) if "b" in inputs else None
     if case.get("module"):
         c = case["shape"][1]
         m = (GroupNormAct(case["groups"], c, act="relu", impl="triton") if case["relu"]
@@ -179,7 +198,38 @@ def _child_main(out_path: str) -> None:
     y = triton_group_norm(empty, 4, m.weight, m.bias, EPS, relu=True)
     y.sum().backward()
     results["_empty_ok"] = y.shape == empty.shape and empty.grad.shape == empty.shape
+    results.update(_child_op_checks())
     torch.save(results, out_path)
+
+
+def _child_op_checks() -> dict:
+    """Interpreter checks of the op's guards with the real kernel (see the tests below)."""
+    from gn_detect.layers import gn_op
+
+    case = CASES["bf16_cl_relu_split"]
+    inputs = make_inputs(case)
+    runs = [run_kernel(case, inputs) for _ in range(2)]
+    out = {"_bitwise_repeatable": all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])}
+    # autocast on a device in AUTOCAST_FP32_DEVICES: y float32 from bf16 x, dx bf16
+    gn_op.AUTOCAST_FP32_DEVICES = ("cpu",)
+    x = inputs["x"].detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = GroupNormAct(4, 16, impl="triton")(x)
+    y.backward(inputs["dy"].float())
+    out["_autocast"] = {"x": inputs["x"], "dy": inputs["dy"], "y": y.detach(), "dx": x.grad}
+    gn_op.AUTOCAST_FP32_DEVICES = ("cuda",)
+    # impl='auto' with the CPU counted as a kernel device: the real self-check passes silently
+    gn_op.KERNEL_DEVICES = ("cpu",)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = get_norm("gn", 8, num_groups=4)
+        x = make_inputs(CASES["nchw_fp32"])["x"]
+        out["_auto_self_check"] = {"usable": gn_op.kernel_usable(x.device, x.dtype, False),
+                                   "y": m(x).detach(), "ref": F.group_norm(x, 4, m.weight, m.bias, EPS)}
+    gn_op.KERNEL_DEVICES = ("cuda",)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +257,26 @@ def test_interpreted_kernel_takes_an_empty_batch(interpreted_results):
     assert interpreted_results["_empty_ok"]
 
 
+def test_interpreted_kernel_is_bitwise_repeatable(interpreted_results):
+    assert interpreted_results["_bitwise_repeatable"]
+
+
+def test_interpreted_kernel_under_upcasting_autocast_writes_float32(interpreted_results):
+    r = interpreted_results["_autocast"]
+    assert r["y"].dtype == torch.float32 and r["dx"].dtype == torch.bfloat16
+    x = r["x"].double().requires_grad_()
+    ref = F.relu(F.group_norm(x, 4, None, None, EPS))
+    ref.backward(r["dy"].double())
+    assert rel_err(r["y"], ref) < 1e-5  # fp32 output: no bf16 rounding of y
+    assert rel_err(r["dx"], x.grad) < 2 * ULP[torch.bfloat16]
+
+
+def test_interpreted_auto_self_check_passes_and_uses_the_kernel(interpreted_results):
+    r = interpreted_results["_auto_self_check"]
+    assert r["usable"]
+    assert rel_err(r["y"], r["ref"]) < 1e-5
+
+
 # ------------------------------------------------------------------------------ GPU
 
 
@@ -224,14 +294,31 @@ def test_cuda_kernel_matches_float64_reference(name):
 def test_cuda_auto_dispatches_to_the_kernel():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from gn_detect.layers import gn_triton
+    from gn_detect.layers import gn_op, gn_triton
 
     m = get_norm("gn", 64, num_groups=8).cuda()
     x = torch.randn(2, 64, 9, 7, device="cuda", requires_grad=True)
-    y = m(x)
-    assert y.grad_fn is not None and type(y.grad_fn).__name__.startswith("GroupNormFunction")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the self-check passes
+        y = m(x)
+    assert "gn_detect_group_norm" in type(y.grad_fn).__name__
+    assert gn_op.kernel_usable(x.device, x.dtype, False)
     torch.testing.assert_close(y, F.group_norm(x, 8, m.weight, m.bias), rtol=1e-5, atol=1e-5)
     assert gn_triton.interpreted() is False
+
+
+@pytest.mark.cuda
+def test_cuda_launches_on_the_tensors_device_and_follows_autocast():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = torch.device("cuda", torch.cuda.device_count() - 1)
+    m = GroupNormAct(8, 64, impl="triton").to(dev)
+    x = torch.randn(2, 64, 9, 7, device=dev).bfloat16()
+    with torch.cuda.device(0):  # current device differs from x's when there are two GPUs
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, ref = m(x), F.relu(F.group_norm(x, 8, m.weight, m.bias))
+    assert y.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------- CPU, no kernel involved
