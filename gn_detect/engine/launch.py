@@ -7,7 +7,9 @@ disk full; status.json 'failed' with it); 2 refused at start (the pre-flight's l
 resume, run folder in use, unusable checkpoint); 128 + the signal number (143 SIGTERM, 130
 SIGINT) when stopped by a signal at any stage, the final evaluation included -- after status
 'interrupted' is written and Hydra has finished the job; the last line says what is kept. A
-sweep: 0 when every run ended done (or done or failed: failures are recorded and the sweep goes on). A stopped run also stops its
+sweep: 0 when every run ended done; 1 when any run of the command failed or did not finish
+(failures are recorded, the sweep goes on, the report and a last line name them;
+gn_detect/sweeps/outcome.py); 2 refused at start. A stopped run also stops its
 sweep: the remaining runs are skipped (the sweep report is still written) and the sweep exits
 with that status; rerunning the same command resumes it.
 
@@ -15,6 +17,8 @@ Under a submitit launcher (``hydra/launcher=submitit_local|submitit_slurm|slurm_
 every run is its own process (or Slurm job): the torchrun variables come from the scheduler
 (dist.env_from_scheduler), and a run stopped by the pre-emption signal (SIGUSR2) after saving
 ``last.pth`` is handed to submitit, which re-submits it; the new job resumes from the checkpoint.
+A run stopped by another signal ends its job without a result; the Slurm launcher
+(gn_detect/sweeps/slurm_launcher.py) asks Slurm whether it was requeued or cancelled.
 
 Multirun folders (``hydra.sweep.subdir: ${gn_sweep_subdir:}``) are named by the swept keys only
 (:func:`sweep_subdir`); the fixed overrides are in the sweep folder's ``multirun.yaml``.
@@ -57,6 +61,7 @@ from gn_detect.engine.preflight import evaluate_problems, train_problems
 from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
 from gn_detect.engine.writers import read_status, write_status
+from gn_detect.sweeps.outcome import record_run, recorded_runs, sweep_exit_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 log = logging.getLogger("gn_detect")
@@ -139,8 +144,8 @@ def sweep_subdir(_root_: Any) -> str:
     """``${gn_sweep_subdir:}``: a run folder named by the job's values of the swept keys only,
     sorted by key (``norm=gn,seed=1``); keys in ``hydra.job.config.override_dirname.exclude_keys``
     are left out. The same command gives the same names (re-running skips finished runs), and the
-    names of one sweep differ in some swept value. A multirun with nothing swept is named by all its
-    overrides, as before. Made one safe path component by :func:`safe_dirname`."""
+    names of one sweep differ in some swept value. A multirun with nothing swept is named by its job
+    number (``0``). Made one safe path component by :func:`safe_dirname`."""
     hc = _root_.hydra
     params, command_line = _sweep_record(hc)
     swept = swept_keys(params, command_line)
@@ -148,7 +153,7 @@ def sweep_subdir(_root_: Any) -> str:
     parts = sorted((ov.key_or_group, f"{ov.key_or_group}={ov.get_value_element_as_str()}")
                    for ov in _parse(list(hc.overrides.task))
                    if ov.key_or_group in swept and ov.key_or_group not in excluded)
-    name = ",".join(p for _, p in parts) if parts else str(hc.job.override_dirname)
+    name = ",".join(p for _, p in parts) if parts else str(hc.job.num)
     return safe_dirname(name)
 
 
@@ -335,15 +340,18 @@ def run_job(cfg: DictConfig) -> Any:
     # failure is reported at once without stopping the remaining runs; a signal stops the sweep.
     if _OUTCOME.exit_code:
         log.warning("skip (sweep stopped: %s): %s", _OUTCOME.reason, run_dir)
+        record_run(run_dir, failure=f"not started: {_OUTCOME.reason}")
         return None
     if is_finished(run_dir):
         clash = finished_run_clash(cfg, run_dir)
+        record_run(run_dir, failure=clash or "")
         if clash is None:
             log.info("skip (already done): %s", run_dir)
         else:
             log.error("FAILED run %s: %s", run_dir, clash)
             print(f"[gn-detect] FAILED run {run_dir}: {clash}", flush=True)
         return None
+    record_run(run_dir)
     try:
         result = train(cfg, run_dir, base_dir)
     except Exception as exc:  # noqa: BLE001 - recorded in status.json, sweep goes on
@@ -353,8 +361,29 @@ def run_job(cfg: DictConfig) -> Any:
         print(f"[gn-detect] FAILED run {run_dir}: {type(exc).__name__}: {exc}", flush=True)
         return None
     if not _handed_to_scheduler(result):
+        _leave_scheduler_job_unfinished(result)
         _note_interruption(result, run_dir)
     return result
+
+
+def _leave_scheduler_job_unfinished(result: Any) -> None:
+    """In a submitit job (a Slurm job of a sweep), a run stopped by a signal other than the
+    pre-emption one (``scancel``, ``scontrol requeue``, Slurm's REQUEUE pre-emption: SIGTERM) ends
+    the job process with 128 + the signal, before submitit could record success: the sweep command
+    then asks Slurm what became of the job (gn_detect/sweeps/slurm_launcher.py). A requeued job
+    resumes from last.pth."""
+    if "SUBMITIT_FOLDER" in os.environ and isinstance(result, dict) and result.get("interrupted"):
+        log.warning("stopped by a signal: ending the job without a result (exit %s)", result.get("exit_code"))
+        raise SystemExit(int(result.get("exit_code") or 1))
+
+
+def _sweep_exit_status() -> int:
+    """The exit status of a sweep command whose runs all ended without a signal to the command:
+    0 when every run is done, else 1 and one line naming the others (gn_detect/sweeps/outcome.py)."""
+    code, line = sweep_exit_status(recorded_runs())
+    if line:
+        print(line, flush=True)
+    return code
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -381,6 +410,8 @@ def main() -> Any:
         if _OUTCOME.exit_code != 2:  # a refusal has printed its line; otherwise say what happened last
             print(f"gn-detect: {_OUTCOME.reason}", file=sys.stderr, flush=True)
         sys.exit(_OUTCOME.exit_code)
+    if _sweep_exit_status():
+        sys.exit(1)
     return result
 
 
