@@ -26,7 +26,7 @@ def _metrics() -> tuple[str, ...]:
 
 
 def _split(override: str) -> tuple[str, Any]:
-    """``"+a.b=2" -> ("a.b", 2)``: the key as Hydra's ``key_or_group`` names it and the value as
+    """``"+seed=2" -> ("seed", 2)``: the key as Hydra's ``key_or_group`` names it and the value as
     YAML reads it (numbers and booleans typed; anything that is not a scalar kept as written)."""
     key, _, text = override.lstrip("+~").partition("=")
     try:
