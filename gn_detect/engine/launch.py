@@ -50,13 +50,14 @@ from gn_detect.config import (
     validate_train_config,
 )
 from gn_detect.engine import dist as gdist
-from gn_detect.engine.checkpoint import CheckpointError, DiskFullError, is_disk_full
+from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, hand_over_preemption, preempt_signal
 from gn_detect.engine.evaluate import evaluate_checkpoint
 from gn_detect.engine.preflight import evaluate_problems, train_problems
 from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
 from gn_detect.engine.writers import read_status, write_status
+from gn_detect.io import DiskFullError, is_disk_full
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 log = logging.getLogger("gn_detect")
