@@ -270,8 +270,10 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - status.json already says failed, with this error
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (isinstance(exc, _RUN_FAILURES) or is_disk_full(exc)):
             raise
+        last = run_dir / "checkpoints" / "last.pth"
+        kept = f"; {last} is kept" if last.is_file() else ""
         _OUTCOME.exit_code = 1
-        _OUTCOME.reason = f"run failed: {one_line(exc)} (status.json in {run_dir} says failed)"
+        _OUTCOME.reason = f"run failed: {one_line(exc)} (status.json in {run_dir} says failed{kept})"
         return None
     if not _handed_to_scheduler(result):
         _note_interruption(result, run_dir)
