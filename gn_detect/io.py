@@ -1,4 +1,5 @@
-"""Strict JSON out: ``to_jsonable`` and the one atomic JSON writer every package uses.
+"""Strict JSON out: ``to_jsonable`` and the one atomic JSON writer every package uses; and
+:class:`DiskFullError`, what every atomic writer (this one, checkpoints) raises on ENOSPC.
 
 Lives at the package root so that data, evaluation, sweeps and engine share it without data
 or evaluation depending on engine. No torch import: tensors and NumPy values are recognised
@@ -7,6 +8,7 @@ by their ``tolist``/``item`` methods.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,7 +17,35 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["to_jsonable", "write_json_atomic"]
+__all__ = ["DiskFullError", "is_disk_full", "to_jsonable", "write_json_atomic"]
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a run file; the message names the path and says
+    that the previous file, if any, is kept (writes are atomic)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.message = (f"no space left on device (ENOSPC) while writing {path}; the previous {Path(path).name}, "
+                        "if any, is kept. Fix: free space on that disk or put the run folder on another one "
+                        "(hydra.run.dir=...)")
+        super().__init__(errno.ENOSPC, self.message, os.fspath(path))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception in its chain is ENOSPC (torch.save reports it as a
+    RuntimeError whose cause says "No space left on device")."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
 
 
 def _numel(obj: Any) -> int:
@@ -62,7 +92,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, DiskFullError) and is_disk_full(exc):
+            raise DiskFullError(path) from exc
         raise
     return path

@@ -6,8 +6,14 @@ Output folder::
     detections.json   COCO results list: {"image_id", "category_id", "bbox" [x, y, w, h] in
                       original pixels, "score"}; ``COCO("images.json").loadRes("detections.json")``
     images.json       {"info": {checkpoint, thresholds used, skipped files}, "images": [{"id",
-                      "file_name", "width", "height"}], "categories": [{"id", "name"}], "annotations": []}
+                      "file_name" (relative to the input folder), "width", "height"}], "categories":
+                      [{"id", "name"}], "annotations": []}
     drawn/<file>      each input with its boxes, class names and scores (with ``draw``)
+
+A folder is read with its subfolders; files are opened by gn_detect/image_io.py (an image over the
+size limit or unreadable is skipped, with its reason in images.json). report.json thresholds
+must be null or finite numbers in [0, 1]: anything else is refused in one line naming the file
+and the class.
 
 Every image goes through the evaluation's test transform (the run's ``data.min_size_test`` and
 ``data.max_size``; the model normalizes as its config says); grayscale, palette, 16-bit and RGBA images become

@@ -34,7 +34,7 @@ class ExportConfig:
 @dataclass
 class PredictConfig:
     checkpoint: Optional[str] = None     # a run's checkpoints/model_final.pth or export/model_folded.pt (required)
-    input: Optional[str] = None          # an image file or a folder of images (required; not searched recursively)
+    input: Optional[str] = None          # an image file or a folder of images, subfolders included (required)
     output: Optional[str] = None         # folder for detections.json, images.json and drawn/ (required)
     score_thresh: Optional[float] = None  # one threshold for every class; null: the run's tuned thresholds
     report: Optional[str] = None         # report.json with the tuned thresholds; null: <run folder>/report.json

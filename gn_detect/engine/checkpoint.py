@@ -23,7 +23,6 @@ plus, under DDP, ``<name>.rank<k>.rng.pth`` = ``{"iteration", "rng"}`` written b
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pickle
@@ -39,13 +38,12 @@ import torch
 from torch import nn
 
 from gn_detect.engine import dist as gdist
+from gn_detect.io import DiskFullError, is_disk_full
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
-    "DiskFullError",
-    "is_disk_full",
     "save_checkpoint",
     "load_checkpoint",
     "capture_rng_state",
@@ -60,33 +58,6 @@ _TMP_SUFFIX = ".tmp"
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read (truncated, corrupt, wrong format)."""
-
-
-class DiskFullError(OSError):
-    """No space left on the device while writing a run file; the message names the path and says
-    that the previous file, if any, is kept (writes are atomic)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.message = (f"no space left on device (ENOSPC) while writing {path}; the previous {Path(path).name}, "
-                        "if any, is kept. Fix: free space on that disk or put the run folder on another one "
-                        "(hydra.run.dir=...)")
-        super().__init__(errno.ENOSPC, self.message, os.fspath(path))
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` or an exception in its chain is ENOSPC (torch.save reports it as a
-    RuntimeError whose cause says "No space left on device")."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def _fsync_dir(directory: Path) -> None:

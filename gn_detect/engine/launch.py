@@ -54,13 +54,14 @@ from gn_detect.config import (
     validate_train_config,
 )
 from gn_detect.engine import dist as gdist
-from gn_detect.engine.checkpoint import CheckpointError, DiskFullError, is_disk_full
+from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, hand_over_preemption, preempt_signal
 from gn_detect.engine.evaluate import evaluate_checkpoint
 from gn_detect.engine.preflight import evaluate_problems, train_problems
 from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
 from gn_detect.engine.writers import read_status, write_status
+from gn_detect.io import DiskFullError, is_disk_full
 from gn_detect.sweeps.outcome import record_run, recorded_runs, sweep_exit_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -274,8 +275,10 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - status.json already says failed, with this error
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (isinstance(exc, _RUN_FAILURES) or is_disk_full(exc)):
             raise
+        last = run_dir / "checkpoints" / "last.pth"
+        kept = f"; {last} is kept" if last.is_file() else ""
         _OUTCOME.exit_code = 1
-        _OUTCOME.reason = f"run failed: {one_line(exc)} (status.json in {run_dir} says failed)"
+        _OUTCOME.reason = f"run failed: {one_line(exc)} (status.json in {run_dir} says failed{kept})"
         return None
     if not _handed_to_scheduler(result):
         _note_interruption(result, run_dir)
@@ -398,6 +401,11 @@ def _evaluate_main(cfg: DictConfig) -> Any:
         metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         exit_with_one_line(exc)
+    except OSError as exc:  # a full disk while writing the report: one line, exit status 1
+        if not is_disk_full(exc) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"gn-detect: evaluation failed: {exc}", file=sys.stderr)
+        sys.exit(1)
     return metrics
 
 

@@ -21,6 +21,12 @@ all ranks agree in the same step: ``trainer.stopping`` is then True in that step
 it was the last iteration anyway). A non-finite loss on any rank goes to the
 :class:`NonFinitePolicy`: stop (save ``nonfinite_debug`` and raise) or skip the step -- up to
 ``max_skipped`` steps in a row, beyond which a skipping run stops as with ``stop``.
+A signal during an evaluation (``trainer.evaluating``) does not wait for a step:
+:class:`~gn_detect.engine.signals.StopRequested` ends the evaluation and the run is ``interrupted``
+(after a periodic one ``last.pth`` is saved as after any stop; in the final one ``model_final.pth``
+was already written). Under ``solver.amp=fp16`` the step scales the loss with a GradScaler
+(``trainer.scaler``; its state in :meth:`Trainer.checkpoint_extra`); an out-of-memory error in
+the first :data:`OOM_STEPS` steps is :class:`BatchTooLargeError`.
 """
 from __future__ import annotations
 

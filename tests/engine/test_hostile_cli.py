@@ -217,3 +217,16 @@ def test_evaluate_completes_and_counts_an_image_unreadable_at_run_time(tmp_path:
     assert rc == 0 and "Traceback" not in output and not lines, output[-3000:]
     assert "1 could not be read and are left out" in output
     assert (tmp_path / "eval" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("bad", [[0.5], "0.5", True, 1.5, -0.1, float("inf")])
+def test_predict_refuses_every_non_probability_threshold(tmp_path: Path, bad: Any) -> None:
+    from gn_detect.deploy.predict import class_thresholds
+
+    report = write_report(tmp_path, {1: 0.5, 2: bad, 3: None}, NAMES)
+    cats = [{"id": k, "name": NAMES[k]} for k in (1, 2, 3)]
+    with pytest.raises(ValueError) as info:
+        class_thresholds(report, None, cats)
+    assert str(report) in str(info.value) and "class 2 (square)" in str(info.value) and "\n" not in str(info.value)
+    thr, _ = class_thresholds(write_report(tmp_path, {1: 0.5, 2: 0, 3: None}, NAMES), None, cats)
+    assert thr == {1: 0.5, 2: 0.0, 3: float("inf")}

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from gn_detect.engine import trainer as trainer_module
-from gn_detect.engine.checkpoint import DiskFullError, load_checkpoint
+from gn_detect.engine.checkpoint import load_checkpoint
+from gn_detect.io import DiskFullError, write_json_atomic
 from gn_detect.engine.train_loop import BatchTooLargeError, Trainer
 from gn_detect.engine.trainer import train
 
@@ -75,6 +76,19 @@ def test_disk_full_while_saving_is_one_line_with_the_path(shapes_root, tmp_path,
     assert status["state"] == "failed" and "no space left on device" in status["error"] and str(last) in status["error"]
     assert load_checkpoint(last)["iteration"] == 2  # the good one is kept
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_disk_full_in_the_json_writer_names_the_file(tmp_path, monkeypatch):
+    path = write_json_atomic(tmp_path / "status.json", {"state": "running"})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("gn_detect.io.json.dump", full)
+    with pytest.raises(DiskFullError, match=f"ENOSPC.*{path}"):
+        write_json_atomic(path, {"state": "done"})
+    assert path.read_text().strip().endswith("}") and "running" in path.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
 
 
 class _Toy(nn.Module):
