@@ -10,8 +10,12 @@ Layout: x is read as (N, C, HW) through its strides, so one kernel serves contig
 group's data is a (HW, C/G) tile grid. Triton specializes integer arguments equal to 1, so
 the contiguous axis is known at compile time and loads vectorize along it.
 
-Work split: one program per (sample n, group g, chunk s of HW). ``split`` chunks per group
-keep the GPU busy when N*G is small and HW is large.
+Two tilings (``make_plan`` picks): the (n, g) kernels ``_gn_*``, one program per (sample n,
+group g, chunk s of HW), ``split`` chunks per group keeping the GPU busy when N*G is small and
+HW large; and, for channels-last inputs with C/G a power of two, the row-tile kernels ``_rt_*``
+(see their section below): one program per (n, channel tile of whole groups, chunk s), C/G a
+compile-time constant, so rows are read and written as 16-byte vectors. Both follow the steps
+below; the row tiles also sum dgamma/dbeta over N in their finalize kernel.
 
 Forward, two launches:
   1. stats: per (n, g, s) the count, mean and centred sum of squares M2 of the chunk (each
@@ -26,7 +30,7 @@ Backward (dx, dgamma, dbeta; two passes over x and dy):
   2. finalize (tiny): per (n, c) sums over chunks, and per (n, g) the two coefficients
      a = mean(dy_hat), b = mean(dy_hat * xhat), dy_hat = g * gamma;
   3. dx = rstd * (g * gamma - a - xhat * b).
-  dgamma = sum_n of the per-(n, c) sums of g * xhat, dbeta = of g (torch, (N, C) tensors).
+  dgamma = sum_n of the per-(n, c) sums of g * xhat, dbeta = of g.
 Saved for backward: x, mean, rstd (and gamma, beta); never y.
 Launches run under ``torch.cuda.device(x.device)``; no atomics (bitwise repeatable).
 """
