@@ -75,6 +75,20 @@ def _reference(x, groups, w, b, dy, relu):
 
 
 def check_case(name, shape, dtype, channels_last, relu, groups, channel_slice=None) -> dict:
+    """One correctness case; an exception is a failed case (with its message), not a failed step."""
+    try:
+        return _check_case(name, shape, dtype, channels_last, relu, groups, channel_slice)
+    except Exception as e:  # noqa: BLE001
+        return {"name": name, "shape": list(shape), "dtype": str(dtype).split(".")[-1],
+                "layout": "cl" if channels_last else "nchw", "relu": relu, "ok": False,
+                "error": f"{type(e).__name__}: {str(e).strip()[:300]}",
+                "err": {"y": float("inf")}, "tol": {"y": 1.0}}
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _check_case(name, shape, dtype, channels_last, relu, groups, channel_slice) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator(device=dev).manual_seed(sum(shape))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -118,8 +132,6 @@ def step_correctness(args) -> dict:
     sl = (8, 256, 100, 152) if not args.dry_run else (2, 32, 5, 7)
     cases.append(check_case("channel slice of P3", sl, torch.bfloat16, True, True, g,
                             channel_slice=(sl[1] // 4, 3 * sl[1] // 4)))
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     failed = [c for c in cases if not c["ok"]]
     return {"cases": cases, "passed": len(cases) - len(failed), "failed": [c["name"] for c in failed]}
 

@@ -82,6 +82,12 @@ def dense(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=suggest_memory_format(x))
 
 
+def _layout_of(t: Tensor, ref: Tensor) -> Tensor:
+    """t in ref's suggested memory format (what the fake implementations promise; aten's CUDA
+    GN returns NCHW for a channels-last input)."""
+    return t.contiguous(memory_format=suggest_memory_format(ref))
+
+
 def _torch_forward(x, weight, bias, num_groups, eps, relu, out_dtype):
     """aten's GN (+ReLU) -> (y, mean, rstd), mean/rstd (N * G,) in ``_stat_dtype``."""
     n, c = x.shape[:2]
@@ -90,6 +96,7 @@ def _torch_forward(x, weight, bias, num_groups, eps, relu, out_dtype):
                                             num_groups, eps)
     if relu:
         y = torch.relu(y)
+    y = _layout_of(y, xin)
     stat = _stat_dtype(x)
     return y, mean.reshape(-1).to(stat), rstd.reshape(-1).to(stat)
 
@@ -105,13 +112,13 @@ def _torch_backward(dy, x, weight, bias, mean, rstd, num_groups, eps, relu):
         dy = torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
     w = weight if weight is not None else torch.ones(c, dtype=xin.dtype, device=x.device)
     dx, dw, db = torch.ops.aten.native_group_norm_backward(
-        dense(dy), xin, mean_t, rstd_t, w, n, c, hw, num_groups, [True, True, True])
+        _layout_of(dy, xin), xin, mean_t, rstd_t, w, n, c, hw, num_groups, [True, True, True])
     if dx is None:  # empty input
         dx = torch.zeros_like(xin)
     zeros = torch.zeros(c, dtype=_stat_dtype(x), device=x.device)
     dw = zeros if dw is None else dw.to(zeros.dtype)
     db = zeros if db is None else db.to(zeros.dtype)
-    return dx.to(x.dtype), dw, db
+    return _layout_of(dx.to(x.dtype), xin), dw, db
 
 
 def _gn_triton():

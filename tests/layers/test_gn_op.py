@@ -204,3 +204,21 @@ def test_auto_self_check_passes_a_correct_kernel_silently(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert gn_op.kernel_usable(torch.device("cpu"), torch.bfloat16, True)
+
+
+@pytest.mark.parametrize("make", [lambda x: x, lambda x: x.contiguous(memory_format=torch.channels_last),
+                                  lambda x: x.contiguous(memory_format=torch.channels_last)[:, 4:12],
+                                  lambda x: x[:, :, ::2]])
+def test_torch_path_outputs_have_the_fake_implementations_layout(make):
+    """compile trusts the fake's strides: y and dx of the aten path must have them too."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = make(torch.randn(2, 16, 6, 5)).requires_grad_()
+    w, b = torch.randn(x.shape[1]), torch.randn(x.shape[1])
+    y = torch.ops.gn_detect.group_norm(x, w, b, 4, EPS, True, "auto", None, [])[0]
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    mode = FakeTensorMode()
+    fx, fw, fb = (mode.from_tensor(t) for t in (x.detach(), w, b))
+    with mode:
+        fy = torch.ops.gn_detect.group_norm(fx, fw, fb, 4, EPS, True, "auto", None, [])[0]
+    assert y.stride() == fy.stride() and dx.stride() == torch.empty_like(x).stride()
