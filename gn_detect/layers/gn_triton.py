@@ -525,6 +525,11 @@ def _pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
 
 
+def uses_row_tiles(x3: torch.Tensor, num_groups: int) -> bool:
+    """Whether x3 = (N, C, HW) takes the row-tile kernels: channels innermost, C/G a power of 2."""
+    return x3.stride(1) == 1 and x3.shape[1] > 1 and _pow2(x3.shape[1] // num_groups)
+
+
 def make_plan(
     x3: torch.Tensor, num_groups: int, *,
     block_hw: int | None = None, block_c: int | None = None, split: int | None = None,
@@ -544,7 +549,7 @@ def make_plan(
     cpg = c // num_groups
     gpu = sms is not None or (x3.is_cuda and not interpreted())
     tile = 2048 if gpu else 16384
-    row_tiles = x3.stride(1) == 1 and c > 1 and _pow2(cpg)
+    row_tiles = uses_row_tiles(x3, num_groups)
     if row_tiles:
         block_c = max(cpg, triton.next_power_of_2(block_c) if block_c else min(triton.next_power_of_2(c), 512))
     elif block_c is None:

@@ -240,7 +240,8 @@ def _child_op_checks() -> dict:
         warnings.simplefilter("error")
         m = get_norm("gn", 8, num_groups=4)
         x = make_inputs(CASES["nchw_fp32"])["x"]
-        out["_auto_self_check"] = {"usable": gn_op.kernel_usable(x.device, x.dtype, False),
+        out["_auto_self_check"] = {"usable": gn_op.kernel_usable(x.device, x.dtype, "(n, g)-tile")
+                                   and gn_op.kernel_usable(x.device, torch.bfloat16, "row-tile"),
                                    "y": m(x).detach(), "ref": F.group_norm(x, 4, m.weight, m.bias, EPS)}
     gn_op.KERNEL_DEVICES = ("cuda",)
     return out
@@ -316,7 +317,7 @@ def test_cuda_auto_dispatches_to_the_kernel():
         warnings.simplefilter("error")  # the self-check passes
         y = m(x)
     assert "gn_detect_group_norm" in type(y.grad_fn).__name__
-    assert gn_op.kernel_usable(x.device, x.dtype, False)
+    assert gn_op.kernel_usable(x.device, x.dtype, "(n, g)-tile")
     torch.testing.assert_close(y, F.group_norm(x, 8, m.weight, m.bias), rtol=1e-5, atol=1e-5)
     assert gn_triton.interpreted() is False
 
