@@ -68,7 +68,7 @@ class _Recorder:
         return lambda *args, **kwargs: self.launches.append((self.name, self.fn, tuple(grid), args, kwargs))
 
 
-def record_launches(shape, groups, dtype, channels_last, relu, sms):
+def record_launches(shape, groups, dtype, channels_last, relu, sms, affine=True):
     """(plan, [(kernel name, JITFunction, grid, args, kwargs)]) of one forward + backward."""
     from triton.runtime.jit import JITFunction
 
@@ -79,7 +79,7 @@ def record_launches(shape, groups, dtype, channels_last, relu, sms):
     x, x3 = gn_triton._view3(x)
     n, c, hw = x3.shape
     y3, dy3, dx3 = (torch.empty_like(x).view(n, c, hw) for _ in range(3))
-    w, b = torch.empty(c), torch.empty(c)
+    w, b = (torch.empty(c), torch.empty(c)) if affine else (None, None)
     mean, rstd = torch.empty(n * groups), torch.empty(n * groups)
     plan = gn_triton.make_plan(x3, groups, sms=sms)
     launches: list = []
@@ -111,9 +111,9 @@ def compile_launch(fn, args, kwargs, arch: int):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def inspect(shape, groups, dtype, layout, arch, sms, out: Path, relu: bool = True) -> dict:
+def inspect(shape, groups, dtype, layout, arch, sms, out: Path, relu: bool = True, affine: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    plan, launches = record_launches(shape, groups, DTYPES[dtype], layout == "channels_last", relu, sms)
+    plan, launches = record_launches(shape, groups, DTYPES[dtype], layout == "channels_last", relu, sms, affine)
     summary = {}
     with tempfile.TemporaryDirectory() as cache:
         import os
@@ -148,14 +148,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
     ap.add_argument("--sms", type=int, default=132, help="SM count the plan assumes (H100/H200 SXM: 132)")
     ap.add_argument("--relu", action=argparse.BooleanOptionalAction, default=True, help="GN + ReLU")
+    ap.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True, help="with gamma/beta")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.shape[1] % args.groups:
         ap.error(f"--groups {args.groups} does not divide C={args.shape[1]}; fix: pick a divisor of C")
     report = inspect(tuple(args.shape), args.groups, args.dtype, args.layout, args.arch, args.sms, args.out,
-                     args.relu)
+                     args.relu, args.affine)
     print_table(report, f"GN kernels for sm_{args.arch}, {args.sms} SMs, {'x'.join(map(str, args.shape))} "
-                        f"G={args.groups} {args.dtype} {args.layout} relu={args.relu}")
+                        f"G={args.groups} {args.dtype} {args.layout} relu={args.relu} affine={args.affine}")
     return report
 
 
