@@ -14,7 +14,7 @@ What runs inside the op, per call (``impl`` is the module's):
           layout) passed;
   torch   aten's ``native_group_norm`` (what ``F.group_norm`` runs) otherwise, e.g. on the CPU.
 
-Self-check (impl='auto'): the first time the kernel would run for a (device, dtype, layout),
+Self-check (impl='auto'): the first time the kernel would run for a (device, dtype, tiling),
 it runs once on a small tensor, forward and backward with ReLU, against torch's GN in float64;
 if it fails to compile or run, or differs by more than ``_self_check_tol``, one warning says so
 and that key uses torch's GN from then on.
@@ -49,7 +49,7 @@ KERNEL_DEVICES: tuple[str, ...] = ("cuda",)  # where impl='auto' may pick the ke
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 AUTOCAST_FP32_DEVICES: tuple[str, ...] = ("cuda",)  # torch's autocast runs group_norm in fp32 there
 INDEX_LIMIT = 2**31  # the kernel indexes within a sample in int32
-_CHECKED: dict[tuple[str, torch.dtype, bool], bool] = {}
+_CHECKED: dict[tuple[str, torch.dtype, str], bool] = {}
 
 
 @lru_cache(maxsize=None)
@@ -64,9 +64,10 @@ def max_offset(t: Tensor) -> int:
     return sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:]) if s > 0)
 
 
-def _channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous()
+def _tiling(x: Tensor, num_groups: int) -> str:
+    """Which of the kernel's two tilings x takes (the self-check checks each once)."""
+    gn_triton = _gn_triton()
+    return "row-tile" if gn_triton.uses_row_tiles(gn_triton._view3(x)[1], num_groups) else "(n, g)-tile"
 
 
 # ---------------------------------------------------------------------- the two paths
@@ -82,6 +83,12 @@ def dense(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=suggest_memory_format(x))
 
 
+def _layout_of(t: Tensor, ref: Tensor) -> Tensor:
+    """t in ref's suggested memory format (what the fake implementations promise; aten's CUDA
+    GN returns NCHW for a channels-last input)."""
+    return t.contiguous(memory_format=suggest_memory_format(ref))
+
+
 def _torch_forward(x, weight, bias, num_groups, eps, relu, out_dtype):
     """aten's GN (+ReLU) -> (y, mean, rstd), mean/rstd (N * G,) in ``_stat_dtype``."""
     n, c = x.shape[:2]
@@ -90,6 +97,7 @@ def _torch_forward(x, weight, bias, num_groups, eps, relu, out_dtype):
                                             num_groups, eps)
     if relu:
         y = torch.relu(y)
+    y = _layout_of(y, xin)
     stat = _stat_dtype(x)
     return y, mean.reshape(-1).to(stat), rstd.reshape(-1).to(stat)
 
@@ -105,13 +113,13 @@ def _torch_backward(dy, x, weight, bias, mean, rstd, num_groups, eps, relu):
         dy = torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
     w = weight if weight is not None else torch.ones(c, dtype=xin.dtype, device=x.device)
     dx, dw, db = torch.ops.aten.native_group_norm_backward(
-        dense(dy), xin, mean_t, rstd_t, w, n, c, hw, num_groups, [True, True, True])
+        _layout_of(dy, xin), xin, mean_t, rstd_t, w, n, c, hw, num_groups, [True, True, True])
     if dx is None:  # empty input
         dx = torch.zeros_like(xin)
     zeros = torch.zeros(c, dtype=_stat_dtype(x), device=x.device)
     dw = zeros if dw is None else dw.to(zeros.dtype)
     db = zeros if db is None else db.to(zeros.dtype)
-    return dx.to(x.dtype), dw, db
+    return _layout_of(dx.to(x.dtype), xin), dw, db
 
 
 def _gn_triton():
@@ -145,8 +153,10 @@ def _self_check_tol(dtype: torch.dtype) -> float:
     return max(4 * torch.finfo(dtype).eps, 1e-5)
 
 
-def _self_check(device: torch.device, dtype: torch.dtype, channels_last: bool) -> str | None:
-    """None if the kernel matches torch's GN on a small tensor (fwd + bwd, ReLU), else why not."""
+def _self_check(device: torch.device, dtype: torch.dtype, tiling: str) -> str | None:
+    """None if the kernel matches torch's GN on a small tensor (fwd + bwd, ReLU) in ``tiling``
+    (channels-last C/G = 4 for the row tiles, NCHW for the (n, g) tiles), else why not."""
+    channels_last = tiling == "row-tile"
     gen = torch.Generator().manual_seed(0)
     x64 = torch.randn(2, 32, 7, 5, generator=gen, dtype=torch.float64) * 2 + 0.5
     dy64 = torch.randn(x64.shape, generator=gen, dtype=torch.float64)
@@ -170,25 +180,25 @@ def _self_check(device: torch.device, dtype: torch.dtype, channels_last: bool) -
     return None
 
 
-def kernel_usable(device: torch.device, dtype: torch.dtype, channels_last: bool) -> bool:
-    """The self-check's verdict for (device, dtype, layout), run on the first call, then cached."""
-    key = (str(device), dtype, channels_last)
+def kernel_usable(device: torch.device, dtype: torch.dtype, tiling: str) -> bool:
+    """The self-check's verdict for (device, dtype, tiling), run on the first call, then cached."""
+    key = (str(device), dtype, tiling)
     if key not in _CHECKED:
-        why = _self_check(device, dtype, channels_last)
+        why = _self_check(device, dtype, tiling)
         if why is not None:
             warnings.warn(f"GroupNorm impl='auto': the Triton kernel was not used for {key[0]} {dtype} "
-                          f"{'channels-last' if channels_last else 'NCHW'} inputs because {why}; "
+                          f"inputs of its {tiling} kernels because {why}; "
                           f"torch's GroupNorm runs instead", RuntimeWarning, stacklevel=2)
         _CHECKED[key] = why is None
     return _CHECKED[key]
 
 
-def _use_kernel(x: Tensor, impl: str) -> bool:
+def _use_kernel(x: Tensor, impl: str, num_groups: int) -> bool:
     if impl == "triton":
         return True
     return (impl == "auto" and x.device.type in KERNEL_DEVICES and x.dtype in KERNEL_DTYPES
             and x.numel() > 0 and max_offset(x) < INDEX_LIMIT and triton_installed()
-            and kernel_usable(x.device, x.dtype, _channels_last(x)))
+            and kernel_usable(x.device, x.dtype, _tiling(x, num_groups)))
 
 
 def _check_device(x: Tensor, t: Tensor | None, name: str) -> None:
@@ -211,7 +221,7 @@ def _group_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], num
                 eps: float, relu: bool, impl: str, out_dtype: Optional[torch.dtype],
                 plan: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     weight, bias = _contiguous(weight), _contiguous(bias)
-    if _use_kernel(x, impl):
+    if _use_kernel(x, impl, num_groups):
         return _kernel_forward(x, weight, bias, num_groups, eps, relu, out_dtype, tuple(plan))
     return _torch_forward(x, weight, bias, num_groups, eps, relu, out_dtype)
 
@@ -228,7 +238,7 @@ def _group_norm_backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: 
                          impl: str, plan: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """-> (dx, dgamma, dbeta); dgamma/dbeta (C,) in ``_stat_dtype``, computed even without weight."""
     weight, bias = _contiguous(weight), _contiguous(bias)
-    if _use_kernel(x, impl):
+    if _use_kernel(x, impl, num_groups):
         return _kernel_backward(dy, x, weight, bias, mean, rstd, num_groups, relu, tuple(plan))
     return _torch_backward(dy, x, weight, bias, mean, rstd, num_groups, eps, relu)
 

@@ -10,8 +10,12 @@ Layout: x is read as (N, C, HW) through its strides, so one kernel serves contig
 group's data is a (HW, C/G) tile grid. Triton specializes integer arguments equal to 1, so
 the contiguous axis is known at compile time and loads vectorize along it.
 
-Work split: one program per (sample n, group g, chunk s of HW). ``split`` chunks per group
-keep the GPU busy when N*G is small and HW is large.
+Two tilings (``make_plan`` picks): the (n, g) kernels ``_gn_*``, one program per (sample n,
+group g, chunk s of HW), ``split`` chunks per group keeping the GPU busy when N*G is small and
+HW large; and, for channels-last inputs with C/G a power of two, the row-tile kernels ``_rt_*``
+(see their section below): one program per (n, channel tile of whole groups, chunk s), C/G a
+compile-time constant, so rows are read and written as 16-byte vectors. Both follow the steps
+below; the row tiles also sum dgamma/dbeta over N in their finalize kernel.
 
 Forward, two launches:
   1. stats: per (n, g, s) the count, mean and centred sum of squares M2 of the chunk (each
@@ -26,7 +30,7 @@ Backward (dx, dgamma, dbeta; two passes over x and dy):
   2. finalize (tiny): per (n, c) sums over chunks, and per (n, g) the two coefficients
      a = mean(dy_hat), b = mean(dy_hat * xhat), dy_hat = g * gamma;
   3. dx = rstd * (g * gamma - a - xhat * b).
-  dgamma = sum_n of the per-(n, c) sums of g * xhat, dbeta = of g (torch, (N, C) tensors).
+  dgamma = sum_n of the per-(n, c) sums of g * xhat, dbeta = of g.
 Saved for backward: x, mean, rstd (and gamma, beta); never y.
 Launches run under ``torch.cuda.device(x.device)``; no atomics (bitwise repeatable).
 """
@@ -257,6 +261,229 @@ def _gn_bwd_dx_kernel(
                      dx.to(DX.dtype.element_ty), mask=mask)
 
 
+# ------------------------------------------------- channels-last row tiles (power-of-2 C/G)
+#
+# x3 (N, C, HW) with stride_c = 1: a program owns (n, channel tile ct, HW chunk s); the tile
+# is BLOCK_CT contiguous channels (whole groups, CPG = C/G a compile-time power of two) x
+# BLOCK_HW positions, so loads and stores are 16-byte vectors along the channels. Grid: 1-D,
+# pid = (n * N_CT + ct) * SPLIT + s; the second passes (normalize, dx) run it backwards, so
+# they start on the data the first pass touched last (still in L2).
+
+
+@triton.jit
+def _rt_program(C, N_CT, CHUNK, SPLIT, HW, REVERSE: tl.constexpr, BLOCK_CT: tl.constexpr):
+    """(n, ct, s, channels, channel mask, hw_lo, hw_hi) of this program."""
+    pid = tl.program_id(0)
+    if REVERSE:
+        pid = tl.num_programs(0) - 1 - pid
+    s = pid % SPLIT
+    ct = (pid // SPLIT) % N_CT
+    chans = ct * BLOCK_CT + tl.arange(0, BLOCK_CT)
+    hw_lo = s * CHUNK
+    return pid // (SPLIT * N_CT), ct, s, chans, chans < C, hw_lo, tl.minimum(hw_lo + CHUNK, HW)
+
+
+@triton.jit
+def _per_channel(v, GPT: tl.constexpr, CPG: tl.constexpr):
+    """[GPT] per-group values -> [GPT * CPG] per-channel values."""
+    return tl.reshape(tl.broadcast_to(v[:, None], (GPT, CPG)), (GPT * CPG,))
+
+
+@triton.jit
+def _per_group(v, GPT: tl.constexpr, CPG: tl.constexpr):
+    """[GPT * CPG] per-channel values -> [GPT] sums over each group's channels."""
+    return tl.sum(tl.reshape(v, (GPT, CPG)), axis=1)
+
+
+@triton.jit
+def _rt_tile(base, hw0, hw_hi, chans, cmask, stride_hw, BLOCK_HW: tl.constexpr, EVEN_C: tl.constexpr):
+    """(pointers, mask, row mask) of the [BLOCK_HW, BLOCK_CT] tile at rows hw0.."""
+    hws = hw0 + tl.arange(0, BLOCK_HW)
+    rmask = hws < hw_hi
+    if EVEN_C:
+        mask = rmask[:, None]
+    else:
+        mask = rmask[:, None] & cmask[None, :]
+    return base + hws[:, None].to(tl.int64) * stride_hw + chans[None, :], mask, rmask
+
+
+@triton.jit
+def _rt_stats_kernel(
+    X, PART, HW, C, G, N_CT, CHUNK, SPLIT, stride_xn, stride_xhw,
+    CPG: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_CT: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """PART[n*G + g, s] = (count, mean, M2) over chunk s, for the BLOCK_CT / CPG groups of tile ct."""
+    GPT: tl.constexpr = BLOCK_CT // CPG
+    n, ct, s, chans, cmask, hw_lo, hw_hi = _rt_program(C, N_CT, CHUNK, SPLIT, HW, False, BLOCK_CT)
+    base = X + n.to(tl.int64) * stride_xn
+    cnt = tl.zeros([GPT], tl.float32)
+    mean = tl.zeros([GPT], tl.float32)
+    m2 = tl.zeros([GPT], tl.float32)
+    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+        ptrs, mask, rmask = _rt_tile(base, hw0, hw_hi, chans, cmask, stride_xhw, BLOCK_HW, EVEN_C)
+        x = tl.reshape(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), (BLOCK_HW, GPT, CPG))
+        t_cnt = (tl.minimum(hw_hi - hw0, BLOCK_HW) * CPG).to(tl.float32)
+        t_mean = tl.sum(tl.sum(x, axis=2), axis=0) / t_cnt
+        d = tl.where(rmask[:, None, None], x - t_mean[None, :, None], 0.0)
+        new_cnt = cnt + t_cnt
+        delta = t_mean - mean
+        mean += delta * (t_cnt / new_cnt)
+        m2 += tl.sum(tl.sum(d * d, axis=2), axis=0) + delta * delta * (cnt / new_cnt) * t_cnt
+        cnt = new_cnt
+    gs = ct * GPT + tl.arange(0, GPT)
+    out = PART + ((n * G + gs) * SPLIT + s) * 3
+    tl.store(out, cnt, mask=gs < G)
+    tl.store(out + 1, mean, mask=gs < G)
+    tl.store(out + 2, m2, mask=gs < G)
+
+
+@triton.jit
+def _rt_norm_kernel(
+    X, Y, W, B, PART, MEAN, RSTD, HW, C, G, N_CT, CHUNK, SPLIT, eps,
+    stride_xn, stride_xhw, stride_yn, stride_yhw,
+    CPG: tl.constexpr, HAS_AFFINE: tl.constexpr, RELU: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_CT: tl.constexpr, BLOCK_S: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """Merge the SPLIT partials of the tile's groups (Chan); y = x * scale + shift (then ReLU)."""
+    GPT: tl.constexpr = BLOCK_CT // CPG
+    n, ct, s, chans, cmask, hw_lo, hw_hi = _rt_program(C, N_CT, CHUNK, SPLIT, HW, True, BLOCK_CT)
+    gs = ct * GPT + tl.arange(0, GPT)
+    ss = tl.arange(0, BLOCK_S)
+    pmask = (gs < G)[:, None] & (ss < SPLIT)[None, :]
+    part = PART + ((n * G + gs)[:, None] * SPLIT + ss[None, :]) * 3
+    cnt = tl.load(part, mask=pmask, other=0.0)
+    mu = tl.load(part + 1, mask=pmask, other=0.0)
+    total = tl.maximum(tl.sum(cnt, axis=1), 1.0)  # padded groups (gs >= G): 0 -> 1, not stored
+    mean = tl.sum(cnt * mu, axis=1) / total
+    d = mu - mean[:, None]
+    var = (tl.sum(tl.load(part + 2, mask=pmask, other=0.0), axis=1) + tl.sum(cnt * d * d, axis=1)) / total
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(MEAN + n * G + gs, mean, mask=(gs < G) & (s == 0))
+    tl.store(RSTD + n * G + gs, rstd, mask=(gs < G) & (s == 0))
+    _gamma, scale, shift = _scale_shift(W, B, chans, cmask, _per_channel(mean, GPT, CPG),
+                                   _per_channel(rstd, GPT, CPG), HAS_AFFINE, BLOCK_CT)
+    x_base = X + n.to(tl.int64) * stride_xn
+    y_base = Y + n.to(tl.int64) * stride_yn
+    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+        ptrs, mask, _ = _rt_tile(x_base, hw0, hw_hi, chans, cmask, stride_xhw, BLOCK_HW, EVEN_C)
+        y = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+        if RELU:
+            y = tl.where(y < 0.0, 0.0, y)  # not maximum(): NaN must stay NaN, as in torch
+        ptrs, mask, _ = _rt_tile(y_base, hw0, hw_hi, chans, cmask, stride_yhw, BLOCK_HW, EVEN_C)
+        tl.store(ptrs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rt_group_stats(MEAN, RSTD, n, ct, G, GPT: tl.constexpr, CPG: tl.constexpr):
+    """Per-channel mean and rstd of tile ct of sample n."""
+    gs = ct * GPT + tl.arange(0, GPT)
+    mean = tl.load(MEAN + n * G + gs, mask=gs < G, other=0.0)
+    rstd = tl.load(RSTD + n * G + gs, mask=gs < G, other=0.0)
+    return _per_channel(mean, GPT, CPG), _per_channel(rstd, GPT, CPG)
+
+
+@triton.jit
+def _rt_load_x_g(x_base, d_base, hw0, hw_hi, chans, cmask, stride_xhw, stride_dhw, scale, shift,
+                 RELU: tl.constexpr, BLOCK_HW: tl.constexpr, EVEN_C: tl.constexpr):
+    """fp32 tiles of x and g = dy (through the ReLU: y recomputed from x, no mask stored)."""
+    ptrs, mask, _ = _rt_tile(x_base, hw0, hw_hi, chans, cmask, stride_xhw, BLOCK_HW, EVEN_C)
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    ptrs, mask, _ = _rt_tile(d_base, hw0, hw_hi, chans, cmask, stride_dhw, BLOCK_HW, EVEN_C)
+    dy = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        dy = tl.where(x * scale[None, :] + shift[None, :] > 0.0, dy, 0.0)
+    return x, dy
+
+
+@triton.jit
+def _rt_bwd_reduce_kernel(
+    X, DY, W, B, MEAN, RSTD, DS, DB, HW, C, G, N_CT, CHUNK, SPLIT,
+    stride_xn, stride_xhw, stride_dn, stride_dhw,
+    CPG: tl.constexpr, HAS_AFFINE: tl.constexpr, RELU: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_CT: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """DS[n, s, c] = sum over chunk s of g, DB[n, s, c] = of g * xhat (g: dy through ReLU)."""
+    GPT: tl.constexpr = BLOCK_CT // CPG
+    n, ct, s, chans, cmask, hw_lo, hw_hi = _rt_program(C, N_CT, CHUNK, SPLIT, HW, False, BLOCK_CT)
+    mean, rstd = _rt_group_stats(MEAN, RSTD, n, ct, G, GPT, CPG)
+    _gamma, scale, shift = _scale_shift(W, B, chans, cmask, mean, rstd, HAS_AFFINE, BLOCK_CT)
+    x_base = X + n.to(tl.int64) * stride_xn
+    d_base = DY + n.to(tl.int64) * stride_dn
+    acc_s = tl.zeros([BLOCK_HW, BLOCK_CT], tl.float32)
+    acc_b = tl.zeros([BLOCK_HW, BLOCK_CT], tl.float32)
+    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+        x, dy = _rt_load_x_g(x_base, d_base, hw0, hw_hi, chans, cmask, stride_xhw, stride_dhw, scale,
+                             shift, RELU, BLOCK_HW, EVEN_C)
+        acc_s += dy
+        acc_b += dy * ((x - mean[None, :]) * rstd[None, :])
+    out = (n.to(tl.int64) * SPLIT + s) * C + chans
+    tl.store(DS + out, tl.sum(acc_s, axis=0), mask=cmask)
+    tl.store(DB + out, tl.sum(acc_b, axis=0), mask=cmask)
+
+
+@triton.jit
+def _rt_bwd_finalize_kernel(
+    DS, DB, W, DGAMMA, DBETA, COEF, N, C, G, SPLIT, inv_m,
+    CPG: tl.constexpr, HAS_AFFINE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_CF: tl.constexpr,
+):
+    """For channel block cf: COEF[n*G + g] = (mean(dy_hat), mean(dy_hat * xhat)) per sample, and
+    the N-sums DGAMMA[c] = sum of g * xhat, DBETA[c] = of g (no second reduction in torch)."""
+    GPT: tl.constexpr = BLOCK_CF // CPG
+    cf = tl.program_id(0)
+    chans = cf * BLOCK_CF + tl.arange(0, BLOCK_CF)
+    cmask = chans < C
+    gs = cf * GPT + tl.arange(0, GPT)
+    if HAS_AFFINE:
+        gamma = tl.load(W + chans, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        gamma = tl.full([BLOCK_CF], 1.0, tl.float32)
+    dgamma = tl.zeros([BLOCK_CF], tl.float32)
+    dbeta = tl.zeros([BLOCK_CF], tl.float32)
+    for n in range(0, N):
+        sum_s = tl.zeros([BLOCK_CF], tl.float32)
+        sum_b = tl.zeros([BLOCK_CF], tl.float32)
+        for s0 in range(0, SPLIT, BLOCK_S):
+            ss = s0 + tl.arange(0, BLOCK_S)
+            mask = (ss < SPLIT)[:, None] & cmask[None, :]
+            offs = (ss.to(tl.int64) + n * SPLIT)[:, None] * C + chans[None, :]
+            sum_s += tl.sum(tl.load(DS + offs, mask=mask, other=0.0), axis=0)
+            sum_b += tl.sum(tl.load(DB + offs, mask=mask, other=0.0), axis=0)
+        dbeta += sum_s
+        dgamma += sum_b
+        coef = COEF + (n * G + gs) * 2
+        tl.store(coef, _per_group(sum_s * gamma, GPT, CPG) * inv_m, mask=gs < G)
+        tl.store(coef + 1, _per_group(sum_b * gamma, GPT, CPG) * inv_m, mask=gs < G)
+    tl.store(DGAMMA + chans, dgamma, mask=cmask)
+    tl.store(DBETA + chans, dbeta, mask=cmask)
+
+
+@triton.jit
+def _rt_bwd_dx_kernel(
+    X, DY, DX, W, B, MEAN, RSTD, COEF, HW, C, G, N_CT, CHUNK, SPLIT,
+    stride_xn, stride_xhw, stride_dn, stride_dhw, stride_gn, stride_ghw,
+    CPG: tl.constexpr, HAS_AFFINE: tl.constexpr, RELU: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_CT: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """dx = rstd * (g * gamma - a - xhat * b) over the tile (programs in reverse order)."""
+    GPT: tl.constexpr = BLOCK_CT // CPG
+    n, ct, s, chans, cmask, hw_lo, hw_hi = _rt_program(C, N_CT, CHUNK, SPLIT, HW, True, BLOCK_CT)
+    mean, rstd = _rt_group_stats(MEAN, RSTD, n, ct, G, GPT, CPG)
+    gs = ct * GPT + tl.arange(0, GPT)
+    coef_a = _per_channel(tl.load(COEF + (n * G + gs) * 2, mask=gs < G, other=0.0), GPT, CPG)
+    coef_b = _per_channel(tl.load(COEF + (n * G + gs) * 2 + 1, mask=gs < G, other=0.0), GPT, CPG)
+    gamma, scale, shift = _scale_shift(W, B, chans, cmask, mean, rstd, HAS_AFFINE, BLOCK_CT)
+    x_base = X + n.to(tl.int64) * stride_xn
+    d_base = DY + n.to(tl.int64) * stride_dn
+    g_base = DX + n.to(tl.int64) * stride_gn
+    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+        x, dy = _rt_load_x_g(x_base, d_base, hw0, hw_hi, chans, cmask, stride_xhw, stride_dhw, scale,
+                             shift, RELU, BLOCK_HW, EVEN_C)
+        dx = rstd[None, :] * (dy * gamma[None, :] - coef_a[None, :]
+                              - (x - mean[None, :]) * rstd[None, :] * coef_b[None, :])
+        ptrs, mask, _ = _rt_tile(g_base, hw0, hw_hi, chans, cmask, stride_ghw, BLOCK_HW, EVEN_C)
+        tl.store(ptrs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- host side
 
 
@@ -281,15 +508,26 @@ class Plan:
     """Launch geometry shared by the forward and backward of one call."""
 
     block_hw: int
-    block_c: int
-    split: int  # HW chunks per (n, g); grid = (N * G, split)
+    block_c: int  # channels per tile (row tiles: whole groups, a power of two)
+    split: int  # HW chunks per (n, g) or per (n, channel tile)
     chunk: int  # HW positions per chunk, a multiple of block_hw
     num_warps: int
+    row_tiles: bool  # channels-last row-tile kernels (_rt_*), else the (n, g) kernels
+    n_ct: int = 1  # channel tiles (row tiles)
 
 
 @lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def uses_row_tiles(x3: torch.Tensor, num_groups: int) -> bool:
+    """Whether x3 = (N, C, HW) takes the row-tile kernels: channels innermost, C/G a power of 2."""
+    return x3.stride(1) == 1 and x3.shape[1] > 1 and _pow2(x3.shape[1] // num_groups)
 
 
 def make_plan(
@@ -300,32 +538,39 @@ def make_plan(
     """Tile and split sizes for x3 = (N, C, HW). The keyword overrides are for tests/tuning;
     ``sms``: plan as for a GPU with that many SMs (default: x3's GPU; 1 program in the interpreter).
 
-    A tile holds about 2048 elements on a GPU (8 per thread with 8 warps: no kernel then
-    needs more than ~110 registers, checked with ptxas for sm_90, so two programs fit per SM;
-    16384 in the interpreter, where each program costs Python time), wide along the
-    contiguous axis. ``split`` aims at 8 programs per SM. Not tuned on a GPU yet.
+    Channels-last (stride_c = 1) with C/G a power of two takes the row tiles: BLOCK_CT
+    contiguous channels (all of C up to 512, at least one group) x BLOCK_HW positions. Else one
+    program per (n, g, chunk), its tile wide along the contiguous axis. A tile holds about 2048
+    elements on a GPU (8 per thread with 8 warps; registers checked with ptxas for sm_90 by
+    scripts/inspect_gn_kernels.py), 16384 in the interpreter, where each program costs Python
+    time. ``split`` aims at 8 programs per SM. Not tuned on a GPU yet.
     """
     n, c, hw = x3.shape
     cpg = c // num_groups
     gpu = sms is not None or (x3.is_cuda and not interpreted())
     tile = 2048 if gpu else 16384
-    if block_c is None:
+    row_tiles = uses_row_tiles(x3, num_groups)
+    if row_tiles:
+        block_c = max(cpg, triton.next_power_of_2(block_c) if block_c else min(triton.next_power_of_2(c), 512))
+    elif block_c is None:
         if x3.stride(1) == 1 and c > 1:  # channels-last: channels are contiguous
             block_c = min(triton.next_power_of_2(cpg), 512)
         else:
             block_c = min(triton.next_power_of_2(cpg), max(1, tile // min(triton.next_power_of_2(hw), 1024)))
     if block_hw is None:
         block_hw = max(1, min(triton.next_power_of_2(hw), tile // block_c))
+    n_ct = triton.cdiv(c, block_c) if row_tiles else 1
+    rows = n * n_ct if row_tiles else n * num_groups  # programs per HW chunk
     if split is None:
         if sms is None and gpu:
             sms = _sm_count(x3.device.index if x3.device.index is not None else torch.cuda.current_device())
         target = 8 * sms if gpu else 1
-        split = min(triton.cdiv(target, n * num_groups), triton.cdiv(hw, block_hw), _MAX_SPLIT)
+        split = min(triton.cdiv(target, rows), triton.cdiv(hw, block_hw), _MAX_SPLIT)
     split = max(1, min(int(split), _MAX_SPLIT))
     chunk = triton.cdiv(triton.cdiv(hw, split), block_hw) * block_hw
     split = triton.cdiv(hw, chunk)  # no empty chunks
     num_warps = 8 if block_hw * block_c >= 1024 else 4
-    return Plan(block_hw, block_c, split, chunk, num_warps)
+    return Plan(block_hw, block_c, split, chunk, num_warps, row_tiles, n_ct)
 
 
 def _plan(x3: torch.Tensor, num_groups: int, overrides: tuple[int, ...]) -> Plan:
@@ -386,26 +631,42 @@ def forward(x, weight, bias, num_groups, eps, relu, out_dtype, plan_overrides=()
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)
     mean = torch.empty(n * num_groups, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    if x.numel() == 0:
-        return y, mean, rstd
-    plan = _plan(x3, num_groups, plan_overrides)
-    part = torch.empty((n * num_groups, plan.split, 3), device=x.device, dtype=torch.float32)
-    grid = (n * num_groups, plan.split)
+    if x.numel() > 0:
+        with launch_guard(x.device):
+            launch_forward(x3, y.view(n, c, hw), weight, bias, mean, rstd, num_groups, eps, relu,
+                           _plan(x3, num_groups, plan_overrides))
+    return y, mean, rstd
+
+
+def launch_forward(x3, y3, weight, bias, mean, rstd, num_groups, eps, relu, plan: Plan) -> None:
+    """The forward's launches (stats, then normalize) for (N, C, HW) views x3 -> y3."""
+    n, c, hw = x3.shape
     cpg = c // num_groups
     affine = weight is not None
-    y3 = y.view(n, c, hw)
-    with launch_guard(x.device):
-        _gn_fwd_stats_kernel[grid](
-            x3, part, hw, cpg, num_groups, plan.chunk, *_strides(x3),
-            BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps,
+    w, b = (weight, bias) if affine else (x3, x3)
+    part = torch.empty((n * num_groups, plan.split, 3), device=x3.device, dtype=torch.float32)
+    block_s = triton.next_power_of_2(plan.split)
+    if plan.row_tiles:
+        grid = (n * plan.n_ct * plan.split,)
+        geo = (hw, c, num_groups, plan.n_ct, plan.chunk, plan.split)
+        tiles = dict(CPG=cpg, BLOCK_HW=plan.block_hw, BLOCK_CT=plan.block_c, EVEN_C=c % plan.block_c == 0,
+                     num_warps=plan.num_warps)
+        _rt_stats_kernel[grid](x3, part, *geo, x3.stride(0), x3.stride(2), **tiles)
+        _rt_norm_kernel[grid](
+            x3, y3, w, b, part, mean, rstd, *geo, float(eps), x3.stride(0), x3.stride(2), y3.stride(0),
+            y3.stride(2), HAS_AFFINE=affine, RELU=bool(relu), BLOCK_S=block_s, **tiles,
         )
-        _gn_fwd_norm_kernel[grid](
-            x3, y3, weight if affine else x3, bias if affine else x3, part, mean, rstd,
-            hw, cpg, num_groups, plan.chunk, plan.split, float(eps), *_strides(x3),
-            *_strides(y3), HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw,
-            BLOCK_C=plan.block_c, BLOCK_S=triton.next_power_of_2(plan.split), num_warps=plan.num_warps,
-        )
-    return y, mean, rstd
+        return
+    grid = (n * num_groups, plan.split)
+    _gn_fwd_stats_kernel[grid](
+        x3, part, hw, cpg, num_groups, plan.chunk, *_strides(x3),
+        BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps,
+    )
+    _gn_fwd_norm_kernel[grid](
+        x3, y3, w, b, part, mean, rstd, hw, cpg, num_groups, plan.chunk, plan.split, float(eps),
+        *_strides(x3), *_strides(y3), HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw,
+        BLOCK_C=plan.block_c, BLOCK_S=block_s, num_warps=plan.num_warps,
+    )
 
 
 def backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan_overrides=()):
@@ -415,39 +676,68 @@ def backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan_overrides=(
         dy = dense(dy)
     _, dy3 = _view3(dy)
     n, c, hw = x3.shape
-    cpg = c // num_groups
     dx = torch.empty_like(x)
-    f32 = dict(device=x.device, dtype=torch.float32)
-    if x.numel() == 0:
-        return dx, torch.zeros(c, **f32), torch.zeros(c, **f32)
-    plan = _plan(x3, num_groups, plan_overrides)
+    dgamma = torch.zeros(c, device=x.device, dtype=torch.float32)
+    dbeta = torch.zeros_like(dgamma)
+    if x.numel() > 0:
+        plan = _plan(x3, num_groups, plan_overrides)
+        if plan.row_tiles and dy3.stride(1) != 1:  # the row tiles read dy channels-last too
+            dy3 = dy3.transpose(1, 2).contiguous().transpose(1, 2)
+        with launch_guard(x.device):
+            launch_backward(dy3, x3, dx.view(n, c, hw), weight, bias, mean, rstd, dgamma, dbeta,
+                            num_groups, relu, plan)
+    return dx, dgamma, dbeta
+
+
+def launch_backward(dy3, x3, dx3, weight, bias, mean, rstd, dgamma, dbeta, num_groups, relu,
+                    plan: Plan) -> None:
+    """The backward's launches (reduce, finalize, dx); fills dx3, dgamma, dbeta."""
+    n, c, hw = x3.shape
+    cpg = c // num_groups
+    f32 = dict(device=x3.device, dtype=torch.float32)
     part_s = torch.empty((n, plan.split, c), **f32)
     part_b = torch.empty_like(part_s)
+    coef = torch.empty((n * num_groups, 2), **f32)
     affine = weight is not None
     w, b = (weight, bias) if affine else (x3, x3)
+    inv_m = 1.0 / (cpg * hw)
+    if plan.row_tiles:
+        grid = (n * plan.n_ct * plan.split,)
+        geo = (hw, c, num_groups, plan.n_ct, plan.chunk, plan.split)
+        tiles = dict(CPG=cpg, HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw,
+                     BLOCK_CT=plan.block_c, EVEN_C=c % plan.block_c == 0, num_warps=plan.num_warps)
+        _rt_bwd_reduce_kernel[grid](x3, dy3, w, b, mean, rstd, part_s, part_b, *geo, x3.stride(0),
+                                    x3.stride(2), dy3.stride(0), dy3.stride(2), **tiles)
+        block_cf = max(cpg, min(triton.next_power_of_2(c), 64))
+        _rt_bwd_finalize_kernel[(triton.cdiv(c, block_cf),)](
+            part_s, part_b, w, dgamma, dbeta, coef, n, c, num_groups, plan.split, inv_m, CPG=cpg,
+            HAS_AFFINE=affine, BLOCK_S=max(1, min(triton.next_power_of_2(plan.split), 4096 // block_cf)),
+            BLOCK_CF=block_cf,
+        )
+        _rt_bwd_dx_kernel[grid](x3, dy3, dx3, w, b, mean, rstd, coef, *geo, x3.stride(0), x3.stride(2),
+                                dy3.stride(0), dy3.stride(2), dx3.stride(0), dx3.stride(2), **tiles)
+        return
     grid = (n * num_groups, plan.split)
     consts = dict(HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
                   num_warps=plan.num_warps)
+    _gn_bwd_reduce_kernel[grid](
+        x3, dy3, w, b, mean, rstd, part_s, part_b, c, hw, cpg, num_groups, plan.chunk,
+        *_strides(x3), *_strides(dy3), **consts,
+    )
     sum_s = torch.empty((n, c), **f32)
     sum_b = torch.empty_like(sum_s)
-    coef = torch.empty((n * num_groups, 2), **f32)
     block_s = min(triton.next_power_of_2(plan.split), 64)
-    dx3 = dx.view(n, c, hw)
-    with launch_guard(x.device):
-        _gn_bwd_reduce_kernel[grid](
-            x3, dy3, w, b, mean, rstd, part_s, part_b, c, hw, cpg, num_groups, plan.chunk,
-            *_strides(x3), *_strides(dy3), **consts,
-        )
-        _gn_bwd_finalize_kernel[(n * num_groups,)](
-            part_s, part_b, w, sum_s, sum_b, coef, c, cpg, num_groups, plan.split, 1.0 / (cpg * hw),
-            HAS_AFFINE=affine, BLOCK_S=block_s,
-            BLOCK_C=min(triton.next_power_of_2(cpg), max(1, 4096 // block_s)),
-        )
-        _gn_bwd_dx_kernel[grid](
-            x3, dy3, dx3, w, b, mean, rstd, coef, hw, cpg, num_groups, plan.chunk,
-            *_strides(x3), *_strides(dy3), *_strides(dx3), **consts,
-        )
-    return dx, sum_b.sum(0), sum_s.sum(0)
+    _gn_bwd_finalize_kernel[(n * num_groups,)](
+        part_s, part_b, w, sum_s, sum_b, coef, c, cpg, num_groups, plan.split, inv_m,
+        HAS_AFFINE=affine, BLOCK_S=block_s,
+        BLOCK_C=min(triton.next_power_of_2(cpg), max(1, 4096 // block_s)),
+    )
+    _gn_bwd_dx_kernel[grid](
+        x3, dy3, dx3, w, b, mean, rstd, coef, hw, cpg, num_groups, plan.chunk,
+        *_strides(x3), *_strides(dy3), *_strides(dx3), **consts,
+    )
+    torch.sum(sum_b, 0, out=dgamma)
+    torch.sum(sum_s, 0, out=dbeta)
 
 
 def triton_group_norm(

@@ -103,8 +103,8 @@ def test_index_guard_uses_the_largest_in_sample_offset(monkeypatch):
     assert x.numel() < 2**31 <= gn_op.max_offset(x)
     monkeypatch.setattr(gn_op, "KERNEL_DEVICES", ("meta",))
     monkeypatch.setattr(gn_op, "kernel_usable", lambda *a: pytest.fail("self-check must not run"))
-    assert not gn_op._use_kernel(x, "auto")  # auto: torch's GN for this input
-    assert not gn_op._use_kernel(x[:, :, :512].contiguous(memory_format=torch.channels_last)[:, :0], "auto")
+    assert not gn_op._use_kernel(x, "auto", 4)  # auto: torch's GN for this input
+    assert not gn_op._use_kernel(x[:, :, :512].contiguous(memory_format=torch.channels_last)[:, :0], "auto", 4)
     pytest.importorskip("triton")
     from gn_detect.layers.gn_triton import check_input
 
@@ -175,7 +175,8 @@ def test_auto_self_check_falls_back_to_torch_with_one_warning(broken, why, monke
     m = GroupNorm(4, 16)
     x = torch.randn(2, 16, 5, 4, requires_grad=True)
     with pytest.warns(RuntimeWarning, match=f"impl='auto': the Triton kernel was not used for cpu "
-                                            f"torch.float32 NCHW inputs because it {why}") as rec:
+                                            f"torch.float32 inputs of its \\(n, g\\)-tile kernels because "
+                                            f"it {why}") as rec:
         y = m(x)
     assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
     assert torch.equal(y, F.group_norm(x, 4, m.weight, m.bias, EPS))
@@ -186,7 +187,7 @@ def test_auto_self_check_falls_back_to_torch_with_one_warning(broken, why, monke
     xr = x.detach().clone().requires_grad_()
     F.group_norm(xr, 4, m.weight, m.bias, EPS).sum().backward()
     assert torch.equal(x.grad, xr.grad)
-    assert gn_op._CHECKED == {("cpu", torch.float32, False): False}
+    assert gn_op._CHECKED == {("cpu", torch.float32, "(n, g)-tile"): False}
     # impl='triton' never falls back: the broken kernel's result (or its error) comes through
     t = GroupNorm(4, 16, impl="triton")
     if broken == "compile":
@@ -203,4 +204,22 @@ def test_auto_self_check_passes_a_correct_kernel_silently(monkeypatch):
     monkeypatch.setattr(gn_op, "_CHECKED", {})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert gn_op.kernel_usable(torch.device("cpu"), torch.bfloat16, True)
+        assert gn_op.kernel_usable(torch.device("cpu"), torch.bfloat16, "row-tile")
+
+
+@pytest.mark.parametrize("make", [lambda x: x, lambda x: x.contiguous(memory_format=torch.channels_last),
+                                  lambda x: x.contiguous(memory_format=torch.channels_last)[:, 4:12],
+                                  lambda x: x[:, :, ::2]])
+def test_torch_path_outputs_have_the_fake_implementations_layout(make):
+    """compile trusts the fake's strides: y and dx of the aten path must have them too."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = make(torch.randn(2, 16, 6, 5)).requires_grad_()
+    w, b = torch.randn(x.shape[1]), torch.randn(x.shape[1])
+    y = torch.ops.gn_detect.group_norm(x, w, b, 4, EPS, True, "auto", None, [])[0]
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    mode = FakeTensorMode()
+    fx, fw, fb = (mode.from_tensor(t) for t in (x.detach(), w, b))
+    with mode:
+        fy = torch.ops.gn_detect.group_norm(fx, fw, fb, 4, EPS, True, "auto", None, [])[0]
+    assert y.stride() == fy.stride() and dx.stride() == torch.empty_like(x).stride()

@@ -69,6 +69,20 @@ CASES: dict[str, dict] = {
                              channel_slice=(4, 12)),
     "noncontiguous_weight": dict(shape=(2, 8, 3, 5), groups=4, dtype="fp32", cl=False, relu=False,
                                  strided_weight=True),
+    # channels-last row tiles (C/G a power of two): C/G 1..64, G = 1 and G = C, several channel
+    # tiles, C not a multiple of the tile, N = 1, odd H/W; and C/G = 3 (the (n, g) kernels)
+    "rt_in_g_eq_c_n1": dict(shape=(1, 8, 3, 5), groups=8, dtype="fp32", cl=True, relu=True),
+    "rt_cpg2": dict(shape=(2, 8, 5, 3), groups=4, dtype="fp32", cl=True, relu=False),
+    "rt_cpg8_bf16_tiles": dict(shape=(2, 32, 3, 7), groups=4, dtype="bf16", cl=True, relu=True,
+                               plan=dict(block_hw=4, block_c=16, split=2)),
+    "rt_cpg16_no_affine": dict(shape=(1, 32, 5, 3), groups=2, dtype="fp32", cl=True, relu=True,
+                               affine=False),
+    "rt_cpg64_ln": dict(shape=(2, 64, 3, 3), groups=1, dtype="fp32", cl=True, relu=False,
+                        plan=dict(block_hw=2, split=3)),
+    "rt_c_not_tile_multiple": dict(shape=(2, 24, 3, 5), groups=3, dtype="fp32", cl=True, relu=True,
+                                   plan=dict(block_c=16)),
+    "cl_cpg3_nt_kernels": dict(shape=(2, 12, 3, 5), groups=4, dtype="fp32", cl=True, relu=True),
+    "nchw_cpg64_ln_relu": dict(shape=(1, 64, 3, 5), groups=1, dtype="fp32", cl=False, relu=True),
 }
 CUDA_CASES: dict[str, dict] = {  # detector-sized, default launch plan (split chosen per GPU)
     "fpn_p3_bf16_cl": dict(shape=(2, 256, 100, 152), groups=32, dtype="bf16", cl=True, relu=True),
@@ -226,7 +240,8 @@ def _child_op_checks() -> dict:
         warnings.simplefilter("error")
         m = get_norm("gn", 8, num_groups=4)
         x = make_inputs(CASES["nchw_fp32"])["x"]
-        out["_auto_self_check"] = {"usable": gn_op.kernel_usable(x.device, x.dtype, False),
+        out["_auto_self_check"] = {"usable": gn_op.kernel_usable(x.device, x.dtype, "(n, g)-tile")
+                                   and gn_op.kernel_usable(x.device, torch.bfloat16, "row-tile"),
                                    "y": m(x).detach(), "ref": F.group_norm(x, 4, m.weight, m.bias, EPS)}
     gn_op.KERNEL_DEVICES = ("cuda",)
     return out
@@ -302,7 +317,7 @@ def test_cuda_auto_dispatches_to_the_kernel():
         warnings.simplefilter("error")  # the self-check passes
         y = m(x)
     assert "gn_detect_group_norm" in type(y.grad_fn).__name__
-    assert gn_op.kernel_usable(x.device, x.dtype, False)
+    assert gn_op.kernel_usable(x.device, x.dtype, "(n, g)-tile")
     torch.testing.assert_close(y, F.group_norm(x, 8, m.weight, m.bias), rtol=1e-5, atol=1e-5)
     assert gn_triton.interpreted() is False
 
