@@ -72,4 +72,5 @@ def load_pickle(path: str | Path) -> Any:
         except UnsafePickleError:
             raise
         except Exception as e:  # noqa: BLE001 - a broken file: one line naming it
-            raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{path}: cannot read it: not a torch, safetensors or pickle file "
+                             f"({type(e).__name__}: {e})") from None

@@ -181,10 +181,8 @@ def _from_detectron2(model: dict[str, Any], sw: SourceWeights) -> None:
 def _from_torchvision(state: dict[str, Any], sw: SourceWeights) -> None:
     for key, value in state.items():
         name = key
-        for p in _TV_PREFIXES:
-            if name.startswith(p):
-                name = name[len(p):]
-                break
+        while name.startswith(_TV_PREFIXES):  # e.g. module.backbone.body.conv1.weight
+            name = name[len(next(p for p in _TV_PREFIXES if name.startswith(p))):]
         tensor = _tensor(value)
         if tensor is None or name.startswith("fc.") or name.endswith("num_batches_tracked"):
             sw.ignored.append(key)
@@ -214,7 +212,7 @@ def _names(obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         keys = [str(k) for k in inner]
         if any(k.startswith(("stem.conv1.", _D2_PREFIX + "stem.conv1.")) for k in keys):
             return "detectron2", inner
-        if any(k.endswith("conv1.weight") and k.count(".") <= 3 for k in keys):
+        if any(k.endswith("conv1.weight") for k in keys):
             return "torchvision", inner
     return "unknown", obj
 

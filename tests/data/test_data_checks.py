@@ -113,7 +113,7 @@ def test_image_modes_converted_to_rgb(make_coco, mode: str, fmt: str, ext: str) 
     d, f = make_coco([img(1, ext=ext, mode=mode, format=fmt)], [ann(1, 1, [1, 1, 5, 5])])
     ds = load(d, f)
     image, target = ds[0]
-    assert image.shape == (3, 32, 40) and image.dtype == torch.float32
+    assert image.shape == (3, 32, 40) and image.dtype == torch.uint8  # 0-255 RGB: the model normalizes
     assert target["size"] == (32, 40)
     assert ds.skipped["converted_mode"] == (0 if mode == "RGB" else 1)
 

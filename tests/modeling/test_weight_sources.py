@@ -188,7 +188,7 @@ def named_state(layers: dict, names: Callable, stats: bool) -> dict[str, np.ndar
 
 # ----------------------------------------------------------------------------- gn-detect side
 def ours(path: Path, norm: str, image: torch.Tensor, **backbone: Any) -> list[torch.Tensor]:
-    backbone.setdefault("widths", list(WIDTHS))
+    backbone.setdefault("widths", list(WIDTHS))  # widths=None: the standard ones
     cfg = {"backbone": {"depth": "50", "norm": norm, "weights": str(path), **backbone},
            "norm_opts": {"num_groups": 4, "impl": "torch"}, "fpn": {"out_channels": 8}}
     model = build_model(cfg, num_classes=2).eval()
@@ -218,16 +218,29 @@ def check_both_ways(src: Path, tmp: Path, norm: str, want: list[torch.Tensor], *
 
 
 # ----------------------------------------------------------------------------- the sources
-@pytest.mark.parametrize("protocol,wrapped", [("py2", True), (2, False), (3, True), (4, False), (5, True)])
-def test_detectron_msra_caffe2_pickle(tmp_path, protocol, wrapped):
-    """MSRA R-50: fused BN (affine), stride in the 1x1, BGR minus pixel means, std 1."""
+def test_detectron_msra_caffe2_pickle(tmp_path):
+    """MSRA R-50: fused BN (affine), stride in the 1x1, BGR minus pixel means, std 1 (a Python 2
+    cPickle file in a "blobs" wrapper)."""
     layers = random_layers()
-    blobs = caffe2_blobs(layers, "bn")
-    path = write_pickle({"blobs": blobs} if wrapped else blobs, tmp_path / "R-50.pkl", protocol)
+    path = write_pickle({"blobs": caffe2_blobs(layers, "bn")}, tmp_path / "R-50.pkl", "py2")
     want = reference(layers, IMAGE, bgr=True, mean=C2_MEAN, std=[1, 1, 1], stride_in_1x1=True, norm="affine")
     model = check_both_ways(path, tmp_path, "affine", want)
     assert model.normalizer.format == "BGR"
     assert model.backbone.layer2[0].conv1.stride == (2, 2)
+
+
+@pytest.mark.parametrize("protocol,wrapped", [(2, False), (3, True), (4, False), (5, True), (0, False)])
+def test_caffe2_pickles_of_every_protocol_read_the_same(tmp_path, protocol, wrapped):
+    """Python 3 protocols 0-5, with or without "blobs": the same weights as the Python 2 file."""
+    from gn_detect.checkpoint import read_weights
+
+    blobs = caffe2_blobs(random_layers(), "bn")
+    py2 = read_weights(write_pickle({"blobs": blobs}, tmp_path / "py2.pkl", "py2"))
+    py2_state = {k: v.clone() for k, v in py2.state_dict.items()}
+    other = read_weights(write_pickle({"blobs": blobs} if wrapped else blobs, tmp_path / "p.pkl", protocol))
+    assert (other.source, other.holds) == (py2.source, py2.holds) == ("detectron", "scale_shift")
+    assert other.state_dict.keys() == py2_state.keys()
+    assert all(torch.equal(other.state_dict[k], v) for k, v in py2_state.items())
 
 
 def test_detectron_fair_gn_caffe2_pickle(tmp_path):
@@ -376,3 +389,32 @@ def test_a_misfit_stops_the_start_before_any_data_is_read(tmp_path):
         train(cfg, tmp_path / "run", base_dir=tmp_path)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("norm", ["affine", "bn"])
+def test_torchvision_resnext50_against_torchvision_itself(tmp_path, norm):
+    """torchvision's own resnext50_32x4d (random BN statistics) as the reference: its features for
+    ImageNet-normalized RGB input equal ours for the 0-255 image."""
+    from torchvision.models import resnext50_32x4d
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    torch.manual_seed(0)
+    ref = resnext50_32x4d()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    path = tmp_path / "resnext50_32x4d.pth"
+    torch.save(ref.state_dict(), path)
+    x = (IMAGE.double() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    tv = IntermediateLayerGetter(ref.double().eval(), {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
+    with torch.no_grad():
+        want = list(tv(x).values())
+    got, _ = ours(path, norm, IMAGE, groups=32, width_per_group=4, widths=None)
+    assert_close(got, want)

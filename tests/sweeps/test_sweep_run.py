@@ -161,7 +161,7 @@ def test_rerun_skips_finished_and_reruns_deleted_or_failed(sweep: dict) -> None:
 def test_failed_run_is_reported_and_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "failing"
     # A backbone weights file that is not a checkpoint: the config is valid (pre-flight passes),
-    # the run fails while building its model; the run without weights goes on after it.
+    # the run fails at its start (the weights are read before the data); the run without weights goes on.
     bad = tmp_path / "not_a_checkpoint.pth"
     bad.write_text("not a checkpoint")
     proc, _ = run_sweep(tmp_path, sweep_dir, ["norm=bn", "data.ims_per_device=2", "model.norm_opts.bn_group_size=1",
@@ -175,7 +175,7 @@ def test_failed_run_is_reported_and_does_not_stop_the_sweep(tmp_path: Path) -> N
     runs = {run_config(r)["model"]["backbone"]["weights"]: r for r in run_dirs(sweep_dir)}
     assert set(runs) == {str(bad), None}
     status = json.loads((runs[str(bad)] / "status.json").read_text())
-    assert status["state"] == "failed" and "RuntimeError" in status["error"]
+    assert status["state"] == "failed" and "WeightsError" in status["error"]
     assert json.loads((runs[None] / "status.json").read_text())["state"] == "done"
 
     summary = json.loads((sweep_dir / "summary.json").read_text())
