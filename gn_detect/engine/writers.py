@@ -85,9 +85,9 @@ def write_hparams(log_dir: str | os.PathLike, hparams: dict[str, Any], metrics: 
                   trial_id: str | None = None) -> None:
     """One run's row in TensorBoard's HParams view (``tensorboard.plugins.hparams``): the hparams
     summary (session start) with ``hparams`` (``trial_id``: the row's name) and each finite metric
-    as a scalar of its own name at ``step``, in ``log_dir`` (a folder of its own, so the metric columns are exactly these). No
-    experiment summary: TensorBoard then builds the table from every run's hparams, their union
-    when two commands into one sweep folder sweep different keys."""
+    as a scalar of its own name at ``step``, in ``log_dir`` (a folder of its own, so the metric
+    columns are exactly these). No experiment summary: TensorBoard then builds the table from
+    every run's hparams, their union when two commands into one sweep folder sweep different keys."""
     from tensorboard.plugins.hparams import summary_v2 as hp
     from torch.utils.tensorboard import SummaryWriter
 
