@@ -96,7 +96,7 @@ def test_evaluation_of_ground_truth_with_duplicates_and_an_unreadable_image(make
             return [outputs.pop(0) for _ in sizes]
 
     eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"tune": "same", "backend": "pycocotools"})
-    loader = build_test_loader(ds, 2)
+    loader = build_test_loader(ds, 2, size_divisibility=128)
     metrics = evaluate_model(GroundTruthModel(), loader, ds, tmp_path / "eval", eval_cfg, device=torch.device("cpu"),
                              full_report=False)
     assert ds.skipped["duplicate_annotation_id"] == 3
