@@ -23,6 +23,7 @@ class SweepRun:
     scheduler_note: str = ""
 
 
+WHY_CHARS = 160  # of each run's reason in the one last line (status.json and the report hold it all)
 _RUNS: dict[Path, SweepRun] = {}
 
 
@@ -42,7 +43,8 @@ def not_done(runs: list[SweepRun]) -> list[str]:
         state = "failed" if r.failure else str(status.get("state") or "not started")
         if state == "done":
             continue
-        why = r.failure or r.scheduler_note or status.get("error") or ""
+        why = " ".join(str(r.failure or r.scheduler_note or status.get("error") or "").split())
+        why = why if len(why) <= WHY_CHARS else why[:WHY_CHARS - 3] + "..."
         lines.append(f"{r.run_dir} ({state}{': ' + why if why else ''})")
     return lines
 
