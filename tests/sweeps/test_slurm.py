@@ -4,10 +4,11 @@ event, and bit-identical resumption where the run goes on:
 
 * a 2-job sweep through ``submitit_slurm`` (both done: exit 0) and through ``slurm_1gpu`` with one
   failing job (exit 1, the failure in the report and the last line);
-* pre-emption by ``scancel --signal=USR2`` (slurm_1gpu), by a time limit (Slurm's own
-  ``--signal=USR2@120`` warning, after ``scontrol update TimeLimit`` shortens the job's limit), and
-  by ``scontrol requeue`` (SIGTERM): requeued, resumed, one train record per iteration, final
-  weights equal to an uninterrupted run, the report rewritten after the last job (exit 0);
+* pre-emption by ``scancel --signal=USR2`` and then, in the resumed job, by ``scontrol requeue``
+  (SIGTERM; slurm_1gpu), and by a time limit (Slurm's own ``--signal=USR2@120`` warning, after
+  ``scontrol update TimeLimit`` shortens the job's limit; submitit_slurm): requeued, resumed, one
+  train record per iteration, final weights equal to an uninterrupted run, the report rewritten
+  after the last job (exit 0);
 * a cancelled job and a SIGKILLed one in one sweep, with ``sacct`` failing (no accounting): exit 1
   within 2 minutes of the kill, both named, the cancelled run ``interrupted``, the killed one
   ``failed`` with what Slurm said.
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # CPU jobs on the 2-core node: one core each, two at once
 CPU = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
        "hydra.launcher.timeout_min=5"]
-MAX_ITER = 60  # long enough that a signal arrives while the run trains
+MAX_ITER = 40  # long enough that a signal arrives while the run trains
 
 
 @pytest.fixture(scope="module")
@@ -148,15 +149,27 @@ def test_two_job_sweep_through_slurm_1gpu_with_a_failing_job(tmp_path: Path, slu
     assert (s["counts"]["done"], s["counts"]["failed"]) == (1, 1) and "not_a_checkpoint" in json.dumps(s["failed"])
 
 
-def test_preempted_by_scancel_usr2_requeues_and_resumes(tmp_path: Path, slurm_env: dict, reference: dict) -> None:
+def test_preempted_by_usr2_then_scontrol_requeue_resumes_twice(tmp_path: Path, slurm_env: dict,
+                                                                  reference: dict) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = start(tmp_path, sweep_dir, ["hydra/launcher=slurm_1gpu", *CPU, "norm=gn", "seed=0"], slurm_env)
     run_dir, job_id = training(sweep_dir, "0", proc)  # nothing swept: the folder is the job number
-    slurm(slurm_env, "scancel", "--signal=USR2", job_id)
+    slurm(slurm_env, "scancel", "--signal=USR2", job_id)  # what Slurm sends before a pre-emption
+    wait_until(lambda: job_field(slurm_env, job_id, "Restarts") == "1", proc, "requeue after USR2")
+    trained = sum(r["type"] == "train" for r in records(run_dir))
+    training(sweep_dir, "0", proc, n=trained + 2)  # the requeued job trains again
+    slurm(slurm_env, "scontrol", "requeue", job_id)  # SIGTERM, as Slurm's REQUEUE pre-emption sends
     out = finish(proc)
     assert proc.returncode == 0, out[-4000:]
-    assert job_field(slurm_env, job_id, "Restarts") == "1"
+    assert job_field(slurm_env, job_id, "Restarts") == "2"
     assert_resumed_bit_identical(run_dir, reference, sweep_dir)
+
+
+def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline and proc.poll() is None, f"no {what} within {timeout} s"
+        time.sleep(0.2)
 
 
 def test_time_limit_requeues_and_resumes(tmp_path: Path, slurm_env: dict, reference: dict) -> None:
@@ -166,25 +179,11 @@ def test_time_limit_requeues_and_resumes(tmp_path: Path, slurm_env: dict, refere
     # 1 minute from the start: under submitit_slurm's signal_delay_s (120) left, so Slurm sends the
     # time-limit warning (USR2) at once; the requeued job gets its 5 minutes back before it starts
     slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "TimeLimit=1")
-    deadline = time.monotonic() + 120
-    while job_field(slurm_env, job_id, "Restarts") != "1":
-        assert time.monotonic() < deadline and proc.poll() is None, "not requeued within 120 s"
-        time.sleep(0.2)
+    wait_until(lambda: job_field(slurm_env, job_id, "Restarts") == "1", proc, "requeue after the time limit")
     slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "TimeLimit=5")
     out = finish(proc)
     assert proc.returncode == 0, out[-4000:]
     assert "timed-out" in "".join(p.read_text(errors="replace") for p in (sweep_dir / ".submitit").rglob("*.err"))
-    assert_resumed_bit_identical(run_dir, reference, sweep_dir)
-
-
-def test_scontrol_requeue_waits_for_the_requeued_job(tmp_path: Path, slurm_env: dict, reference: dict) -> None:
-    sweep_dir = tmp_path / "sweep"
-    proc = start(tmp_path, sweep_dir, ["hydra/launcher=submitit_slurm", *CPU, "norm=gn", "seed=0"], slurm_env)
-    run_dir, job_id = training(sweep_dir, "0", proc)
-    slurm(slurm_env, "scontrol", "requeue", job_id)  # SIGTERM, as Slurm's REQUEUE pre-emption sends
-    out = finish(proc)
-    assert proc.returncode == 0, out[-4000:]
-    assert job_field(slurm_env, job_id, "Restarts") == "1"
     assert_resumed_bit_identical(run_dir, reference, sweep_dir)
 
 
