@@ -146,7 +146,8 @@ def sweep_subdir(_root_: Any) -> str:
     parts = sorted((ov.key_or_group, f"{ov.key_or_group}={ov.get_value_element_as_str()}")
                    for ov in _parse(list(hc.overrides.task))
                    if ov.key_or_group in swept and ov.key_or_group not in excluded)
-    name = ",".join(p for _, p in parts) if parts else str(hc.job.num)
+    # hydra.job.num is unset in a config composed outside a sweep (a sweep's own number, 0, then)
+    name = ",".join(p for _, p in parts) if parts else str(OmegaConf.select(hc, "job.num", default=0))
     return safe_dirname(name)
 
 
