@@ -18,6 +18,7 @@ missing cluster fails. About 5 minutes on two CPU cores.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,7 +39,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # CPU jobs on the 2-core node: one core each, two at once
 CPU = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
        "hydra.launcher.timeout_min=5"]
-MAX_ITER = 40  # long enough that a signal arrives while the run trains
+MAX_ITER = 30  # the scancel / requeue signals arrive while the run trains
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +166,16 @@ def test_preempted_by_usr2_then_scontrol_requeue_resumes_twice(tmp_path: Path, s
     assert_resumed_bit_identical(run_dir, reference, sweep_dir)
 
 
+def usr2_pending(pid: int) -> bool:
+    """SIGUSR2 is pending for the (stopped) process ``pid`` (/proc/<pid>/status)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return any(int(fields[k].strip(), 16) >> (signal.SIGUSR2 - 1) & 1 for k in ("SigPnd", "ShdPnd"))
+
+
 def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -176,9 +187,22 @@ def test_time_limit_requeues_and_resumes(tmp_path: Path, slurm_env: dict, refere
     sweep_dir = tmp_path / "sweep"
     proc = start(tmp_path, sweep_dir, ["hydra/launcher=submitit_slurm", *CPU, "norm=gn", "seed=0"], slurm_env)
     run_dir, job_id = training(sweep_dir, "0", proc)
-    # 1 minute from the start: under submitit_slurm's signal_delay_s (120) left, so Slurm sends the
-    # time-limit warning (USR2) at once; the requeued job gets its 5 minutes back before it starts
-    slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "TimeLimit=1")
+    # A limit 60-120 s ahead: within submitit_slurm's signal_delay_s (120), so Slurm sends the
+    # time-limit warning (USR2) at its next check (up to 30 s), well before the limit itself. The
+    # run is held stopped until the signal is pending, so a fast machine cannot finish it first.
+    # The requeued job gets its 5 minutes back before it starts.
+    pid = json.loads((run_dir / "status.json").read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        h, m, sec = (int(x) for x in job_field(slurm_env, job_id, "RunTime").split("-")[-1].split(":"))
+        limit = (h * 3600 + m * 60 + sec) // 60 + 2
+        slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", f"TimeLimit={limit}")
+        # Slurm may also send SIGCONT with it: then the run saves and ends at once
+        wait_until(lambda: not Path(f"/proc/{pid}").exists() or usr2_pending(pid), proc,
+                   "time-limit signal from Slurm", timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     wait_until(lambda: job_field(slurm_env, job_id, "Restarts") == "1", proc, "requeue after the time limit")
     slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "TimeLimit=5")
     out = finish(proc)
