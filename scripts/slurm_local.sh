@@ -116,20 +116,21 @@ up() {
   install_packages
   write_configs
   local t0=$SECONDS
+  # every daemon's output goes to its log: none may hold the caller's stdout (a CI log pipe) open
   [ -S "$MUNGE_SOCKET" ] && munge -n >/dev/null 2>&1 && die "a munged not started by this script answers on $MUNGE_SOCKET; stop it first"
   mkdir -p "$(dirname "$MUNGE_SOCKET")"
   munged --force --socket="$MUNGE_SOCKET" --key-file="$DIR/munge/munge.key" \
     --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/seed" \
-    || die "munged did not start; see $DIR/log/munged.log"
+    </dev/null >/dev/null 2>>"$DIR/log/munged.log" || die "munged did not start; see $DIR/log/munged.log"
   start_mariadb
   export SLURM_CONF="$CONF"  # slurmdbd reads slurmdbd.conf beside it
-  slurmdbd 2>>"$DIR/log/slurmdbd.log" || die "slurmdbd did not start; see $DIR/log/slurmdbd.log"
+  slurmdbd </dev/null >/dev/null 2>>"$DIR/log/slurmdbd.log" || die "slurmdbd did not start; see $DIR/log/slurmdbd.log"
   wait_for 60 "slurmdbd" sacctmgr -n list cluster
   sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
   # -c: a clean controller state, no jobs left from an earlier `up`
-  slurmctld -c -f "$CONF" || die "slurmctld did not start; see $DIR/log/slurmctld.log"
+  slurmctld -c -f "$CONF" </dev/null >/dev/null 2>>"$DIR/log/slurmctld.log" || die "slurmctld did not start; see $DIR/log/slurmctld.log"
   wait_for 30 "slurmctld" scontrol ping
-  slurmd -f "$CONF" || die "slurmd did not start; see $DIR/log/slurmd.log"
+  slurmd -f "$CONF" </dev/null >/dev/null 2>>"$DIR/log/slurmd.log" || die "slurmd did not start; see $DIR/log/slurmd.log"
   wait_for 30 "the node" bash -c "sinfo -h -o %t | grep -qx idle"
   say "up in $((SECONDS - t0)) s: export SLURM_CONF=$CONF"
 }

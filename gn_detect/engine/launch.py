@@ -154,7 +154,8 @@ def sweep_subdir(_root_: Any) -> str:
     parts = sorted((ov.key_or_group, f"{ov.key_or_group}={ov.get_value_element_as_str()}")
                    for ov in _parse(list(hc.overrides.task))
                    if ov.key_or_group in swept and ov.key_or_group not in excluded)
-    name = ",".join(p for _, p in parts) if parts else str(hc.job.num)
+    # hydra.job.num is unset in a config composed outside a sweep (a sweep's own number, 0, then)
+    name = ",".join(p for _, p in parts) if parts else str(OmegaConf.select(hc, "job.num", default=0))
     return safe_dirname(name)
 
 
@@ -370,12 +371,13 @@ def run_job(cfg: DictConfig) -> Any:
 
 
 def _leave_scheduler_job_unfinished(result: Any) -> None:
-    """In a submitit job (a Slurm job of a sweep), a run stopped by a signal other than the
+    """In a submitit Slurm job (a job of a sweep), a run stopped by a signal other than the
     pre-emption one (``scancel``, ``scontrol requeue``, Slurm's REQUEUE pre-emption: SIGTERM) ends
     the job process with 128 + the signal, before submitit could record success: the sweep command
     then asks Slurm what became of the job (gn_detect/sweeps/slurm_launcher.py). A requeued job
     resumes from last.pth."""
-    if "SUBMITIT_FOLDER" in os.environ and isinstance(result, dict) and result.get("interrupted"):
+    in_slurm_job = "SUBMITIT_FOLDER" in os.environ and "SLURM_JOB_ID" in os.environ  # not submitit_local
+    if in_slurm_job and isinstance(result, dict) and result.get("interrupted"):
         log.warning("stopped by a signal: ending the job without a result (exit %s)", result.get("exit_code"))
         raise SystemExit(int(result.get("exit_code") or 1))
 

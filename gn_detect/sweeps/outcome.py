@@ -8,10 +8,9 @@ A run's state is then read from its status.json, the one record of it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-
-from gn_detect.engine.writers import read_status
 
 
 @dataclass
@@ -23,6 +22,7 @@ class SweepRun:
     scheduler_note: str = ""
 
 
+WHY_CHARS = 160  # of each run's reason in the one last line (status.json and the report hold it all)
 _RUNS: dict[Path, SweepRun] = {}
 
 
@@ -34,15 +34,23 @@ def recorded_runs() -> list[SweepRun]:
     return list(_RUNS.values())
 
 
+def _state(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def not_done(runs: list[SweepRun]) -> list[str]:
     """One line per run that is not done: folder, state, and why."""
     lines = []
     for r in runs:
-        status = read_status(r.run_dir) if r.run_dir.is_dir() else {}
+        status = _state(r.run_dir)
         state = "failed" if r.failure else str(status.get("state") or "not started")
         if state == "done":
             continue
-        why = r.failure or r.scheduler_note or status.get("error") or ""
+        why = " ".join(str(r.failure or r.scheduler_note or status.get("error") or "").split())
+        why = why if len(why) <= WHY_CHARS else why[:WHY_CHARS - 3] + "..."
         lines.append(f"{r.run_dir} ({state}{': ' + why if why else ''})")
     return lines
 

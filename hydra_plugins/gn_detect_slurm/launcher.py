@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class SlurmLauncher(PluginSlurmLauncher):
-    """hydra-submitit-launcher's SlurmLauncher with the waiting above (configs/hydra/launcher/)."""
+    """hydra-submitit-launcher's SlurmLauncher, waiting as gn_detect/sweeps/slurm_launcher.py says."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs = self._submit(job_overrides, initial_job_idx)

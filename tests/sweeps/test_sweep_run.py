@@ -165,8 +165,12 @@ def test_failed_run_is_reported_and_does_not_stop_the_sweep(tmp_path: Path) -> N
     bad = tmp_path / "not_a_checkpoint.pth"
     bad.write_text("not a checkpoint")
     proc, _ = run_sweep(tmp_path, sweep_dir, ["norm=bn", "data.ims_per_device=2", "model.norm_opts.bn_group_size=1",
-                                              f"model.backbone.weights={bad},null", "seed=0"])
+                                              f"model.backbone.weights={bad},null", "seed=0"], check=False)
     out = output(proc)
+    # the sweep went on, wrote its report, and exits 1 naming the failed run in its last line
+    assert proc.returncode == 1, out[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("[gn-detect] sweep not complete: 1 of 2 run(s) not done") and "not_a_checkpoint" in last
     failed_lines = [line for line in proc.stdout.splitlines() if line.startswith("[gn-detect] FAILED run")]
     assert len(failed_lines) == 1 and "not_a_checkpoint" in failed_lines[0], out[-3000:]
     assert "cannot read" in failed_lines[0]
