@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import subprocess
 import time
 from typing import Any
