@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment in $VENV"
   "$PY" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import gn_detect, torch, torchvision, pycocotools, hydra, submitit, hydra_plugins.hydra_submitit_launcher, pytest, scipy, faster_coco_eval, onnx, onnxruntime, onnxscript, safetensors" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import gn_detect, torch, torchvision, pycocotools, hydra, submitit, hydra_plugins.hydra_submitit_launcher, hydra_plugins.gn_detect_slurm, pytest, xdist, scipy, faster_coco_eval, onnx, onnxruntime, onnxscript, safetensors" 2>/dev/null; then
   echo "[setup] installing gn-detect and its dependencies (torch==2.14.1, torchvision==0.29.1)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
 fi

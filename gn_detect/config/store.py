@@ -19,6 +19,6 @@ def register_schemas() -> None:
 
 
 register_schemas()
-# configs/hydra/launcher/submitit_slurm.yaml shadows the plugin's config of that name on purpose
-# (the project's launcher class, requeue after time limits) and composes on the plugin's schema.
-warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema")
+# configs/hydra/launcher/submitit_{slurm,local}.yaml shadow the plugin's configs of those names on
+# purpose (the project's launcher classes) and compose on the plugin's schemas.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_(slurm|local)' is validated against ConfigStore schema")

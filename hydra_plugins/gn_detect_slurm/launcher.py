@@ -1,6 +1,7 @@
-"""The project's Slurm launcher (configs/hydra/launcher/submitit_slurm.yaml): hydra-submitit-launcher's
-SlurmLauncher, waiting for its jobs as gn_detect/sweeps/slurm_launcher.py describes. Hydra loads
-launchers from the hydra_plugins package only, hence this file."""
+"""The project's submitit launchers: Slurm (configs/hydra/launcher/submitit_slurm.yaml),
+hydra-submitit-launcher's SlurmLauncher waiting for its jobs as gn_detect/sweeps/slurm_launcher.py
+describes, and local (submitit_local.yaml), the plugin's LocalLauncher recording each run for the
+sweep's exit status. Hydra loads launchers from the hydra_plugins package only, hence this file."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as PluginLocalLauncher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
 from omegaconf import OmegaConf, open_dict
 
@@ -22,7 +24,30 @@ from gn_detect.sweeps.slurm_launcher import Interrupted, raise_interrupted, wait
 log = logging.getLogger(__name__)
 
 
-class SlurmLauncher(PluginSlurmLauncher):
+class _RunDirs:
+    """What a job's run folder is, for launchers that learn of jobs after they ran."""
+
+    def run_dir(self, overrides: list[str], idx: int) -> Path:
+        """The run folder job ``idx`` writes (its config's hydra.sweep.dir / subdir)."""
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.num = idx
+        return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+
+class LocalLauncher(_RunDirs, PluginLocalLauncher):
+    """submitit_local whose runs count in the sweep's exit status (gn_detect/sweeps/outcome.py):
+    each job's run folder is recorded once the jobs have returned, as the basic launcher does."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        returns = super().launch(job_overrides, initial_job_idx)
+        for k, overrides in enumerate(job_overrides):
+            record_run(self.run_dir(list(overrides), initial_job_idx + k))
+        return returns
+
+
+class SlurmLauncher(_RunDirs, PluginSlurmLauncher):
     """hydra-submitit-launcher's SlurmLauncher, waiting as gn_detect/sweeps/slurm_launcher.py says."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -63,14 +88,6 @@ class SlurmLauncher(PluginSlurmLauncher):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
             params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         return executor.map_array(self, *zip(*params))
-
-    def run_dir(self, overrides: list[str], idx: int) -> Path:
-        """The run folder job ``idx`` writes (its config's hydra.sweep.dir / subdir)."""
-        assert self.hydra_context is not None and self.config is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(cfg.hydra.job):
-            cfg.hydra.job.num = idx
-        return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
     def _collect(self, job: Any, overrides: list[str], idx: int) -> JobReturn:
         finished, note = wait_for_job(job)

@@ -69,6 +69,20 @@ def test_submitit_local_runs_in_parallel_rerun_skips_and_report(tmp_path: Path) 
     assert "2 done, 0 failed" in output(proc)
 
 
+def test_a_failed_submitit_local_run_makes_the_sweep_exit_1(tmp_path: Path) -> None:
+    """The project's submitit_local records its runs as the basic launcher does (issue 20)."""
+    bad = tmp_path / "not_a_checkpoint.pth"
+    bad.write_bytes(b"not a checkpoint")
+    sweep_dir = tmp_path / "failing"
+    cmd = command(tmp_path, sweep_dir, [*LOCAL, "norm=gn", f"model.backbone.weights={bad}"])
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, f"exited {proc.returncode}\n{output(proc)[-4000:]}"
+    (status,) = [p for p in sweep_dir.rglob("status.json") if ".hydra" not in p.parts]
+    run_dir = status.parent
+    assert json.loads(status.read_text())["state"] == "failed"
+    assert str(run_dir) in output(proc).strip().splitlines()[-1]
+
+
 def _wait_for_training(sweep_dir: Path, proc: subprocess.Popen, records_needed: int = 2) -> Path:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
