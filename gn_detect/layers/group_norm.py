@@ -7,7 +7,8 @@ GroupNorm (Wu & He, 2018): for each sample and each group of C/G channels,
 ``impl`` picks the code that runs, per call, from the input:
   auto    the op ``torch.ops.gn_detect.group_norm`` (``gn_op.py``): the Triton kernel
           (``gn_triton.py``) for CUDA float32/bfloat16/float16 inputs when triton is installed
-          and the kernel's self-check passed, aten's GN otherwise (so CPU results are unchanged);
+          and the kernel's self-check passed, aten's GN otherwise (so CPU results are unchanged;
+          eager calls off CUDA skip the op and call ``F.group_norm`` directly);
   torch   always ``F.group_norm`` (``get_norm`` then builds a plain ``nn.GroupNorm``);
   triton  the op, always with the kernel: CPU tensors only under ``TRITON_INTERPRET=1``, else
           a clear error.
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import gn_op
 from .gn_op import group_norm_op
 
 __all__ = ["resolve_num_groups", "group_norm", "GroupNorm", "GroupNormAct", "GN_IMPLS", "check_impl"]
@@ -89,8 +91,18 @@ class GroupNorm(nn.GroupNorm):
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.impl == "auto" else f", impl={self.impl}")
 
+    def _plain_aten(self, x: torch.Tensor) -> bool:
+        """impl=auto, eager, on a device the kernel never serves, parameters beside x and no
+        autocast: the op would only call aten's GN (the same numbers) behind its dispatch."""
+        return (self.impl == "auto" and x.device.type not in gn_op.KERNEL_DEVICES
+                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type)
+                and all(p is None or p.device == x.device for p in (self.weight, self.bias)))
+
     def _group_norm(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        if self.impl != "torch":
+        # Eager auto off CUDA runs aten's GN directly: the op would run the same code behind a
+        # dispatch that costs about 5-8 % of a CPU training step (scripts/bench_model.py); compiled
+        # graphs keep the op so that they are the same graph everywhere.
+        if self.impl != "torch" and not self._plain_aten(x):
             return group_norm_op(x, self.num_groups, self.weight, self.bias, self.eps, relu=relu,
                                  impl=self.impl)
         y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
