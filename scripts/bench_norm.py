@@ -120,6 +120,10 @@ def bench_shape(args, device, dtype, n, name, c, h, w, columns) -> dict:
     for layout in ("cl", "nchw"):
         if f"ours-{layout}" in row["ms"]:
             row[f"ratio-{layout}"] = row["ms"][f"torch-gn-{layout}"] / row["ms"][f"ours-{layout}"]
+    if any(col.startswith("ours") for col in columns):  # which kernels ours ran (one-pass, row-tile, ...)
+        from gn_detect.layers.gn_triton import kernels_key
+
+        row["kernels"] = {layout: kernels_key(t, args.groups) for layout, t in inputs.items()}
     return row
 
 
@@ -127,7 +131,8 @@ def print_row(row: dict, columns: list[str]) -> None:
     n, c, h, w = row["shape"]
     cells = " ".join(f"{row['ms'][k]:16.3f} {row['GBps'][k]:7.0f}" for k in columns)
     ratios = " ".join(f"{row.get(f'ratio-{k}', float('nan')):6.2f}" for k in ("cl", "nchw"))
-    print(f"{row['name']:6s} {n:2d}x{c:4d}x{h:3d}x{w:3d} {cells} {ratios}", flush=True)
+    kernels = "  " + " / ".join(row["kernels"].values()) if "kernels" in row else ""
+    print(f"{row['name']:6s} {n:2d}x{c:4d}x{h:3d}x{w:3d} {cells} {ratios}{kernels}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           + (f"; ours skipped: {skipped}" if skipped else "")
           + ("; Triton interpreter: tiny shapes, times are not kernel speed" if not gpu and not skipped else ""))
     print(f"{'layer':6s} {'N x C x H x W':17s} " + " ".join(f"{c + ' ms':>16s} {'GB/s':>7s}" for c in columns)
-          + f" {'cl':>6s} {'nchw':>6s}  (ratio torch GN / ours)")
+          + f" {'cl':>6s} {'nchw':>6s}  (ratio torch GN / ours; our kernels cl / nchw)")
     rows = []
     for n in args.batch:
         for name, c, h, w in shapes:

@@ -68,7 +68,7 @@ class _Recorder:
         return lambda *args, **kwargs: self.launches.append((self.name, self.fn, tuple(grid), args, kwargs))
 
 
-def record_launches(shape, groups, dtype, channels_last, relu, sms, affine=True):
+def record_launches(shape, groups, dtype, channels_last, relu, sms, affine=True, passes=0):
     """(plan, [(kernel name, JITFunction, grid, args, kwargs)]) of one forward + backward."""
     from triton.runtime.jit import JITFunction
 
@@ -81,7 +81,7 @@ def record_launches(shape, groups, dtype, channels_last, relu, sms, affine=True)
     y3, dy3, dx3 = (torch.empty_like(x).view(n, c, hw) for _ in range(3))
     w, b = (torch.empty(c), torch.empty(c)) if affine else (None, None)
     mean, rstd = torch.empty(n * groups), torch.empty(n * groups)
-    plan = gn_triton.make_plan(x3, groups, sms=sms)
+    plan = gn_triton.make_plan(x3, groups, sms=sms, passes=passes)
     launches: list = []
     kernels = {k: v for k, v in vars(gn_triton).items() if isinstance(v, JITFunction) and k.endswith("_kernel")}
     try:
@@ -111,9 +111,11 @@ def compile_launch(fn, args, kwargs, arch: int):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def inspect(shape, groups, dtype, layout, arch, sms, out: Path, relu: bool = True, affine: bool = True) -> dict:
+def inspect(shape, groups, dtype, layout, arch, sms, out: Path, relu: bool = True, affine: bool = True,
+            passes: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    plan, launches = record_launches(shape, groups, DTYPES[dtype], layout == "channels_last", relu, sms, affine)
+    plan, launches = record_launches(shape, groups, DTYPES[dtype], layout == "channels_last", relu, sms, affine,
+                                     passes)
     summary = {}
     with tempfile.TemporaryDirectory() as cache:
         import os
@@ -126,8 +128,9 @@ def inspect(shape, groups, dtype, layout, arch, sms, out: Path, relu: bool = Tru
             path.write_text(ptx)
             summary[name] = {**ptxas_usage(path, ptx, arch), "shared_bytes": kernel.metadata.shared,
                              "num_warps": kernel.metadata.num_warps, "grid": list(grid), **access_widths(ptx)}
-    (out / "summary.json").write_text(json.dumps({"plan": vars(plan), "kernels": summary}, indent=2))
-    return {"plan": vars(plan), "kernels": summary}
+    report = {"plan": {**vars(plan), "kernels": plan.kernels}, "kernels": summary}
+    (out / "summary.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def print_table(report: dict, title: str) -> None:
@@ -149,12 +152,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sms", type=int, default=132, help="SM count the plan assumes (H100/H200 SXM: 132)")
     ap.add_argument("--relu", action=argparse.BooleanOptionalAction, default=True, help="GN + ReLU")
     ap.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True, help="with gamma/beta")
+    ap.add_argument("--passes", type=int, choices=[0, 1, 2], default=0,
+                    help="0: the plan's choice; 1: the one-pass kernels (error if a group does not fit); 2: two passes")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.shape[1] % args.groups:
         ap.error(f"--groups {args.groups} does not divide C={args.shape[1]}; fix: pick a divisor of C")
-    report = inspect(tuple(args.shape), args.groups, args.dtype, args.layout, args.arch, args.sms, args.out,
-                     args.relu, args.affine)
+    try:
+        report = inspect(tuple(args.shape), args.groups, args.dtype, args.layout, args.arch, args.sms, args.out,
+                         args.relu, args.affine, args.passes)
+    except ValueError as e:  # --passes 1 for a shape whose groups do not fit
+        ap.error(str(e))
     print_table(report, f"GN kernels for sm_{args.arch}, {args.sms} SMs, {'x'.join(map(str, args.shape))} "
                         f"G={args.groups} {args.dtype} {args.layout} relu={args.relu} affine={args.affine}")
     return report

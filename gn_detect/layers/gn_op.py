@@ -65,9 +65,8 @@ def max_offset(t: Tensor) -> int:
 
 
 def _tiling(x: Tensor, num_groups: int) -> str:
-    """Which of the kernel's two tilings x takes (the self-check checks each once)."""
-    gn_triton = _gn_triton()
-    return "row-tile" if gn_triton.uses_row_tiles(gn_triton._view3(x)[1], num_groups) else "(n, g)-tile"
+    """Which of the kernel's tilings x takes (the self-check checks each once)."""
+    return _gn_triton().kernels_key(x, num_groups)
 
 
 # ---------------------------------------------------------------------- the two paths
@@ -155,8 +154,10 @@ def _self_check_tol(dtype: torch.dtype) -> float:
 
 def _self_check(device: torch.device, dtype: torch.dtype, tiling: str) -> str | None:
     """None if the kernel matches torch's GN on a small tensor (fwd + bwd, ReLU) in ``tiling``
-    (channels-last C/G = 4 for the row tiles, NCHW for the (n, g) tiles), else why not."""
-    channels_last = tiling == "row-tile"
+    (C/G = 4; channels-last for the row tiles and one-pass channels-last, NCHW for the (n, g)
+    tiles and one-pass NCHW), else why not."""
+    channels_last = tiling in ("row-tile", "one-pass channels-last")
+    plan = (0, 0, 0, 1 if tiling.startswith("one-pass") else 2)
     gen = torch.Generator().manual_seed(0)
     x64 = torch.randn(2, 32, 7, 5, generator=gen, dtype=torch.float64) * 2 + 0.5
     dy64 = torch.randn(x64.shape, generator=gen, dtype=torch.float64)
@@ -165,8 +166,8 @@ def _self_check(device: torch.device, dtype: torch.dtype, tiling: str) -> str | 
     x = x64.to(device, dtype).contiguous(memory_format=fmt)
     dy = dy64.to(device, dtype).contiguous(memory_format=fmt)
     try:
-        y, mean, rstd = _kernel_forward(x, w.to(device), b.to(device), 8, 1e-5, True, None, ())
-        got = (y, *_kernel_backward(dy, x, w.to(device), b.to(device), mean, rstd, 8, True, ()))
+        y, mean, rstd = _kernel_forward(x, w.to(device), b.to(device), 8, 1e-5, True, None, plan)
+        got = (y, *_kernel_backward(dy, x, w.to(device), b.to(device), mean, rstd, 8, True, plan))
     except Exception as e:  # noqa: BLE001 (any failure to compile or launch means: do not use it)
         return f"it failed ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
     xr, dyr = x.double().cpu(), dy.double().cpu()
@@ -275,7 +276,7 @@ def group_norm_op(x: Tensor, num_groups: int, weight: Tensor | None = None, bias
     """GN (+ReLU) of x (N, C, *) through ``torch.ops.gn_detect.group_norm`` (module docstring).
 
     Only one of weight/bias given: the other is taken as ones/zeros (no gradient for it).
-    ``plan`` = (block_hw, block_c, split) overrides the kernel's launch plan (tests, tuning).
+    ``plan`` = (block_hw, block_c, split, passes) overrides the kernel's launch plan (tests, tuning).
     """
     if torch.compiler.is_exporting():
         y = F.group_norm(x, num_groups, weight, bias, eps)

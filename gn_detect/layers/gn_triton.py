@@ -10,12 +10,15 @@ Layout: x is read as (N, C, HW) through its strides, so one kernel serves contig
 group's data is a (HW, C/G) tile grid. Triton specializes integer arguments equal to 1, so
 the contiguous axis is known at compile time and loads vectorize along it.
 
-Two tilings (``make_plan`` picks): the (n, g) kernels ``_gn_*``, one program per (sample n,
-group g, chunk s of HW), ``split`` chunks per group keeping the GPU busy when N*G is small and
-HW large; and, for channels-last inputs with C/G a power of two, the row-tile kernels ``_rt_*``
-(see their section below): one program per (n, channel tile of whole groups, chunk s), C/G a
-compile-time constant, so rows are read and written as 16-byte vectors. Both follow the steps
-below; the row tiles also sum dgamma/dbeta over N in their finalize kernel.
+Three tilings (``make_plan`` picks): the one-pass kernels ``_op_*`` when all HW positions of a
+group fit in one program (C/G a power of two, either layout; see their section below): the
+forward reads x once, the backward x and dy once; otherwise two-pass kernels: the (n, g)
+kernels ``_gn_*``, one program per (sample n, group g, chunk s of HW), ``split`` chunks per
+group keeping the GPU busy when N*G is small and HW large; and, for channels-last inputs with
+C/G a power of two, the row-tile kernels ``_rt_*``: one program per (n, channel tile of whole
+groups, chunk s), C/G a compile-time constant, so rows are read and written as 16-byte vectors.
+The two-pass kernels follow the steps below (the one-pass ones do the same steps in one
+program); the row tiles also sum dgamma/dbeta over N in their finalize kernel.
 
 Forward, two launches:
   1. stats: per (n, g, s) the count, mean and centred sum of squares M2 of the chunk (each
@@ -52,6 +55,11 @@ from gn_detect.layers.gn_op import INDEX_LIMIT, KERNEL_DTYPES, dense, group_norm
 __all__ = ["triton_group_norm", "forward", "backward", "interpreted", "launch_guard"]
 
 _MAX_SPLIT = 256  # chunks per (n, g); the normalize kernel merges them in one block
+# One pass: (largest tile a program may hold, tile width aimed at), in elements (HW padded to a
+# power of two x channels). GPU: up to 16384, i.e. 32 fp32 values per thread and tensor with 16
+# warps (ptxas for sm_90: 99 registers in the backward, no spills; 32768 spills), aiming at
+# 4096 so that small levels still make many programs; interpreter: 16384 (fewer programs).
+ONE_PASS_TILE = {"gpu": (16384, 4096), "interpreter": (16384, 16384)}
 
 
 @triton.jit
@@ -484,6 +492,102 @@ def _rt_bwd_dx_kernel(
         tl.store(ptrs, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+# ------------------------------------------------ one pass: a program holds whole groups
+#
+# When all HW positions of a group fit in one program's registers (``make_plan``: one group's
+# tile within ONE_PASS_TILE elements, C/G a power of two), a program owns (n, channel tile ct) with
+# every position: the forward reads x once and writes y (one launch, no partials), the
+# backward reads x and dy once and writes dx and per-sample channel sums. Strides are runtime
+# arguments, so one kernel serves both layouts (Triton's stride-1 specialization makes the
+# contiguous axis, channels or HW, the vector axis). Grid: (N * N_CT,), pid = n * N_CT + ct.
+
+
+@triton.jit
+def _op_tile(base, chans, cmask, HW, stride_c, stride_hw, BLOCK_HW: tl.constexpr, EVEN_C: tl.constexpr):
+    """(pointers, mask, row mask) of the whole [BLOCK_HW >= HW, BLOCK_CT] tile of a sample."""
+    hws = tl.arange(0, BLOCK_HW)
+    rmask = hws < HW
+    if EVEN_C:
+        mask = rmask[:, None]
+    else:
+        mask = rmask[:, None] & cmask[None, :]
+    return base + hws[:, None] * stride_hw + chans[None, :] * stride_c, mask, rmask
+
+
+@triton.jit
+def _op_program(C, N_CT, BLOCK_CT: tl.constexpr):
+    """(n, ct, channels, channel mask) of this program."""
+    pid = tl.program_id(0)
+    chans = (pid % N_CT) * BLOCK_CT + tl.arange(0, BLOCK_CT)
+    return pid // N_CT, pid % N_CT, chans, chans < C
+
+
+@triton.jit
+def _op_fwd_kernel(
+    X, Y, W, B, MEAN, RSTD, HW, C, G, N_CT, eps,
+    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
+    CPG: tl.constexpr, HAS_AFFINE: tl.constexpr, RELU: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_CT: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """Mean and rstd of the tile's groups from the resident tile (centred second moment: no
+    E[x^2] - E[x]^2 cancellation); y = x * scale + shift (then ReLU); x read once."""
+    GPT: tl.constexpr = BLOCK_CT // CPG
+    n, ct, chans, cmask = _op_program(C, N_CT, BLOCK_CT)
+    ptrs, mask, rmask = _op_tile(X + n.to(tl.int64) * stride_xn, chans, cmask, HW, stride_xc, stride_xhw,
+                                 BLOCK_HW, EVEN_C)
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    inv_cnt = 1.0 / (HW * CPG)
+    x3 = tl.reshape(x, (BLOCK_HW, GPT, CPG))
+    mean = tl.sum(tl.sum(x3, axis=2), axis=0) * inv_cnt
+    d = tl.where(rmask[:, None, None], x3 - mean[None, :, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(d * d, axis=2), axis=0) * inv_cnt + eps)
+    gs = ct * GPT + tl.arange(0, GPT)
+    tl.store(MEAN + n * G + gs, mean, mask=gs < G)
+    tl.store(RSTD + n * G + gs, rstd, mask=gs < G)
+    _gamma, scale, shift = _scale_shift(W, B, chans, cmask, _per_channel(mean, GPT, CPG),
+                                        _per_channel(rstd, GPT, CPG), HAS_AFFINE, BLOCK_CT)
+    y = x * scale[None, :] + shift[None, :]
+    if RELU:
+        y = tl.where(y < 0.0, 0.0, y)  # not maximum(): NaN must stay NaN, as in torch
+    ptrs, mask, _ = _op_tile(Y + n.to(tl.int64) * stride_yn, chans, cmask, HW, stride_yc, stride_yhw,
+                             BLOCK_HW, EVEN_C)
+    tl.store(ptrs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _op_bwd_kernel(
+    X, DY, DX, W, B, MEAN, RSTD, DS, DB, HW, C, G, N_CT, inv_m,
+    stride_xn, stride_xc, stride_xhw, stride_dn, stride_dc, stride_dhw, stride_gn, stride_gc, stride_ghw,
+    CPG: tl.constexpr, HAS_AFFINE: tl.constexpr, RELU: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_CT: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """DS[n, c] = sum of g, DB[n, c] = of g * xhat; dx = rstd * (g * gamma - a - xhat * b) with
+    the group coefficients a, b from the same resident tiles (x and dy read once)."""
+    GPT: tl.constexpr = BLOCK_CT // CPG
+    n, ct, chans, cmask = _op_program(C, N_CT, BLOCK_CT)
+    mean, rstd = _rt_group_stats(MEAN, RSTD, n, ct, G, GPT, CPG)
+    gamma, scale, shift = _scale_shift(W, B, chans, cmask, mean, rstd, HAS_AFFINE, BLOCK_CT)
+    ptrs, mask, _ = _op_tile(X + n.to(tl.int64) * stride_xn, chans, cmask, HW, stride_xc, stride_xhw,
+                             BLOCK_HW, EVEN_C)
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    ptrs, mask, _ = _op_tile(DY + n.to(tl.int64) * stride_dn, chans, cmask, HW, stride_dc, stride_dhw,
+                             BLOCK_HW, EVEN_C)
+    dy = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        dy = tl.where(x * scale[None, :] + shift[None, :] > 0.0, dy, 0.0)
+    xhat = (x - mean[None, :]) * rstd[None, :]
+    sum_s = tl.sum(dy, axis=0)
+    sum_b = tl.sum(dy * xhat, axis=0)
+    tl.store(DS + n * C + chans, sum_s, mask=cmask)
+    tl.store(DB + n * C + chans, sum_b, mask=cmask)
+    coef_a = _per_channel(_per_group(sum_s * gamma, GPT, CPG) * inv_m, GPT, CPG)
+    coef_b = _per_channel(_per_group(sum_b * gamma, GPT, CPG) * inv_m, GPT, CPG)
+    dx = rstd[None, :] * (dy * gamma[None, :] - coef_a[None, :] - xhat * coef_b[None, :])
+    ptrs, mask, _ = _op_tile(DX + n.to(tl.int64) * stride_gn, chans, cmask, HW, stride_gc, stride_ghw,
+                             BLOCK_HW, EVEN_C)
+    tl.store(ptrs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- host side
 
 
@@ -513,7 +617,13 @@ class Plan:
     chunk: int  # HW positions per chunk, a multiple of block_hw
     num_warps: int
     row_tiles: bool  # channels-last row-tile kernels (_rt_*), else the (n, g) kernels
-    n_ct: int = 1  # channel tiles (row tiles)
+    n_ct: int = 1  # channel tiles (row tiles, one pass)
+    one_pass: bool = False  # the _op_* kernels: a program holds all HW of its groups
+
+    @property
+    def kernels(self) -> str:
+        """The kernel family's name (the self-check's key, the tools' tables)."""
+        return "one-pass" if self.one_pass else "row-tile" if self.row_tiles else "(n, g)-tile"
 
 
 @lru_cache(maxsize=None)
@@ -530,13 +640,44 @@ def uses_row_tiles(x3: torch.Tensor, num_groups: int) -> bool:
     return x3.stride(1) == 1 and x3.shape[1] > 1 and _pow2(x3.shape[1] // num_groups)
 
 
+def one_pass_block_c(x3: torch.Tensor, num_groups: int, tiles: tuple[int, int],
+                     block_c: int | None = None) -> int | None:
+    """Channels per one-pass program (whole groups, a power of two; ``block_c`` or as many as the
+    aimed-at width ``tiles[1]`` allows with HW padded to a power of two), or None when C/G is not
+    a power of two or one group of one sample does not fit in ``tiles[0]`` elements."""
+    n, c, hw = x3.shape
+    cpg = c // num_groups
+    hw_p = triton.next_power_of_2(hw)
+    fit, width = tiles
+    if not _pow2(cpg) or hw_p * cpg > fit:
+        return None
+    widest = min(triton.next_power_of_2(c), max(cpg, fit // hw_p))
+    return min(widest, max(cpg, triton.next_power_of_2(block_c) if block_c else width // hw_p))
+
+
+def kernels_key(x: torch.Tensor, num_groups: int) -> str:
+    """The kernels x takes with the default plan, as the self-check names them: "row-tile",
+    "(n, g)-tile", or "one-pass channels-last" / "one-pass NCHW" (compiled per layout)."""
+    _, x3 = _view3(x)
+    plan = make_plan(x3, num_groups)
+    if plan.one_pass:
+        return f"one-pass {'channels-last' if x3.stride(1) == 1 and x3.shape[1] > 1 else 'NCHW'}"
+    return plan.kernels
+
+
 def make_plan(
     x3: torch.Tensor, num_groups: int, *,
     block_hw: int | None = None, block_c: int | None = None, split: int | None = None,
-    sms: int | None = None,
+    passes: int | None = None, sms: int | None = None,
 ) -> Plan:
     """Tile and split sizes for x3 = (N, C, HW). The keyword overrides are for tests/tuning;
     ``sms``: plan as for a GPU with that many SMs (default: x3's GPU; 1 program in the interpreter).
+
+    One pass (``passes`` None/0: when it fits and neither ``block_hw`` nor ``split``, which
+    describe the two-pass tiling, is given; 1: required, a ValueError if it does not fit; 2:
+    never): C/G a power of two and one group's HW (padded to a power of two) within
+    ``ONE_PASS_TILE[...][0]`` elements; a program per (n, channel tile), the tile as wide as
+    the aimed-at ``ONE_PASS_TILE[...][1]`` allows (at least one group).
 
     Channels-last (stride_c = 1) with C/G a power of two takes the row tiles: BLOCK_CT
     contiguous channels (all of C up to 512, at least one group) x BLOCK_HW positions. Else one
@@ -548,6 +689,19 @@ def make_plan(
     n, c, hw = x3.shape
     cpg = c // num_groups
     gpu = sms is not None or (x3.is_cuda and not interpreted())
+    if passes not in (None, 0, 1, 2):
+        raise ValueError(f"GroupNorm kernel plan: passes must be 0 (choose), 1 or 2, got {passes}")
+    if passes == 1 or (not passes and block_hw is None and split is None):
+        op_c = one_pass_block_c(x3, num_groups, ONE_PASS_TILE["gpu" if gpu else "interpreter"], block_c)
+        if op_c is not None:  # 32 values per thread: 4 warps up to 4096 elements, 16 at 16384
+            hw_p = triton.next_power_of_2(hw)
+            return Plan(hw_p, op_c, 1, hw_p, min(16, max(4, hw_p * op_c // 1024)), False,
+                        triton.cdiv(c, op_c), one_pass=True)
+        if passes == 1:
+            raise ValueError(f"GroupNorm kernel plan: one pass needs C/G a power of two and one "
+                             f"group's {triton.next_power_of_2(hw)} x {cpg} values within "
+                             f"{ONE_PASS_TILE['gpu' if gpu else 'interpreter'][0]}; got C={c}, "
+                             f"G={num_groups}, HW={hw}; fix: passes=0 (let the plan choose)")
     tile = 2048 if gpu else 16384
     row_tiles = uses_row_tiles(x3, num_groups)
     if row_tiles:
@@ -574,8 +728,8 @@ def make_plan(
 
 
 def _plan(x3: torch.Tensor, num_groups: int, overrides: tuple[int, ...]) -> Plan:
-    """make_plan with the op's ``plan`` argument: (block_hw, block_c, split), 0 = the default."""
-    names = ("block_hw", "block_c", "split")
+    """make_plan with the op's ``plan`` argument: (block_hw, block_c, split, passes), 0 = the default."""
+    names = ("block_hw", "block_c", "split", "passes")
     return make_plan(x3, num_groups, **{k: v for k, v in zip(names, overrides) if v})
 
 
@@ -639,11 +793,18 @@ def forward(x, weight, bias, num_groups, eps, relu, out_dtype, plan_overrides=()
 
 
 def launch_forward(x3, y3, weight, bias, mean, rstd, num_groups, eps, relu, plan: Plan) -> None:
-    """The forward's launches (stats, then normalize) for (N, C, HW) views x3 -> y3."""
+    """The forward's launches (one pass; or stats, then normalize) for (N, C, HW) views x3 -> y3."""
     n, c, hw = x3.shape
     cpg = c // num_groups
     affine = weight is not None
     w, b = (weight, bias) if affine else (x3, x3)
+    if plan.one_pass:
+        _op_fwd_kernel[(n * plan.n_ct,)](
+            x3, y3, w, b, mean, rstd, hw, c, num_groups, plan.n_ct, float(eps), *_strides(x3), *_strides(y3),
+            CPG=cpg, HAS_AFFINE=affine, RELU=bool(relu), BLOCK_HW=plan.block_hw, BLOCK_CT=plan.block_c,
+            EVEN_C=c % plan.block_c == 0, num_warps=plan.num_warps,
+        )
+        return
     part = torch.empty((n * num_groups, plan.split, 3), device=x3.device, dtype=torch.float32)
     block_s = triton.next_power_of_2(plan.split)
     if plan.row_tiles:
@@ -691,16 +852,29 @@ def backward(dy, x, weight, bias, mean, rstd, num_groups, relu, plan_overrides=(
 
 def launch_backward(dy3, x3, dx3, weight, bias, mean, rstd, dgamma, dbeta, num_groups, relu,
                     plan: Plan) -> None:
-    """The backward's launches (reduce, finalize, dx); fills dx3, dgamma, dbeta."""
+    """The backward's launches (one pass + the N-sum; or reduce, finalize, dx); fills dx3,
+    dgamma, dbeta."""
     n, c, hw = x3.shape
     cpg = c // num_groups
     f32 = dict(device=x3.device, dtype=torch.float32)
-    part_s = torch.empty((n, plan.split, c), **f32)
-    part_b = torch.empty_like(part_s)
-    coef = torch.empty((n * num_groups, 2), **f32)
     affine = weight is not None
     w, b = (weight, bias) if affine else (x3, x3)
     inv_m = 1.0 / (cpg * hw)
+    if plan.one_pass:
+        sum_s = torch.empty((n, c), **f32)
+        sum_b = torch.empty_like(sum_s)
+        _op_bwd_kernel[(n * plan.n_ct,)](
+            x3, dy3, dx3, w, b, mean, rstd, sum_s, sum_b, hw, c, num_groups, plan.n_ct, inv_m,
+            *_strides(x3), *_strides(dy3), *_strides(dx3), CPG=cpg, HAS_AFFINE=affine, RELU=bool(relu),
+            BLOCK_HW=plan.block_hw, BLOCK_CT=plan.block_c, EVEN_C=c % plan.block_c == 0,
+            num_warps=plan.num_warps,
+        )
+        torch.sum(sum_b, 0, out=dgamma)
+        torch.sum(sum_s, 0, out=dbeta)
+        return
+    part_s = torch.empty((n, plan.split, c), **f32)
+    part_b = torch.empty_like(part_s)
+    coef = torch.empty((n * num_groups, 2), **f32)
     if plan.row_tiles:
         grid = (n * plan.n_ct * plan.split,)
         geo = (hw, c, num_groups, plan.n_ct, plan.chunk, plan.split)
@@ -751,9 +925,10 @@ def triton_group_norm(
     block_hw: int | None = None,
     block_c: int | None = None,
     split: int | None = None,
+    passes: int | None = None,
 ) -> torch.Tensor:
     """GroupNorm of x (N, C, *) like ``F.group_norm``, then ReLU if ``relu``, always through the
-    kernel (the op with impl='triton'); differentiable. ``block_hw``, ``block_c``, ``split``
-    override the launch plan (tests, tuning)."""
-    plan = tuple(int(v or 0) for v in (block_hw, block_c, split))
+    kernel (the op with impl='triton'); differentiable. ``block_hw``, ``block_c``, ``split``,
+    ``passes`` override the launch plan (tests, tuning; ``make_plan``)."""
+    plan = tuple(int(v or 0) for v in (block_hw, block_c, split, passes))
     return group_norm_op(x, num_groups, weight, bias, eps, relu=relu, impl="triton", plan=plan)

@@ -175,7 +175,7 @@ def test_auto_self_check_falls_back_to_torch_with_one_warning(broken, why, monke
     m = GroupNorm(4, 16)
     x = torch.randn(2, 16, 5, 4, requires_grad=True)
     with pytest.warns(RuntimeWarning, match=f"impl='auto': the Triton kernel was not used for cpu "
-                                            f"torch.float32 inputs of its \\(n, g\\)-tile kernels because "
+                                            f"torch.float32 inputs of its one-pass NCHW kernels because "
                                             f"it {why}") as rec:
         y = m(x)
     assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
@@ -187,7 +187,7 @@ def test_auto_self_check_falls_back_to_torch_with_one_warning(broken, why, monke
     xr = x.detach().clone().requires_grad_()
     F.group_norm(xr, 4, m.weight, m.bias, EPS).sum().backward()
     assert torch.equal(x.grad, xr.grad)
-    assert gn_op._CHECKED == {("cpu", torch.float32, "(n, g)-tile"): False}
+    assert gn_op._CHECKED == {("cpu", torch.float32, "one-pass NCHW"): False}
     # impl='triton' never falls back: the broken kernel's result (or its error) comes through
     t = GroupNorm(4, 16, impl="triton")
     if broken == "compile":
