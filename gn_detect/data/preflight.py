@@ -4,8 +4,8 @@ image, listing a folder or generating data. Each problem is one line naming the 
 and the fix, so a truncated json, an empty annotation list, a category mismatch between splits
 or a batch larger than the split stops the command before the images are verified.
 
-Each file is parsed once here (the runs of a sweep share the result) and again when the dataset
-is built (the pre-flight runs before Hydra, the dataset inside the run).
+Each file is parsed once here (the runs of a sweep share the summary) and handed over to the
+dataset build of the same process (``checks.hand_over``), which then does not parse it again.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from .build import _read, check_shapes_root, data_config, resolve_path, split_paths
 from .checks import DataError, SkipLog, _is_int, _usable_entries, categories_of, check_box, check_same_categories, \
-    load_coco_json
+    file_key, hand_over, load_coco_json
 from .synthetic import META_FILE
 
 __all__ = ["SplitSummary", "annotation_problems", "read_split"]
@@ -65,13 +65,11 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
         if not (root / META_FILE).is_file():
             return None
     ann_file = resolve_path(ann, root)
-    try:
-        st = ann_file.stat()
-        key: tuple[str, int, int] | None = (str(ann_file), st.st_mtime_ns, st.st_size)
-    except OSError:
-        key = None  # load_coco_json says what is wrong
+    key = file_key(ann_file)  # None: load_coco_json says what is wrong
     if key not in _SUMMARIES:
-        summary = SplitSummary(ann_file, load_coco_json(ann_file))
+        data = load_coco_json(ann_file)
+        summary = SplitSummary(ann_file, data)
+        hand_over(key, data)
         if key is not None:
             _SUMMARIES[key] = summary
         return summary
