@@ -9,6 +9,9 @@ event, and bit-identical resumption where the run goes on:
   ``scontrol update TimeLimit`` shortens the job's limit; submitit_slurm): requeued, resumed, one
   train record per iteration, final weights equal to an uninterrupted run, the report rewritten
   after the last job (exit 0);
+* ``slurm_8gpu``'s one-task-per-GPU layout with two CPU tasks: each task takes its rank from
+  Slurm (through submitit), DDP + SyncBN run over gloo, and the final weights equal those of the
+  same run under ``torchrun --nproc_per_node=2``;
 * a cancelled job and a SIGKILLed one in one sweep, with ``sacct`` failing (no accounting): exit 1
   within 2 minutes of the kill, both named, the cancelled run ``interrupted``, the killed one
   ``failed`` with what Slurm said.
@@ -236,3 +239,27 @@ def test_cancelled_and_killed_jobs_end_the_sweep_without_accounting(tmp_path: Pa
     s = summary(sweep_dir)
     assert (s["counts"]["failed"], s["counts"]["unfinished"]) == (1, 1), s["counts"]
     assert (cancelled / "checkpoints" / "last.pth").is_file()
+
+
+def test_two_tasks_of_slurm_8gpu_train_as_under_torchrun(tmp_path: Path, slurm_env: dict) -> None:
+    """One job, two tasks (processes) on the node, as slurm_8gpu runs one per GPU: RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT come from Slurm; SyncBN's statistics and DDP's
+    gradients cross the two processes; bit-identical to torchrun with two processes."""
+    args = ["norm=syncbn", "seed=0", "data.ims_per_device=2"]
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(tmp_path, sweep_dir, ["hydra/launcher=slurm_8gpu", *CPU, "hydra.launcher.tasks_per_node=2", *args],
+                 slurm_env, max_iter=4)
+    assert proc.returncode == 0, output(proc)[-4000:]
+    [run_dir] = run_dirs(sweep_dir)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+    assert json.loads((run_dir / "env.json").read_text())["world_size"] == 2
+    ref_dir = tmp_path / "torchrun"
+    _python, train, multirun, *overrides = command(tmp_path, ref_dir, args, 4)
+    assert multirun == "-m"  # dropped: one run (hydra.sweep.dir is then ignored), its folder set here
+    ref = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", train,
+                          *overrides, f"hydra.run.dir={ref_dir}"], cwd=tmp_path, env=slurm_env, capture_output=True,
+                         text=True, timeout=300)
+    assert ref.returncode == 0, output(ref)[-4000:]
+    assert json.loads((ref_dir / "env.json").read_text())["world_size"] == 2
+    got, want = weights(run_dir), weights(ref_dir)
+    assert got.keys() == want.keys() and [k for k in want if not torch.equal(got[k], want[k])] == []
