@@ -97,27 +97,34 @@ class SkipLog:
 # ----------------------------------------------------------------------------- json
 
 
-# Parsed annotation files waiting for their one reader: the pre-flight parses every file a run
-# reads and hands each over here; the dataset build of the same process takes it instead of
-# parsing the file again (full COCO train2017 is a 448 MB json, seconds to parse). Keyed by
-# (path, mtime_ns, size): a file changed in between is parsed again. Taken once, so the reader
-# owns (and may change) what it gets and nothing stays in memory after it.
-_HANDED_OVER: dict[tuple[str, int, int], dict[str, Any]] = {}
+# Parsed annotation files waiting for their one reader: the pre-flight of a single run parses
+# every file the run reads and hands each over here; the dataset build of the same process takes
+# it instead of parsing the file again (full COCO train2017 is a 448 MB json, seconds to parse).
+# Keyed by ``file_key``: a file changed in between is parsed again. Taken once, so the reader owns
+# (and may change) what it gets; the run drops what no build took (``drop_handed_over``). A
+# sweep's pre-flight hands nothing over: its runs build their datasets later or elsewhere.
+FileKey = tuple[str, int, int, int, int]
+_HANDED_OVER: dict[FileKey, dict[str, Any]] = {}
 
 
-def file_key(path: str | Path) -> tuple[str, int, int] | None:
-    """(resolved path, mtime_ns, size) of a file, None if it cannot be stat'ed."""
+def file_key(path: str | Path) -> FileKey | None:
+    """(resolved path, inode, size, mtime_ns, ctime_ns) of a file, None if it cannot be stat'ed."""
     try:
         st = Path(path).stat()
     except OSError:
         return None
-    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
+    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def hand_over(key: tuple[str, int, int] | None, data: dict[str, Any]) -> None:
+def hand_over(key: FileKey | None, data: dict[str, Any]) -> None:
     """Leave parsed ``data`` of the file ``key`` for the next ``load_coco_json`` of it."""
     if key is not None:
         _HANDED_OVER[key] = data
+
+
+def drop_handed_over() -> None:
+    """Forget what the pre-flight handed over and no dataset build took (after the builds)."""
+    _HANDED_OVER.clear()
 
 
 def load_coco_json(path: str | Path) -> dict[str, Any]:

@@ -4,8 +4,9 @@ image, listing a folder or generating data. Each problem is one line naming the 
 and the fix, so a truncated json, an empty annotation list, a category mismatch between splits
 or a batch larger than the split stops the command before the images are verified.
 
-Each file is parsed once here (the runs of a sweep share the summary) and handed over to the
-dataset build of the same process (``checks.hand_over``), which then does not parse it again.
+Each file is parsed once here (the runs of a sweep share the summary); for a single run it is
+handed over to the dataset build of the same process (``checks.hand_over``), which then does
+not parse it again.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from omegaconf import DictConfig
 
 from .build import _read, check_shapes_root, data_config, resolve_path, split_paths
 from .checks import DataError, SkipLog, _is_int, _usable_entries, categories_of, check_box, check_same_categories, \
-    file_key, hand_over, load_coco_json
+    FileKey, file_key, hand_over, load_coco_json
 from .synthetic import META_FILE
 
 __all__ = ["SplitSummary", "annotation_problems", "read_split"]
 
-# (path, mtime, size) -> summary: a sweep's runs share their annotation files, parsed once
-_SUMMARIES: dict[tuple[str, int, int], "SplitSummary"] = {}
+# file_key -> summary: a sweep's runs share their annotation files, parsed once
+_SUMMARIES: dict[FileKey, "SplitSummary"] = {}
 
 
 class SplitSummary:
@@ -54,9 +55,11 @@ class SplitSummary:
         self.listed_annotations = len(data["annotations"])
 
 
-def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | Path | None) -> SplitSummary | None:
+def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | Path | None, *,
+               keep: bool = False) -> SplitSummary | None:
     """The split's :class:`SplitSummary`; None for generated ``shapes`` data not on disk yet
-    (after checking where it may be generated). Raises DataError/ValueError with one line."""
+    (after checking where it may be generated). ``keep``: hand the parsed file over to the
+    dataset build of this process (``checks.hand_over``). Raises DataError/ValueError with one line."""
     c = data_config(cfg)
     root = resolve_path(_read(c, "root"), base_dir)
     _, ann = split_paths(c, split)
@@ -69,7 +72,8 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
     if key not in _SUMMARIES:
         data = load_coco_json(ann_file)
         summary = SplitSummary(ann_file, data)
-        hand_over(key, data)
+        if keep:
+            hand_over(key, data)
         if key is not None:
             _SUMMARIES[key] = summary
         return summary
@@ -78,11 +82,13 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
 
 def annotation_problems(cfg: DictConfig | Mapping[str, Any], *, train_split: str | None, eval_split: str | None,
                         base_dir: str | Path | None, ims_per_batch: int | None = None,
-                        train_categories: list[dict[str, Any]] | None = None) -> tuple[list[str], SplitSummary | None]:
+                        train_categories: list[dict[str, Any]] | None = None,
+                        keep: bool = False) -> tuple[list[str], SplitSummary | None]:
     """The problems of the splits a command reads (``train_split`` for training, ``eval_split`` for
     evaluation; either None), one line each, and the training split's summary (None when it is not
     read or unusable). ``train_categories`` (a checkpoint's) replaces the training split's in the
-    category check of evaluation."""
+    category check of evaluation. ``keep``: a single run that builds these datasets in this
+    process next (``read_split``)."""
     problems: list[str] = []
     summaries: dict[str, SplitSummary | None] = {}
     filter_empty = bool(data_config(cfg).filter_empty)
@@ -90,7 +96,7 @@ def annotation_problems(cfg: DictConfig | Mapping[str, Any], *, train_split: str
         if split is None or split in summaries:
             continue
         try:
-            summaries[split] = read_split(cfg, split, base_dir)
+            summaries[split] = read_split(cfg, split, base_dir, keep=keep)
         except (DataError, ValueError) as e:
             problems.append(f"data error: {e}")
             summaries[split] = None

@@ -12,6 +12,7 @@ from torch import nn
 
 from gn_detect.config.schema import EvalConfig
 from gn_detect.data import build_dataset, build_test_loader, check_same_categories
+from gn_detect.data.checks import drop_handed_over
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.description import check_same_model
 from gn_detect.engine.device import amp_dtype as autocast_dtype, resolve_device
@@ -96,6 +97,7 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
     eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), run_cfg.eval, overrides)
     device = resolve_device(cfg.device)
     dataset = build_dataset(data_cfg, eval_cfg.split, base_dir=base)
+    drop_handed_over()  # what the pre-flight parsed and the build did not take
     check_same_categories(description["model"]["categories"], dataset)
     model = model.to(device)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -68,7 +68,7 @@ def train_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     problems = _run_folder_problems(cfg, multirun)
     data, train = annotation_problems(cfg.data, train_split="train", eval_split=cfg.eval.split, base_dir=Path.cwd(),
-                                      ims_per_batch=cfg.data.ims_per_device * world)
+                                      ims_per_batch=cfg.data.ims_per_device * world, keep=not multirun)
     num_classes = len(train.categories) if train is not None else 1
     return problems + model_problems(cfg.model, num_classes) + data
 
@@ -92,5 +92,5 @@ def evaluate_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     data_cfg = cfg.data if cfg.data is not None else run["data"]
     split = cfg.eval.split if cfg.eval.split is not None else run["eval"]["split"]
     problems, _ = annotation_problems(data_cfg, train_split=None, eval_split=split, base_dir=Path.cwd(),
-                                      train_categories=description["model"]["categories"])
+                                      train_categories=description["model"]["categories"], keep=not multirun)
     return problems

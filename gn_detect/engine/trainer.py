@@ -46,6 +46,7 @@ from gn_detect.data import (
     check_same_categories,
     write_skip_summary,
 )
+from gn_detect.data.checks import drop_handed_over
 from gn_detect.data.collate import make_buckets
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError, Checkpointer, load_checkpoint
@@ -185,6 +186,7 @@ def _datasets(run: _Run, base_dir: str | Path | None) -> tuple[Any, Any]:
     """Train and evaluation datasets, which must list the same categories (gn_detect/data/checks.py)."""
     train_set = build_dataset(run.cfg.data, "train", base_dir=base_dir)
     val_set = build_dataset(run.cfg.data, run.cfg.eval.split, base_dir=base_dir)
+    drop_handed_over()  # parsed files the pre-flight left that neither build took
     check_same_categories(train_set, val_set)
     return train_set, val_set
 

@@ -11,10 +11,11 @@ What runs inside the op, per call (``impl`` is the module's):
   kernel  the Triton kernel (``gn_triton.py``): impl='triton' always (errors are raised, never
           hidden), impl='auto' for CUDA float32/bfloat16/float16 inputs whose in-sample offsets
           fit in int32, when triton is installed and the self-check of that (device, dtype,
-          layout) passed;
+          tiling) passed;
   torch   aten's ``native_group_norm`` (what ``F.group_norm`` runs) otherwise, e.g. on the CPU.
 
 Self-check (impl='auto'): the first time the kernel would run for a (device, dtype, tiling),
+the tiling being the kernels the launch plan picks for that input (``gn_triton.kernels_key``),
 it runs once on a small tensor, forward and backward with ReLU, against torch's GN in float64;
 if it fails to compile or run, or differs by more than ``_self_check_tol``, one warning says so
 and that key uses torch's GN from then on.
@@ -64,9 +65,10 @@ def max_offset(t: Tensor) -> int:
     return sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:]) if s > 0)
 
 
-def _tiling(x: Tensor, num_groups: int) -> str:
-    """Which of the kernel's tilings x takes (the self-check checks each once)."""
-    return _gn_triton().kernels_key(x, num_groups)
+def _tiling(x: Tensor, num_groups: int, plan: tuple[int, ...]) -> str:
+    """Which of the kernel's tilings x takes with the op's ``plan`` overrides (the self-check
+    checks each once)."""
+    return _gn_triton().kernels_key(x, num_groups, plan)
 
 
 # ---------------------------------------------------------------------- the two paths
@@ -194,12 +196,12 @@ def kernel_usable(device: torch.device, dtype: torch.dtype, tiling: str) -> bool
     return _CHECKED[key]
 
 
-def _use_kernel(x: Tensor, impl: str, num_groups: int) -> bool:
+def _use_kernel(x: Tensor, impl: str, num_groups: int, plan: tuple[int, ...]) -> bool:
     if impl == "triton":
         return True
     return (impl == "auto" and x.device.type in KERNEL_DEVICES and x.dtype in KERNEL_DTYPES
             and x.numel() > 0 and max_offset(x) < INDEX_LIMIT and triton_installed()
-            and kernel_usable(x.device, x.dtype, _tiling(x, num_groups)))
+            and kernel_usable(x.device, x.dtype, _tiling(x, num_groups, plan)))
 
 
 def _check_device(x: Tensor, t: Tensor | None, name: str) -> None:
@@ -222,7 +224,7 @@ def _group_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], num
                 eps: float, relu: bool, impl: str, out_dtype: Optional[torch.dtype],
                 plan: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     weight, bias = _contiguous(weight), _contiguous(bias)
-    if _use_kernel(x, impl, num_groups):
+    if _use_kernel(x, impl, num_groups, tuple(plan)):
         return _kernel_forward(x, weight, bias, num_groups, eps, relu, out_dtype, tuple(plan))
     return _torch_forward(x, weight, bias, num_groups, eps, relu, out_dtype)
 
@@ -239,7 +241,7 @@ def _group_norm_backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: 
                          impl: str, plan: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """-> (dx, dgamma, dbeta); dgamma/dbeta (C,) in ``_stat_dtype``, computed even without weight."""
     weight, bias = _contiguous(weight), _contiguous(bias)
-    if _use_kernel(x, impl, num_groups):
+    if _use_kernel(x, impl, num_groups, tuple(plan)):
         return _kernel_backward(dy, x, weight, bias, mean, rstd, num_groups, relu, tuple(plan))
     return _torch_backward(dy, x, weight, bias, mean, rstd, num_groups, eps, relu)
 

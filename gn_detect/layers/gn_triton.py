@@ -218,8 +218,8 @@ def _gn_bwd_finalize_kernel(
             offs = (n.to(tl.int64) * SPLIT + ss)[:, None] * C + chans[None, :]
             sum_s += tl.sum(tl.load(DS + offs, mask=mask, other=0.0), axis=0)
             sum_b += tl.sum(tl.load(DB + offs, mask=mask, other=0.0), axis=0)
-        tl.store(DSN + n * C + chans, sum_s, mask=mask_c)
-        tl.store(DBN + n * C + chans, sum_b, mask=mask_c)
+        tl.store(DSN + n.to(tl.int64) * C + chans, sum_s, mask=mask_c)
+        tl.store(DBN + n.to(tl.int64) * C + chans, sum_b, mask=mask_c)
         if HAS_AFFINE:
             gamma = tl.load(W + chans, mask=mask_c, other=0.0).to(tl.float32)
             sum_s = sum_s * gamma
@@ -385,8 +385,8 @@ def _rt_norm_kernel(
 def _rt_group_stats(MEAN, RSTD, n, ct, G, GPT: tl.constexpr, CPG: tl.constexpr):
     """Per-channel mean and rstd of tile ct of sample n."""
     gs = ct * GPT + tl.arange(0, GPT)
-    mean = tl.load(MEAN + n * G + gs, mask=gs < G, other=0.0)
-    rstd = tl.load(RSTD + n * G + gs, mask=gs < G, other=0.0)
+    mean = tl.load(MEAN + n.to(tl.int64) * G + gs, mask=gs < G, other=0.0)
+    rstd = tl.load(RSTD + n.to(tl.int64) * G + gs, mask=gs < G, other=0.0)
     return _per_channel(mean, GPT, CPG), _per_channel(rstd, GPT, CPG)
 
 
@@ -542,8 +542,8 @@ def _op_fwd_kernel(
     d = tl.where(rmask[:, None, None], x3 - mean[None, :, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(d * d, axis=2), axis=0) * inv_cnt + eps)
     gs = ct * GPT + tl.arange(0, GPT)
-    tl.store(MEAN + n * G + gs, mean, mask=gs < G)
-    tl.store(RSTD + n * G + gs, rstd, mask=gs < G)
+    tl.store(MEAN + n.to(tl.int64) * G + gs, mean, mask=gs < G)  # N * G may pass 2^31
+    tl.store(RSTD + n.to(tl.int64) * G + gs, rstd, mask=gs < G)
     _gamma, scale, shift = _scale_shift(W, B, chans, cmask, _per_channel(mean, GPT, CPG),
                                         _per_channel(rstd, GPT, CPG), HAS_AFFINE, BLOCK_CT)
     y = x * scale[None, :] + shift[None, :]
@@ -578,8 +578,8 @@ def _op_bwd_kernel(
     xhat = (x - mean[None, :]) * rstd[None, :]
     sum_s = tl.sum(dy, axis=0)
     sum_b = tl.sum(dy * xhat, axis=0)
-    tl.store(DS + n * C + chans, sum_s, mask=cmask)
-    tl.store(DB + n * C + chans, sum_b, mask=cmask)
+    tl.store(DS + n.to(tl.int64) * C + chans, sum_s, mask=cmask)  # N * C may pass 2^31
+    tl.store(DB + n.to(tl.int64) * C + chans, sum_b, mask=cmask)
     coef_a = _per_channel(_per_group(sum_s * gamma, GPT, CPG) * inv_m, GPT, CPG)
     coef_b = _per_channel(_per_group(sum_b * gamma, GPT, CPG) * inv_m, GPT, CPG)
     dx = rstd[None, :] * (dy * gamma[None, :] - coef_a[None, :] - xhat * coef_b[None, :])
@@ -655,13 +655,15 @@ def one_pass_block_c(x3: torch.Tensor, num_groups: int, tiles: tuple[int, int],
     return min(widest, max(cpg, triton.next_power_of_2(block_c) if block_c else width // hw_p))
 
 
-def kernels_key(x: torch.Tensor, num_groups: int) -> str:
-    """The kernels x takes with the default plan, as the self-check names them: "row-tile",
-    "(n, g)-tile", or "one-pass channels-last" / "one-pass NCHW" (compiled per layout)."""
+def kernels_key(x: torch.Tensor, num_groups: int, overrides: tuple[int, ...] = ()) -> str:
+    """The kernels x takes with the plan (and the op's ``plan`` overrides, as in ``_plan``), as
+    the self-check names them: "row-tile", "(n, g)-tile", or "one-pass channels-last" /
+    "one-pass NCHW" (compiled per layout; with one position both layouts are one memory)."""
     _, x3 = _view3(x)
-    plan = make_plan(x3, num_groups)
+    plan = _plan(x3, num_groups, overrides)
     if plan.one_pass:
-        return f"one-pass {'channels-last' if x3.stride(1) == 1 and x3.shape[1] > 1 else 'NCHW'}"
+        n, c, hw = x3.shape
+        return f"one-pass {'channels-last' if x3.stride(1) == 1 and c > 1 and hw > 1 else 'NCHW'}"
     return plan.kernels
 
 

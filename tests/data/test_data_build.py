@@ -172,24 +172,37 @@ def test_convert_tool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, tiny_coco: Path, tmp_path: Path,
                                                                monkeypatch) -> None:
-    """One process, pre-flight then datasets: each annotation file is parsed once; a file that
-    changed after the pre-flight is parsed again (its new content is what the dataset sees)."""
-    from gn_detect.data import checks
+    """One process, pre-flight of a single run then its datasets: each annotation file is parsed
+    once; a file that changed after the pre-flight is parsed again (its new content is what the
+    dataset sees); a sweep's pre-flight hands nothing over (its runs build later or elsewhere)."""
+    from gn_detect.data import checks, preflight
     from gn_detect.data.preflight import annotation_problems
 
+    monkeypatch.setattr(checks, "_HANDED_OVER", {})
+    monkeypatch.setattr(preflight, "_SUMMARIES", {})
     parsed: list[int] = []
     loads = checks.json.loads
-    monkeypatch.setattr(checks.json, "loads", lambda raw, *a, **k: parsed.append(len(raw)) or loads(raw, *a, **k))
+
+    def counting(raw, *a, **k):
+        out = loads(raw, *a, **k)
+        if isinstance(out, dict) and "images" in out:  # an annotation file, not some other json
+            parsed.append(len(raw))
+        return out
+
+    monkeypatch.setattr(checks.json, "loads", counting)
     val_ann = tmp_path / "instances_val2017.json"
     val_ann.write_bytes((tiny_coco / "annotations" / "instances_val2017.json").read_bytes())
     cfg = {"name": "coco", "root": str(coco128.parent), "verify_images": False, "filter_empty": False,
            "train": {"images": "coco128/train2017", "ann": "coco128/annotations/instances_train2017.json"},
            "val": {"images": "tiny_coco/val2017", "ann": str(val_ann)}}
-    problems, train = annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None)
-    assert problems == [] and train is not None and len(parsed) == 2
+    problems, train = annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, keep=True)
+    assert problems == [] and train is not None and len(parsed) == 2 and len(checks._HANDED_OVER) == 2
     assert len(build_dataset(cfg, "train")) == 128 and len(parsed) == 2  # taken over, not parsed
     data = loads(val_ann.read_text())  # the unpatched parser: not counted
     data["images"] = data["images"][:10]
     val_ann.write_text(json.dumps(data))  # changed between the pre-flight and the build
     assert len(build_dataset(cfg, "val")) == 10 and len(parsed) == 3
     assert not checks._HANDED_OVER  # the stale hand-over was dropped, nothing left in memory
+    monkeypatch.setattr(preflight, "_SUMMARIES", {})
+    annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None)  # a sweep's: keep=False
+    assert len(parsed) == 5 and not checks._HANDED_OVER

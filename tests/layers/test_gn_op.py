@@ -103,8 +103,8 @@ def test_index_guard_uses_the_largest_in_sample_offset(monkeypatch):
     assert x.numel() < 2**31 <= gn_op.max_offset(x)
     monkeypatch.setattr(gn_op, "KERNEL_DEVICES", ("meta",))
     monkeypatch.setattr(gn_op, "kernel_usable", lambda *a: pytest.fail("self-check must not run"))
-    assert not gn_op._use_kernel(x, "auto", 4)  # auto: torch's GN for this input
-    assert not gn_op._use_kernel(x[:, :, :512].contiguous(memory_format=torch.channels_last)[:, :0], "auto", 4)
+    assert not gn_op._use_kernel(x, "auto", 4, ())  # auto: torch's GN for this input
+    assert not gn_op._use_kernel(x[:, :, :512].contiguous(memory_format=torch.channels_last)[:, :0], "auto", 4, ())
     pytest.importorskip("triton")
     from gn_detect.layers.gn_triton import check_input
 
@@ -181,7 +181,7 @@ def test_auto_self_check_falls_back_to_torch_with_one_warning(broken, why, monke
     assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
     assert torch.equal(y, F.group_norm(x, 4, m.weight, m.bias, EPS))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # checked once per (device, dtype, layout): no second warning
+        warnings.simplefilter("error")  # checked once per (device, dtype, tiling): no second warning
         y = m(x)
         y.sum().backward()
     xr = x.detach().clone().requires_grad_()
@@ -223,3 +223,18 @@ def test_torch_path_outputs_have_the_fake_implementations_layout(make):
     with mode:
         fy = torch.ops.gn_detect.group_norm(fx, fw, fb, 4, EPS, True, "auto", None, [])[0]
     assert y.stride() == fy.stride() and dx.stride() == torch.empty_like(x).stride()
+
+
+def test_auto_self_checks_the_kernels_the_plan_overrides_pick(monkeypatch):
+    """The self-check key names the kernels that would run, plan overrides included: a shape whose
+    groups fit one program is checked as one-pass by default, as (n, g)/row tiles with passes=2."""
+    pytest.importorskip("triton")
+    keys = []
+    monkeypatch.setattr(gn_op, "KERNEL_DEVICES", ("cpu",))
+    monkeypatch.setattr(gn_op, "triton_installed", lambda: True)
+    monkeypatch.setattr(gn_op, "kernel_usable", lambda device, dtype, tiling: keys.append(tiling) and False)
+    x = torch.randn(2, 16, 5, 4)
+    for plan in ((), (0, 0, 0, 2)):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            gn_op.group_norm_op(x.contiguous(memory_format=fmt), 4, impl="auto", plan=plan)
+    assert keys == ["one-pass NCHW", "one-pass channels-last", "(n, g)-tile", "row-tile"]
