@@ -1,5 +1,6 @@
-"""Strict JSON out: ``to_jsonable`` and the one atomic JSON writer every package uses; and
-:class:`DiskFullError`, what every atomic writer (this one, checkpoints) raises on ENOSPC.
+"""Strict JSON out: ``to_jsonable`` and the one atomic writer every package uses (``atomic_open``
+for text, ``write_json_atomic`` for JSON); and :class:`DiskFullError`, what every atomic writer
+(these, checkpoints) raises on ENOSPC.
 
 Lives at the package root so that data, evaluation, sweeps and engine share it without data
 or evaluation depending on engine. No torch import: tensors and NumPy values are recognised
@@ -8,16 +9,17 @@ by their ``tolist``/``item`` methods.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["DiskFullError", "is_disk_full", "to_jsonable", "write_json_atomic"]
+__all__ = ["DiskFullError", "atomic_open", "is_disk_full", "to_jsonable", "write_json_atomic", "write_text_atomic"]
 
 
 class DiskFullError(OSError):
@@ -76,19 +78,18 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``to_jsonable(obj)`` as strict JSON via temp file + fsync + ``os.replace``.
-
-    Readers never see half a file, and a killed writer leaves the old file (or none) in place.
-    ``indent=None`` writes one compact line (large annotation files). Returns ``path``.
-    """
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, *, newline: str | None = None) -> Iterator[TextIO]:
+    """A UTF-8 text file to write, which appears at ``path`` only when the block ends without an
+    error (temp file in the same folder + fsync + ``os.replace``): readers never see half a file,
+    and a killed or failing writer leaves the old file (or none) in place. ENOSPC becomes
+    :class:`DiskFullError`. ``newline`` as for ``open`` (``""`` for the csv module)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(obj), f, indent=indent, allow_nan=False)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -97,4 +98,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
         if isinstance(exc, OSError) and not isinstance(exc, DiskFullError) and is_disk_full(exc):
             raise DiskFullError(path) from exc
         raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) through :func:`atomic_open`. Returns ``path``."""
+    with atomic_open(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``to_jsonable(obj)`` as strict JSON through :func:`atomic_open` (streamed, so a large
+    annotation file is never held twice as text). ``indent=None`` writes one compact line.
+    Returns ``path``."""
+    with atomic_open(path) as f:
+        json.dump(to_jsonable(obj), f, indent=indent, allow_nan=False)
+        f.write("\n")
+    return Path(path)

@@ -248,6 +248,8 @@ def markdown(report: dict) -> str:
         rows.append(("copy bandwidth (ceiling)", f"{b['copy_GBps']:.0f} GB/s"))
         for row in b["rows"]:
             cells = ", ".join(f"{k} {v:.3g}" for k, v in row["GBps"].items())
+            if "kernels" in row:  # which of our kernels ran: one-pass, row-tile, (n, g)-tile
+                cells += f" (ours: cl {row['kernels']['cl']}, nchw {row['kernels']['nchw']})"
             rows.append((f"bench_norm {row['name']} {'x'.join(map(str, row['shape']))} GB/s", cells))
     if "runs" in r.get("bench_model", {}):
         m = r["bench_model"]

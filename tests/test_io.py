@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gn_detect.io import to_jsonable, write_json_atomic
+from gn_detect.io import atomic_open, to_jsonable, write_json_atomic, write_text_atomic
 
 
 def test_to_jsonable_values() -> None:
@@ -43,3 +43,23 @@ def test_write_json_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         write_json_atomic(path, {"x": 1})
     assert path.read_text() == "[1, 2]\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
+
+
+def test_atomic_text_writers_keep_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    """report.md, per_class.csv, the sweep's summary files and config.yaml are rewritten in place:
+    a writer that fails (or is killed) halfway leaves the previous file whole."""
+    import csv
+
+    path = tmp_path / "report.md"
+    assert write_text_atomic(path, "# old\n") == path
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(path) as f:
+            f.write("# new, half")
+            raise KeyboardInterrupt  # e.g. Ctrl-C while rendering
+    assert path.read_text() == "# old\n" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+    rows = [["name", "AP"], ["a,b", "0.5"]]
+    with atomic_open(tmp_path / "per_class.csv", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with open(tmp_path / "per_class.csv", newline="") as f:
+        assert list(csv.reader(f)) == rows
+    assert (tmp_path / "per_class.csv").read_bytes().count(b"\r\n") == 2  # csv's own line ends, untranslated

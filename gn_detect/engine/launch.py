@@ -61,7 +61,7 @@ from gn_detect.engine.preflight import evaluate_problems, train_problems
 from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
 from gn_detect.engine.writers import read_status, write_status
-from gn_detect.io import DiskFullError, is_disk_full
+from gn_detect.io import DiskFullError, is_disk_full, write_text_atomic
 from gn_detect.sweeps.outcome import record_run, recorded_runs, sweep_exit_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -187,7 +187,7 @@ def _record_failure(cfg: DictConfig, run_dir: Path, exc: BaseException) -> None:
                 text = OmegaConf.to_yaml(cfg, resolve=True)
             except Exception:  # noqa: BLE001 - an unresolvable config is itself a start-up failure
                 text = OmegaConf.to_yaml(cfg, resolve=False)
-            (run_dir / "config.yaml").write_text(text)
+            write_text_atomic(run_dir / "config.yaml", text)
         if read_status(run_dir).get("state") != "failed":
             write_status(run_dir, "failed", iteration=0, error=f"{type(exc).__name__}: {exc}")
     except Exception as rec_exc:  # noqa: BLE001 - the failure itself is already logged

@@ -69,6 +69,7 @@ from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, scale_l
 from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFinitePolicy, Trainer
 from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
 from gn_detect.evaluation import format_results
+from gn_detect.io import write_text_atomic
 from gn_detect.layers import SyncBatchNorm
 from gn_detect.modeling.weights import resolve_conventions
 from gn_detect.modeling import build_model, norm_summary, size_divisibility
@@ -154,7 +155,7 @@ def _write_run_files(run: _Run) -> None:
     if not gdist.is_main_process():
         return
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
+    write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
     write_json_atomic(run.run_dir / "env.json", {**collect_env(), "world_size": run.world_size})
     write_status(run.run_dir, "running", pid=os.getpid(), host=socket.gethostname())
 

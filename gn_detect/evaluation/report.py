@@ -26,7 +26,7 @@ from gn_detect.evaluation.labels import label_pairs
 from gn_detect.evaluation.matching import IGNORED, BoxMatches, DetArrays, GroundTruth, cap_per_image, match_boxes
 from gn_detect.evaluation.split import split_image_ids
 from gn_detect.evaluation.thresholds import Thresholds, tune_thresholds
-from gn_detect.io import write_json_atomic
+from gn_detect.io import atomic_open, write_json_atomic, write_text_atomic
 
 __all__ = ["HEADLINE_KEYS", "SCHEMA_VERSION", "TUNE_MODES", "Parts", "Prepared", "prepare", "build_report",
            "evaluate_detections"]
@@ -418,7 +418,7 @@ CSV_COLUMNS = [
 
 
 def write_csv(path: Path, report: dict[str, Any]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for c in report["per_class"]:
@@ -464,7 +464,7 @@ def evaluate_detections(
         out.mkdir(parents=True, exist_ok=True)
         report["figures"] = _write_figures(out, report, parts, th, coco_gt, image_root, num_vis_images) if figures else []
         write_json_atomic(out / "report.json", report, indent=1)
-        (out / "report.md").write_text(render_markdown(report))
+        write_text_atomic(out / "report.md", render_markdown(report))  # rewritten by each evaluation
         write_csv(out / "per_class.csv", report)
     headline = dict(report["headline"])
     if writer is not None and step is not None:

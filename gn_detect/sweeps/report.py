@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from gn_detect.io import to_jsonable, write_json_atomic
+from gn_detect.io import to_jsonable, write_json_atomic, write_text_atomic
 
 from .collect import METRICS, Run, collect_runs
 from .compare import compare, comparison_markdown
@@ -126,9 +126,9 @@ def write_sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike 
 
     write_summary_csv(rows, out / "summary.csv")
     write_runs_csv(runs, out / "runs.csv")
-    (out / "comparison.md").write_text(comparison, encoding="utf-8")
-    (out / "summary.tex").write_text(paper_table_tex(rows), encoding="utf-8")
-    (out / "summary.md").write_text(_summary_md(sweep, runs, parts, rows, comparison, figures), encoding="utf-8")
+    write_text_atomic(out / "comparison.md", comparison)  # rewritten after every job of a sweep
+    write_text_atomic(out / "summary.tex", paper_table_tex(rows))
+    write_text_atomic(out / "summary.md", _summary_md(sweep, runs, parts, rows, comparison, figures))
 
     result = {
         "sweep_dir": str(sweep),

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from gn_detect.io import atomic_open
+
 from .collect import METRICS, Run, component_label, config_differences, metric_values, uses_batch_stats
 
 METRIC_TITLES = {
@@ -259,7 +261,7 @@ def csv_columns() -> list[str]:
 
 def write_summary_csv(rows: list[dict], path: Path) -> None:
     cols = csv_columns()
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for row in rows:
@@ -292,7 +294,7 @@ def run_record(r: Run) -> dict[str, Any]:
 
 
 def write_runs_csv(runs: list[Run], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(RUN_CSV_COLUMNS)
         for r in runs:

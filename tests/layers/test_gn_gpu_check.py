@@ -50,3 +50,4 @@ def test_dry_run_runs_every_step(tmp_path):
     assert graph["graph_breaks"] == 0 and graph["recompiles"] == graph["parts"] * (graph["shapes"] - 1)
     table = (tmp_path / "gpu_check.md").read_text()
     assert table.startswith("| check | result |") and "gn_ws / affine" in table
+    assert "(ours: cl one-pass channels-last, nchw one-pass NCHW)" in table  # tiny shapes fit one program
