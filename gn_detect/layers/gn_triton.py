@@ -635,17 +635,13 @@ def _pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
 
 
-def uses_row_tiles(x3: torch.Tensor, num_groups: int) -> bool:
-    """Whether x3 = (N, C, HW) takes the row-tile kernels: channels innermost, C/G a power of 2."""
-    return x3.stride(1) == 1 and x3.shape[1] > 1 and _pow2(x3.shape[1] // num_groups)
-
-
-def one_pass_block_c(x3: torch.Tensor, num_groups: int, tiles: tuple[int, int],
+def one_pass_block_c(shape: tuple[int, int, int], num_groups: int, tiles: tuple[int, int],
                      block_c: int | None = None) -> int | None:
     """Channels per one-pass program (whole groups, a power of two; ``block_c`` or as many as the
     aimed-at width ``tiles[1]`` allows with HW padded to a power of two), or None when C/G is not
-    a power of two or one group of one sample does not fit in ``tiles[0]`` elements."""
-    n, c, hw = x3.shape
+    a power of two or one group of one sample does not fit in ``tiles[0]`` elements (``shape``:
+    (N, C, HW))."""
+    n, c, hw = shape
     cpg = c // num_groups
     hw_p = triton.next_power_of_2(hw)
     fit, width = tiles
@@ -687,14 +683,29 @@ def make_plan(
     elements on a GPU (8 per thread with 8 warps; registers checked with ptxas for sm_90 by
     scripts/inspect_gn_kernels.py), 16384 in the interpreter, where each program costs Python
     time. ``split`` aims at 8 programs per SM. Not tuned on a GPU yet.
+
+    The plan is a function of the shape, whether channels are innermost, the groups, the SM
+    count and the overrides, cached (the op plans every call: tens of microseconds of Python
+    otherwise, more than a small level's kernel time on a GPU).
     """
-    n, c, hw = x3.shape
-    cpg = c // num_groups
     gpu = sms is not None or (x3.is_cuda and not interpreted())
+    if gpu and sms is None:
+        sms = _sm_count(x3.device.index if x3.device.index is not None else torch.cuda.current_device())
+    return _make_plan(tuple(x3.shape), x3.stride(1) == 1, num_groups, sms if gpu else None,
+                      block_hw, block_c, split, passes)
+
+
+@lru_cache(maxsize=4096)
+def _make_plan(shape: tuple[int, int, int], channels_inner: bool, num_groups: int, sms: int | None,
+               block_hw: int | None, block_c: int | None, split: int | None, passes: int | None) -> Plan:
+    """``make_plan`` of an (N, C, HW) shape; ``sms`` None: the interpreter."""
+    n, c, hw = shape
+    cpg = c // num_groups
+    gpu = sms is not None
     if passes not in (None, 0, 1, 2):
         raise ValueError(f"GroupNorm kernel plan: passes must be 0 (choose), 1 or 2, got {passes}")
     if passes == 1 or (not passes and block_hw is None and split is None):
-        op_c = one_pass_block_c(x3, num_groups, ONE_PASS_TILE["gpu" if gpu else "interpreter"], block_c)
+        op_c = one_pass_block_c(shape, num_groups, ONE_PASS_TILE["gpu" if gpu else "interpreter"], block_c)
         if op_c is not None:  # 32 values per thread: 4 warps up to 4096 elements, 16 at 16384
             hw_p = triton.next_power_of_2(hw)
             return Plan(hw_p, op_c, 1, hw_p, min(16, max(4, hw_p * op_c // 1024)), False,
@@ -705,11 +716,11 @@ def make_plan(
                              f"{ONE_PASS_TILE['gpu' if gpu else 'interpreter'][0]}; got C={c}, "
                              f"G={num_groups}, HW={hw}; fix: passes=0 (let the plan choose)")
     tile = 2048 if gpu else 16384
-    row_tiles = uses_row_tiles(x3, num_groups)
+    row_tiles = channels_inner and c > 1 and _pow2(cpg)  # channels innermost, C/G a power of 2
     if row_tiles:
         block_c = max(cpg, triton.next_power_of_2(block_c) if block_c else min(triton.next_power_of_2(c), 512))
     elif block_c is None:
-        if x3.stride(1) == 1 and c > 1:  # channels-last: channels are contiguous
+        if channels_inner and c > 1:  # channels-last: channels are contiguous
             block_c = min(triton.next_power_of_2(cpg), 512)
         else:
             block_c = min(triton.next_power_of_2(cpg), max(1, tile // min(triton.next_power_of_2(hw), 1024)))
@@ -718,8 +729,6 @@ def make_plan(
     n_ct = triton.cdiv(c, block_c) if row_tiles else 1
     rows = n * n_ct if row_tiles else n * num_groups  # programs per HW chunk
     if split is None:
-        if sms is None and gpu:
-            sms = _sm_count(x3.device.index if x3.device.index is not None else torch.cuda.current_device())
         target = 8 * sms if gpu else 1
         split = min(triton.cdiv(target, rows), triton.cdiv(hw, block_hw), _MAX_SPLIT)
     split = max(1, min(int(split), _MAX_SPLIT))
