@@ -24,7 +24,10 @@ _MINIMA: tuple[tuple[str, float], ...] = (
     ("solver.precise_bn.num_iter", 1), ("eval.period", 0), ("eval.ims_per_device", 1),
     ("eval.max_dets", 1), ("eval.num_vis_images", 0), ("checkpoint.period", 0), ("log.period", 1),
     ("model.norm_opts.num_groups", 1), ("model.head.num_convs", 0), ("model.fpn.out_channels", 1),
+    ("seed", 0), ("eval.tune_seed", 0), ("data.synthetic.seed", 0),  # NumPy's seeds are non-negative
 )
+# (key, low, high): floats that must lie in the closed interval
+_INTERVALS: tuple[tuple[str, float, float], ...] = (("data.flip_prob", 0.0, 1.0),)
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -50,10 +53,19 @@ def _check_choices(cfg: DictConfig) -> None:
 def _check_ranges(cfg: DictConfig) -> None:
     for key, low in _MINIMA:
         value = _get(cfg, key)
-        if value is not None and value < low:
-            raise ConfigError(key, f"{value} is below the smallest allowed value {low}")
-    if cfg.solver.base_lr <= 0:
-        raise ConfigError("solver.base_lr", f"{cfg.solver.base_lr} must be positive")
+        if value is not None and not (value >= low and math.isfinite(value)):  # NaN fails too
+            raise ConfigError(key, f"{value} is below the smallest allowed value {low}" if value < low
+                              else f"{value} is not a finite number")
+    for key, low, high in _INTERVALS:
+        value = _get(cfg, key)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(key, f"{value} is outside [{low}, {high}]")
+    if not (cfg.solver.base_lr > 0 and math.isfinite(cfg.solver.base_lr)):
+        raise ConfigError("solver.base_lr", f"{cfg.solver.base_lr} must be a positive finite number")
+    for key in ("model.norm_opts.eps", *(f"model.{part}.norm_opts.eps" for part in PARTS)):
+        eps = _get(cfg, key)
+        if eps is not None and not (eps > 0 and math.isfinite(eps)):
+            raise ConfigError(key, f"{eps} must be a positive finite number", "e.g. 1e-5")
     if not 0 < cfg.solver.warmup_factor <= 1:
         raise ConfigError("solver.warmup_factor", f"{cfg.solver.warmup_factor} must be in (0, 1]")
     if not cfg.data.min_size_train:

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 # reason -> what happened to the item. The key set is fixed so data_skipped.json always has
 # the same schema (zeros included) and runs can be compared.
 SKIP_REASONS: dict[str, str] = {
-    "invalid_image_entry": "image entry without an int id or a non-empty file_name: image dropped",
+    "invalid_image_entry": "image entry without an int id (fitting 64 bits) or a non-empty file_name: image dropped",
     "duplicate_image_id": "several image entries share one id: every one of them dropped, with every annotation "
                           "naming that id (which boxes belong to which image is ambiguous)",
     "outside_image_dir": "file_name is absolute or its '..' parts leave the images folder: image dropped, never "
@@ -222,8 +222,12 @@ class CheckedCoco:
     skips: SkipLog = field(default_factory=SkipLog)
 
 
+INT64 = (-2**63, 2**63)  # ids are stored as int64 (NumPy, pycocotools, torch): anything outside is no id
+
+
 def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    """An int (not a bool) that fits int64: a valid COCO id."""
+    return isinstance(x, int) and not isinstance(x, bool) and INT64[0] <= x < INT64[1]
 
 
 def _check_categories(cats: list[Any], source: str) -> list[dict[str, Any]]:
@@ -232,7 +236,8 @@ def _check_categories(cats: list[Any], source: str) -> list[dict[str, Any]]:
     seen: set[int] = set()
     for c in cats:
         if not isinstance(c, Mapping) or not _is_int(c.get("id")):
-            raise AnnotationFileError(f"{source}: category entry without an int 'id': {c!r}")
+            raise AnnotationFileError(f"{source}: category entry without an int 'id' (64-bit): {str(c)[:200]}. "
+                                      f"Fix: give each category an integer id")
         if c["id"] in seen:
             raise AnnotationFileError(f"{source}: duplicate category id {c['id']}")
         seen.add(c["id"])
@@ -325,7 +330,10 @@ def check_box(bbox: Any, width: float, height: float) -> tuple[str | None, list[
         return "degenerate_box", None
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
         return "invalid_bbox_type", None  # "12" or true would otherwise be read as numbers
-    x, y, w, h = (float(v) for v in bbox)
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except OverflowError:  # an int beyond float's range (10**400)
+        return "degenerate_box", None
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         return "degenerate_box", None
     x1, y1, x2, y2 = x, y, x + w, y + h

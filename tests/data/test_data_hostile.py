@@ -20,7 +20,7 @@ from pycocotools.cocoeval import COCOeval
 
 from gn_detect import image_io
 from gn_detect.data import CocoDetection, build_test_loader
-from gn_detect.data.checks import SKIP_REASONS, check_box
+from gn_detect.data.checks import SKIP_REASONS, AnnotationFileError, check_box
 from gn_detect.data.transforms import DetectionTransform
 from gn_detect.deploy.predict import list_images
 from gn_detect.engine.evaluate import evaluate_model
@@ -111,6 +111,24 @@ def test_evaluation_of_ground_truth_with_duplicates_and_an_unreadable_image(make
 def test_bbox_types_and_tiny_boxes(bbox: list[Any], reason: str | None) -> None:
     assert check_box(bbox, 64, 48)[0] == reason
     assert reason is None or reason in SKIP_REASONS
+
+
+def test_ids_beyond_int64_are_no_ids(make_coco) -> None:
+    """Ids are int64 downstream (NumPy, pycocotools): a json id of 2**70 once passed every check
+    and crashed the evaluation after training. Such an image is dropped, such an annotation id
+    renumbered, a box value of 10**400 skipped, and such a category id refuses the file."""
+    images = [{"id": 1, "file_name": "1.jpg", "width": 40, "height": 32},
+              {"id": 2**70, "file_name": "2.jpg", "width": 40, "height": 32, "write": False}]
+    anns = [{"id": 2**80, "image_id": 1, "category_id": 1, "bbox": [3, 3, 9, 9]},
+            {"id": 5, "image_id": 1, "category_id": 1, "bbox": [3, 3, 10**400, 9]},
+            {"id": 6, "image_id": 2**70, "category_id": 1, "bbox": [3, 3, 9, 9]}]
+    d, f = make_coco(images, anns)
+    ds = CocoDetection(d, f, transform=T)
+    assert len(ds) == 1 and ds.skipped["invalid_image_entry"] == 1 and ds.skipped["degenerate_box"] == 1
+    assert [a["id"] for a in ds.coco.dataset["annotations"]] == [7]  # renumbered past the largest valid id
+    d, f = make_coco(images[:1], anns[:1], categories=[{"id": -2**63 - 1, "name": "a"}])
+    with pytest.raises(AnnotationFileError, match="without an int 'id' \\(64-bit\\).*Fix: give each category"):
+        CocoDetection(d, f, transform=T)
 
 
 def test_dataset_counts_bbox_type_and_tiny_box(make_coco) -> None:
