@@ -109,4 +109,13 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
                              amp_dtype=autocast_dtype("auto", device))
     if gdist.is_main_process():
         print(format_results(metrics, run_dir=ckpt_path.parent.parent, report_path=out_dir / "report.md"), flush=True)
+        if len(dataset) and metrics.get("skipped_images", 0) >= len(dataset):
+            raise NothingEvaluated(f"none of the {len(dataset)} images of split {eval_cfg.split!r} could be read at "
+                                   f"evaluation time (images folder {getattr(dataset, 'image_dir', '?')}), so there "
+                                   f"are no numbers (report in {out_dir}); fix: check the images, or set "
+                                   f"data.verify_images=true to drop unreadable ones before inference")
     return metrics
+
+
+class NothingEvaluated(RuntimeError):
+    """tools/evaluate.py ran, but no image of the split could be read: exit status 1."""

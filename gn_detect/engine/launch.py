@@ -56,7 +56,7 @@ from gn_detect.config import (
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, hand_over_preemption, preempt_signal
-from gn_detect.engine.evaluate import evaluate_checkpoint
+from gn_detect.engine.evaluate import NothingEvaluated, evaluate_checkpoint
 from gn_detect.engine.preflight import evaluate_problems, train_problems
 from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
@@ -403,6 +403,9 @@ def _evaluate_main(cfg: DictConfig) -> Any:
         metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         exit_with_one_line(exc)
+    except NothingEvaluated as exc:  # it ran, and failed: exit status 1
+        print(f"gn-detect: evaluation failed: {exc}", file=sys.stderr)
+        sys.exit(1)
     except OSError as exc:  # a full disk while writing the report: one line, exit status 1
         if not is_disk_full(exc) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
