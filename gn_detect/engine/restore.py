@@ -1,12 +1,13 @@
 """The one way from a checkpoint file to a model: read it (weights_only), check that this
 version builds the model its description names, build it (optionally transformed, e.g. folded)
-and load its weights strictly. Used by tools/evaluate.py, tools/export.py and tools/predict.py."""
+and load its weights strictly (all finite). Used by tools/evaluate.py, tools/export.py and tools/predict.py."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
+import torch
 from torch import nn
 
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
@@ -53,6 +54,10 @@ def build_described(description: dict[str, Any], weights: dict[str, Any], path: 
     categories = description["model"]["categories"]
     written_by = description.get("version", "unknown")
     diffs = config_differences(description["model"], model_signature(model_cfg, categories))
+    if diffs and written_by == package_version():  # same code, another answer: not a version question
+        raise CheckpointError(
+            f"{path}: its description does not match the model its own config builds ({', '.join(diffs)} "
+            f"differ): the file was edited or damaged{'; ' + redo if redo else ''}")
     if diffs:
         raise CheckpointError(
             f"{path}: gn-detect {package_version()} builds another model from its config than "
@@ -66,6 +71,10 @@ def build_described(description: dict[str, Any], weights: dict[str, Any], path: 
         detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:300]
         raise CheckpointError(f"{path}: the weights do not fit the model its description names ({detail}); "
                               f"the file is damaged or was edited{'; ' + redo if redo else ''}") from e
+    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # every output would be NaN: 0 detections and a silent AP of 0
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {', '.join(bad[:3])}): the "
+                              f"run diverged or the file was edited; use an earlier checkpoint of the run")
     return model
 
 

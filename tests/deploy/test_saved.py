@@ -48,3 +48,22 @@ def test_damaged_or_misplaced_folded_files_are_refused(shapes_root, tmp_path, on
         load_folded(ckpt)
     with pytest.raises(CheckpointError, match="already a folded model"):
         load_trained(OmegaConf.create({"checkpoint": str(path)}), tmp_path)
+
+
+def test_non_finite_weights_and_an_edited_description_are_refused(shapes_root, tmp_path, one_thread):
+    """A checkpoint with NaN weights once evaluated and predicted with exit 0 and 0 detections; an
+    edited description was blamed on a version difference between two equal versions."""
+    from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from gn_detect.engine.restore import model_from_checkpoint
+
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    state = load_checkpoint(ckpt)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    with pytest.raises(CheckpointError, match=f"1 weight tensor\\(s\\) hold NaN or inf \\(e.g. {name}\\)"):
+        model_from_checkpoint(state["description"], state, ckpt)
+    state = load_checkpoint(ckpt)
+    state["description"]["model"]["categories"] = state["description"]["model"]["categories"][:1]
+    save_checkpoint(tmp_path / "edited.pth", state)
+    with pytest.raises(CheckpointError, match="its description does not match the model its own config builds"):
+        model_from_checkpoint(state["description"], state, tmp_path / "edited.pth")
