@@ -29,11 +29,25 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def error_text(exc: BaseException) -> str:
+    """``str(exc)``, except for an exception a DataLoader worker re-raised in the main process
+    (its message is "Caught X in DataLoader worker process k." plus the worker's traceback):
+    then the worker's own message, the traceback's last line without its type."""
+    text = str(exc)
+    if "Original Traceback (most recent call last)" not in text:
+        return text
+    last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1]
+    return re.sub(r"^[\w.]+: ", "", last, count=1)
+
+
 def one_line(exc: BaseException) -> str:
     """One line naming the key and the problem, from a ConfigError or a Hydra/OmegaConf error
-    (which spread the key, the reason and a hint over several lines and chained causes)."""
+    (which spread the key, the reason and a hint over several lines and chained causes), or an
+    error re-raised from a DataLoader worker (``error_text``)."""
     if isinstance(exc, ConfigError):
         return str(exc)
+    if error_text(exc) != str(exc):
+        return error_text(exc)
     text = "\n".join(str(e) for e in _chain(exc))
     key_match = _FULL_KEY.search(text)
     key = key_match.group(1) if key_match else ""

@@ -12,6 +12,7 @@ import torch
 from gn_detect.cocoapi import coco_from_dict
 
 from .checks import (
+    DataError,
     EmptyDatasetError,
     SkipLog,
     load_coco_json,
@@ -162,7 +163,7 @@ class CocoDetection(torch.utils.data.Dataset):
             except OSError as e:
                 # never crash mid-epoch: log and use the next image (deterministic choice)
                 if attempt == _MAX_FALLBACKS:
-                    raise RuntimeError(
+                    raise DataError(  # a ValueError: the command ends in this one line, exit status 1
                         f"{self.name}: {_MAX_FALLBACKS + 1} images in a row failed to load, last: {e}. "
                         f"Set data.verify_images=true to find and skip them up front."
                     ) from e

@@ -278,8 +278,10 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
             raise
         last = run_dir / "checkpoints" / "last.pth"
         kept = f"; {last} is kept" if last.is_file() else ""
+        state = read_status(run_dir).get("state")  # what is on disk: writing "failed" may itself have failed
+        said = "says failed" if state == "failed" else f"could not be updated and says {state or 'nothing'}"
         _OUTCOME.exit_code = 1
-        _OUTCOME.reason = f"run failed: {one_line(exc)} (status.json in {run_dir} says failed{kept})"
+        _OUTCOME.reason = f"run failed: {one_line(exc)} (status.json in {run_dir} {said}{kept})"
         return None
     if not _handed_to_scheduler(result):
         _note_interruption(result, run_dir)

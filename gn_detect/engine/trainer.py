@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gn_detect.config import lr_steps, max_skipped_steps, validate_train_config
+from gn_detect.config import error_text, lr_steps, max_skipped_steps, validate_train_config
 from gn_detect.data import (
     build_dataset,
     build_test_loader,
@@ -404,7 +404,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
         _record(run_dir, "interrupted", message, trainer)
         return {"interrupted": True, "iter": done, "exit_code": stop.exit_code, "message": message}
     except BaseException as exc:
-        _record(run_dir, "failed", f"{type(exc).__name__}: {exc}", trainer)
+        _record(run_dir, "failed", f"{type(exc).__name__}: {error_text(exc)}", trainer)
         raise
     finally:
         if lock is not None:

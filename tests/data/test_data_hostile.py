@@ -195,3 +195,27 @@ def test_voc_and_yolo_drops_are_counted_and_never_null(tmp_path: Path) -> None:
 def test_docs_list_every_skip_reason() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
     assert [r for r in SKIP_REASONS if f"`{r}`" not in text] == []
+
+
+class _FailingSet(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> Any:
+        from gn_detect.data.checks import DataError
+
+        raise DataError("coco_train: 9 images in a row failed to load, last: x. Set data.verify_images=true")
+
+
+def test_an_error_raised_in_a_loader_worker_is_one_line() -> None:
+    """A DataLoader worker's error reaches the main process with the worker's traceback inside its
+    message; the command's line and status.json carry the worker's own message only."""
+    from gn_detect.config import error_text, one_line
+
+    loader = torch.utils.data.DataLoader(_FailingSet(), num_workers=1)
+    with pytest.raises(ValueError) as e:
+        next(iter(loader))
+    assert "Original Traceback" in str(e.value)  # what torch re-raises
+    want = "coco_train: 9 images in a row failed to load, last: x. Set data.verify_images=true"
+    assert one_line(e.value) == error_text(e.value) == want
+    assert error_text(ValueError("plain\nmessage")) == "plain\nmessage"

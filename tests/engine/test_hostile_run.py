@@ -162,3 +162,29 @@ def test_grad_scaler_state_is_in_checkpoints(tmp_path: Path):
                     amp_dtype=torch.float16)
     other.restore_extra(torch.load(tmp_path / "x.pth", weights_only=True))
     assert other.scaler.state_dict() == t.scaler.state_dict()
+
+
+def test_the_failed_run_line_says_what_status_json_holds(tmp_path, monkeypatch):
+    """A full disk can stop the run while status.json itself is written: the last line must not
+    claim that status.json says failed when it still says running."""
+    from gn_detect.engine import launch
+    from gn_detect.engine.writers import write_status
+
+    def train_then_disk_full(cfg, run_dir, base_dir):
+        write_status(run_dir, "running", iteration=3)
+        raise DiskFullError(run_dir / "status.json")
+
+    monkeypatch.setattr(launch, "train", train_then_disk_full)
+    monkeypatch.setattr(launch, "_rank0_run_dir", lambda cfg, run_dir: run_dir)
+    monkeypatch.setattr(launch, "_OUTCOME", launch._Outcome())
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    launch._single_run(None, tmp_path, tmp_path)
+    assert launch._OUTCOME.exit_code == 1
+    assert f"(status.json in {tmp_path} could not be updated and says running)" in launch._OUTCOME.reason
+    def train_recorded_failed(cfg, run_dir, base_dir):
+        write_status(run_dir, "failed", error="x")
+        raise DiskFullError(run_dir / "checkpoints" / "last.pth")
+
+    monkeypatch.setattr(launch, "train", train_recorded_failed)
+    launch._single_run(None, tmp_path, tmp_path)
+    assert f"(status.json in {tmp_path} says failed)" in launch._OUTCOME.reason
