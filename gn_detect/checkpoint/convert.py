@@ -21,12 +21,15 @@ FOLD_EPS = 1e-5  # BN statistics folded into scale/shift (torchvision's and Dete
 NORM_CHOICES: tuple[str, ...] = tuple(n for n in (norm_for(k) for k in ("scale_shift", "batch_stats", "group")) if n)
 
 
-def _fold_stats(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _fold_stats(state: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """BN (weight, bias, running_mean, running_var) -> scale/shift weight/bias, in float64."""
     out, folded = dict(state), []
     for key in [k for k in state if k.endswith(".running_var")]:
         p = key[: -len("running_var")]
         mean, var = out.pop(p + "running_mean").double(), out.pop(key).double()
+        if bool((var < 0).any()):  # a variance is never negative: sqrt would give NaN weights
+            raise WeightsError(f"{path}: {key} holds negative variances (min {var.min().item():.3g})",
+                               "the file is damaged or not BN statistics; use another file")
         dtype = state[p + "weight"].dtype
         scale = state[p + "weight"].double() / torch.sqrt(var + FOLD_EPS)
         out[p + "weight"] = scale.to(dtype)
@@ -49,7 +52,7 @@ def _decide(sw: SourceWeights, norm: str) -> tuple[str, dict[str, torch.Tensor],
     if sw.holds == want:
         return want, dict(sw.state_dict), []
     if sw.holds == "batch_stats" and want == "scale_shift":
-        state, folded = _fold_stats(sw.state_dict)
+        state, folded = _fold_stats(sw.state_dict, sw.path)
         return want, state, folded
     raise WeightsError(f"{sw.path}: a {sw.describe()} cannot become --norm {norm}",
                        f"use --norm {norm_for(sw.holds) or 'auto'}")
@@ -58,8 +61,14 @@ def _decide(sw: SourceWeights, norm: str) -> tuple[str, dict[str, torch.Tensor],
 def convert_weights(src: str | Path, dst: str | Path, *, source: str = "auto", norm: str = "auto",
                     num_groups: int = 32) -> dict[str, Any]:
     """Write ``dst``; returns {"mapped", "ignored", "converted", "conventions"}."""
+    if Path(dst).resolve() == Path(src).resolve():
+        raise WeightsError(f"{dst} is the input file: converting would overwrite it", "give another output path")
     sw = read_weights(src, source)
     holds, state, folded = _decide(sw, norm)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"{sw.path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {', '.join(bad[:3])})",
+                           "the file is damaged; use another file")
     conventions = file_conventions(dataclasses.replace(sw, holds=holds), holds, num_groups)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

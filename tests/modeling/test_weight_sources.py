@@ -340,6 +340,28 @@ def test_convert_needs_norm_where_the_content_cannot_tell(tmp_path, capsys):
     assert conv["norm"] == "gn" and conv["num_groups"] == 32 and conv["depth"] == 50 and conv["input_format"] == "RGB"
 
 
+def test_convert_refuses_damaged_statistics_and_overwriting_its_input(tmp_path, capsys):
+    """A tester's finds: a negative running_var folded into NaN weights with exit 0, NaN values
+    were written as they were, and an output path equal to the input overwrote it."""
+    layers = random_layers(seed=9)
+    state = {k: torch.from_numpy(v) for k, v in named_state(layers, tv_names, stats=True).items()}
+    key = next(k for k in state if k.endswith("running_var"))
+    bad = tmp_path / "negvar.pth"
+    torch.save({**state, key: -state[key]}, bad)
+    nan = tmp_path / "nan.pth"
+    torch.save({**state, "conv1.weight": torch.full_like(state["conv1.weight"], float("nan"))}, nan)
+    good = tmp_path / "good.pth"
+    torch.save(state, good)
+    size = good.stat().st_size
+    for args, needle in (([bad, tmp_path / "o.pth", "--norm", "affine"], f"{key} holds negative variances"),
+                         ([nan, tmp_path / "o.pth", "--norm", "bn"], "1 tensor(s) hold NaN or inf (e.g. conv1.weight)"),
+                         ([good, good, "--norm", "bn"], "is the input file: converting would overwrite it")):
+        assert convert_tool.main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "o.pth").exists() and good.stat().st_size == size
+
+
 class _Evil:
     def __init__(self, marker: Path):
         self.marker = marker
