@@ -158,12 +158,15 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError as e:
         raise AnnotationFileError(f"{path} is not UTF-8 text ({e}); is it really a json file?") from None
+    except RecursionError:
+        raise AnnotationFileError(f"{path}: JSON nested too deeply to parse (thousands of levels); a COCO "
+                                  f"instances file is a few levels deep. Fix: re-generate the file") from None
     if not isinstance(data, dict):
         raise AnnotationFileError(f"{path}: top level must be a JSON object, got {type(data).__name__}.")
     missing = [k for k in ("images", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise AnnotationFileError(
-            f"{path}: not a COCO instances file, list(s) {missing} missing (keys found: {sorted(data)}). "
+            f"{path}: not a COCO instances file, {missing} missing or not lists (keys found: {sorted(data)[:20]}). "
             f"Fix: point 'ann' at an instances_*.json; convert VOC/YOLO with tools/convert_dataset.py."
         )
     if not isinstance(data.get("annotations", []), list):

@@ -119,7 +119,8 @@ def _load_error(path: Path, exc: Exception) -> CheckpointError:
     cause = f"{type(exc).__name__}: {lines[0]}" if lines else f"{type(exc).__name__}: empty or cut off"
     return CheckpointError(
         f"checkpoint {path} is unreadable ({cause}); it is probably truncated or corrupt (e.g. copied while "
-        "being written). Delete or rename it to start without it, or point to another checkpoint file")
+        "being written). Point to another checkpoint file; if it is a run's last.pth, delete or rename it to "
+        "restart that run without it")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -58,8 +58,9 @@ def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:
             build_model(cfg, num_classes)
     except (ValueError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return [f"config error: model: {first} (keys: model.norm_opts.num_groups / channels_per_group, or "
-                f"model.<backbone|fpn|head>.norm_opts)"]
+        keys = ("model.norm_opts.num_groups / channels_per_group, or model.<backbone|fpn|head>.norm_opts"
+                if "group" in first.lower() else "model.*: python tools/train.py --cfg job lists them")
+        return [f"config error: model: {first} (keys: {keys})"]
     return []
 
 

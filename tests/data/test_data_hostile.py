@@ -219,3 +219,14 @@ def test_an_error_raised_in_a_loader_worker_is_one_line() -> None:
     want = "coco_train: 9 images in a row failed to load, last: x. Set data.verify_images=true"
     assert one_line(e.value) == error_text(e.value) == want
     assert error_text(ValueError("plain\nmessage")) == "plain\nmessage"
+
+
+def test_deeply_nested_json_is_one_named_line(tmp_path: Path) -> None:
+    """json.loads raises RecursionError on a file nested 100,000 deep: it was reported as a
+    'config error: maximum recursion depth exceeded' without the file's name."""
+    from gn_detect.data.checks import load_coco_json
+
+    f = tmp_path / "deep.json"
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AnnotationFileError, match=f"{f}: JSON nested too deeply"):
+        load_coco_json(f)
