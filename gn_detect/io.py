@@ -19,7 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["DiskFullError", "atomic_open", "is_disk_full", "to_jsonable", "write_json_atomic", "write_text_atomic"]
+__all__ = ["DiskFullError", "atomic_open", "is_disk_full", "to_jsonable", "unwritable_file", "unwritable_folder",
+           "write_json_atomic", "write_text_atomic"]
 
 
 class DiskFullError(OSError):
@@ -48,6 +49,42 @@ def is_disk_full(exc: BaseException) -> bool:
         e = e.__cause__ or e.__context__
     return False
 
+
+def _absolute(path: str | os.PathLike, base: str | os.PathLike | None) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(base if base is not None else Path.cwd()) / p
+
+
+def unwritable_folder(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str | None:
+    """Why the folder ``path`` (relative: to ``base``, default the working folder) cannot be made
+    and written, as a fragment such as ``/x is a file, not a folder``; None when it can. Walks up
+    to the first existing ancestor, which must be a folder where a file can be created: tried
+    (and deleted), since root ignores permission bits but not a read-only mount or /proc."""
+    path = _absolute(path, base)
+    for p in (path, *path.parents):
+        if not (p.exists() or p.is_symlink()):
+            continue
+        if not p.is_dir():
+            return f"{p} is a file, not a folder" if p.exists() else f"{p} is a broken link"
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".gn-detect-write-check.", dir=p)
+        except OSError as e:
+            return f"{p} is not writable ({e.strerror or type(e).__name__})"
+        os.close(fd)
+        os.unlink(probe)
+        return None
+    return None
+
+
+def unwritable_file(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str | None:
+    """Why the file ``path`` cannot be written (it is a folder, or its folder cannot be made and
+    written: :func:`unwritable_folder`); None when it can."""
+    path = _absolute(path, base)
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    return unwritable_folder(path.parent)
 
 
 def _numel(obj: Any) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gn_detect.io import atomic_open, to_jsonable, write_json_atomic, write_text_atomic
+from gn_detect.io import atomic_open, to_jsonable, unwritable_file, unwritable_folder, write_json_atomic, write_text_atomic
 
 
 def test_to_jsonable_values() -> None:
@@ -63,3 +63,20 @@ def test_atomic_text_writers_keep_the_old_file_when_the_writer_fails(tmp_path: P
     with open(tmp_path / "per_class.csv", newline="") as f:
         assert list(csv.reader(f)) == rows
     assert (tmp_path / "per_class.csv").read_bytes().count(b"\r\n") == 2  # csv's own line ends, untranslated
+
+
+def test_unwritable_folder_and_file(tmp_path: Path) -> None:
+    """The output-path check behind every command's start-up refusal: a folder path must lead to an
+    existing folder where a file can be created (tried, and nothing left behind); a file path must
+    not be a folder."""
+    (tmp_path / "f").write_text("x")
+    assert unwritable_folder(tmp_path / "new" / "deeper") is None
+    assert unwritable_folder("rel/dir", base=tmp_path) is None
+    assert unwritable_folder(tmp_path / "f") == f"{tmp_path / 'f'} is a file, not a folder"
+    assert unwritable_folder(tmp_path / "f" / "a" / "b") == f"{tmp_path / 'f'} is a file, not a folder"
+    assert unwritable_file(tmp_path / "f") is None and unwritable_file(tmp_path / "new" / "x.pth") is None
+    assert unwritable_file(tmp_path) == f"{tmp_path} is a folder, not a file"
+    assert unwritable_file(tmp_path / "f" / "x.pth") == f"{tmp_path / 'f'} is a file, not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # the probe files are gone, nothing made
+    if Path("/proc/self").is_dir():  # no file can be created there, not even by root
+        assert "/proc is not writable" in unwritable_folder("/proc/gn_detect_run")

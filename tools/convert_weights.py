@@ -2,7 +2,8 @@
 """Convert a pretrained backbone file (torchvision/timm .pth or .safetensors, Detectron/Caffe2
 .pkl, detectron2 .pkl/.pth) to torchvision's ResNet layout plus the input conventions it needs:
 DST = torch.save({"state_dict", "conventions"}), loadable with weights_only=True and by
-model.backbone.weights. The source is told from the content. Exit 0, or 2 with one line.
+model.backbone.weights. The source is told from the content. Exit 0, or 2 with one line (also
+for a DST that cannot be written), or 1 with one line when the write fails anyway.
 
     python tools/convert_weights.py R-50.pkl R-50.converted.pth
     python tools/convert_weights.py resnet50.pth out.pth --source torchvision --norm affine
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without
 
 from gn_detect.checkpoint import SOURCES  # noqa: E402
 from gn_detect.checkpoint.convert import NORM_CHOICES, convert_weights  # noqa: E402
-from gn_detect.config.errors import ConfigError  # noqa: E402
+from gn_detect.config.errors import ConfigError, check_output_path, one_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-groups", type=int, default=32, help="GN groups recorded for a GN file (not stored in files)")
     args = parser.parse_args(argv)
     try:
+        check_output_path("dst", args.dst, file=True)  # before the source is read
         out = convert_weights(args.src, args.dst, source=args.source, norm=args.norm, num_groups=args.num_groups)
     except ConfigError as e:
         print(f"convert_weights: {str(e).removeprefix('model.backbone.weights: ')}", file=sys.stderr)
         return 2
+    except OSError as e:  # the write failed after the check (disk full, a folder gone)
+        print(f"convert_weights: writing {args.dst} failed: {one_line(e)}", file=sys.stderr)
+        return 1
     for src, dst in out["mapped"]:
         print(f"mapped     {src} -> {dst}")
     for key in out["ignored"]:

@@ -60,7 +60,8 @@ def _decide(sw: SourceWeights, norm: str) -> tuple[str, dict[str, torch.Tensor],
 
 def convert_weights(src: str | Path, dst: str | Path, *, source: str = "auto", norm: str = "auto",
                     num_groups: int = 32) -> dict[str, Any]:
-    """Write ``dst``; returns {"mapped", "ignored", "converted", "conventions"}."""
+    """Write ``dst``; returns {"mapped", "ignored", "converted", "conventions"}. A failed write is
+    an OSError (torch's zip writer raises RuntimeError)."""
     if Path(dst).resolve() == Path(src).resolve():
         raise WeightsError(f"{dst} is the input file: converting would overwrite it", "give another output path")
     sw = read_weights(src, source)
@@ -72,5 +73,8 @@ def convert_weights(src: str | Path, dst: str | Path, *, source: str = "auto", n
     conventions = file_conventions(dataclasses.replace(sw, holds=holds), holds, num_groups)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {k: v.contiguous() for k, v in state.items()}, "conventions": conventions}, dst)
+    try:
+        torch.save({"state_dict": {k: v.contiguous() for k, v in state.items()}, "conventions": conventions}, dst)
+    except RuntimeError as e:  # torch's zip writer: "File ... cannot be opened", "unexpected pos"
+        raise OSError(f"could not write {dst}: {str(e).splitlines()[0]}") from e
     return {"mapped": sw.mapped, "ignored": sw.ignored, "converted": folded, "conventions": conventions}

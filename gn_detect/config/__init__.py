@@ -1,6 +1,6 @@
 """The config: typed schema (schema.py), its registration with Hydra (store.py), start-up
 validation (validate.py) and the one-line errors both produce (errors.py)."""
-from .errors import ConfigError, error_text, exit_with_one_line, one_line
+from .errors import ConfigError, check_output_path, error_text, exit_failed, exit_with_one_line, one_line
 from .preflight import check_command_line, preflight
 from .schema import CHOICES, EvaluateConfig, TrainConfig
 from .store import register_schemas
@@ -21,8 +21,10 @@ __all__ = [
     "TrainConfig",
     "check_bn_statistics",
     "check_command_line",
+    "check_output_path",
     "component_norm_opts",
     "error_text",
+    "exit_failed",
     "exit_with_one_line",
     "lr_steps",
     "max_skipped_steps",

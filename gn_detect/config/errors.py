@@ -6,6 +6,8 @@ import re
 import sys
 from typing import NoReturn
 
+from gn_detect.io import unwritable_file, unwritable_folder
+
 
 class ConfigError(ValueError):
     """A bad config value, named by its dotted key, with the fix; raised before any data is read."""
@@ -13,6 +15,16 @@ class ConfigError(ValueError):
     def __init__(self, key: str, problem: str, fix: str = "") -> None:
         self.key = key
         super().__init__(f"{key}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+def check_output_path(key: str, raw: object, base: str | os.PathLike | None = None, *, file: bool = False) -> None:
+    """Refuses (:class:`ConfigError`) an output path a command would write (``file``: one file,
+    else a folder, made if missing) that cannot be written (gn_detect/io.py: unwritable_folder,
+    unwritable_file), e.g. ``out_dir: cannot write to /x/y: /x is a file, not a folder; choose
+    another out_dir``. Called by the commands' start-up checks, before any model is loaded."""
+    why = (unwritable_file if file else unwritable_folder)(str(raw), base)
+    if why is not None:
+        raise ConfigError(key, f"cannot write to {raw}: {why}", f"choose another {key}")
 
 
 _FULL_KEY = re.compile(r"full_key:\s*(\S+)")
@@ -72,3 +84,12 @@ def exit_with_one_line(exc: BaseException) -> NoReturn:
         raise exc
     print(f"gn-detect: {one_line(exc)}", file=sys.stderr)
     sys.exit(2)
+
+
+def exit_failed(exc: BaseException, what: str) -> NoReturn:
+    """A tool's failure while working (e.g. a write refused after the start-up checks passed):
+    ``gn-detect: <what>: <one line>`` on stderr and exit status 1 (``HYDRA_FULL_ERROR=1`` re-raises)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    print(f"gn-detect: {what}: {one_line(exc)}", file=sys.stderr)
+    sys.exit(1)

@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gn_detect.config import exit_with_one_line, preflight
+from gn_detect.config import exit_failed, exit_with_one_line, preflight
 from gn_detect.engine.checkpoint import CheckpointError
 
 from .export import export_run
@@ -24,12 +24,14 @@ _REFUSALS = (ValueError, FileNotFoundError, CheckpointError, RuntimeError)
 
 def _job(validate: Callable[[DictConfig], None], run: Callable[..., Any], cfg: DictConfig) -> Any:
     """``run(cfg)`` after ``validate(cfg)``, from the folder the command was started in; a
-    refusal is one line and exit status 2."""
+    refusal is one line and exit status 2, a write failing while working one line and status 1."""
     try:
         validate(cfg)
         return run(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except _REFUSALS as exc:
         exit_with_one_line(exc)
+    except OSError as exc:  # a write that failed while working (disk full, a folder gone): exit status 1
+        exit_failed(exc, f"{run.__name__.removesuffix('_run')} failed")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")

@@ -9,7 +9,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from gn_detect.config import ConfigError
+from gn_detect.config import ConfigError, check_output_path
 
 from .fold import FOLD_PER_LEVEL
 from .onnx_export import MIN_OPSET, missing_onnx_packages
@@ -51,7 +51,8 @@ def register_deploy_schemas() -> None:
 
 
 def validate_export_config(cfg: DictConfig) -> None:
-    """tools/export.py: a checkpoint is required; per_level, opset and the ONNX packages."""
+    """tools/export.py: a checkpoint is required; per_level, opset, the ONNX packages and a
+    writable out_dir (given, or the default next to an existing checkpoint)."""
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", "is required", "give checkpoint=outputs/<run>/checkpoints/model_final.pth")
     if cfg.per_level not in FOLD_PER_LEVEL:
@@ -65,10 +66,14 @@ def validate_export_config(cfg: DictConfig) -> None:
     if cfg.onnx and missing:
         raise ConfigError("onnx", f"ONNX export needs {', '.join(missing)} (not installed)",
                           "pip install -e \".[export]\", or onnx=false to skip the ONNX file")
+    checkpoint = Path(cfg.checkpoint).expanduser().absolute()
+    if cfg.out_dir or checkpoint.is_file():  # default <run folder>/export; a missing checkpoint is said later
+        check_output_path("out_dir", cfg.out_dir or checkpoint.parent.parent / "export")
 
 
 def validate_predict_config(cfg: DictConfig) -> None:
-    """tools/predict.py: checkpoint, input and output are required; the input must exist."""
+    """tools/predict.py: checkpoint, input and output are required; the input must exist and the
+    output folder be writable (or creatable)."""
     examples = {"checkpoint": "checkpoint=outputs/<run>/checkpoints/model_final.pth",
                 "input": "input=<image folder or file>", "output": "output=<folder for the results>"}
     for key, example in examples.items():
@@ -76,6 +81,7 @@ def validate_predict_config(cfg: DictConfig) -> None:
             raise ConfigError(key, "is required", f"give {example}")
     if not Path(cfg.input).expanduser().exists():
         raise ConfigError("input", f"{cfg.input} does not exist", "give an image file or a folder of images")
+    check_output_path("output", cfg.output)
     if cfg.score_thresh is not None and not 0.0 <= cfg.score_thresh <= 1.0:
         raise ConfigError("score_thresh", f"{cfg.score_thresh} is not a probability",
                           "use a value in [0, 1], or null for the run's tuned thresholds")

@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gn_detect.config import (
     ConfigError,
+    exit_failed,
     exit_with_one_line,
     one_line,
     preflight,
@@ -405,14 +406,8 @@ def _evaluate_main(cfg: DictConfig) -> Any:
         metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         exit_with_one_line(exc)
-    except NothingEvaluated as exc:  # it ran, and failed: exit status 1
-        print(f"gn-detect: evaluation failed: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as exc:  # a full disk while writing the report: one line, exit status 1
-        if not is_disk_full(exc) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"gn-detect: evaluation failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    except (NothingEvaluated, OSError) as exc:  # no image readable, or a write failing after the start
+        exit_failed(exc, "evaluation failed")  # (full disk, a folder gone): one line, exit status 1
     return metrics
 
 

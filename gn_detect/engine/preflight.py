@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gn_detect.config import ConfigError, check_output_path
 from gn_detect.data.preflight import annotation_problems
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
+from gn_detect.io import unwritable_folder
 from gn_detect.modeling import build_model
 
 __all__ = ["evaluate_problems", "train_problems"]
@@ -21,18 +23,9 @@ __all__ = ["evaluate_problems", "train_problems"]
 
 def _folder_problem(key: str, raw: Any) -> str | None:
     """Why the folder ``raw`` (relative to the launch folder) cannot be (or become) a run folder."""
-    path = Path(str(raw)).expanduser()
-    path = path if path.is_absolute() else Path.cwd() / path
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                what = "is a file" if p == path else f"has the file {p} on its way"
-                return (f"run folder error: {key}={raw} {what}, not a folder. Fix: give a folder path "
-                        f"({key}=outputs/my_run) or move the file away")
-            if not os.access(p, os.W_OK | os.X_OK):
-                return f"run folder error: {key}={raw}: {p} is not writable. Fix: give a folder you can write to"
-            return None
-    return None
+    why = unwritable_folder(str(raw))
+    return None if why is None else (f"run folder error: {key}={raw}: {why}. Fix: give another folder "
+                                     f"({key}=outputs/my_run)")
 
 
 def _run_folder_problems(cfg: DictConfig, multirun: bool) -> list[str]:
@@ -75,23 +68,30 @@ def train_problems(cfg: DictConfig, multirun: bool) -> list[str]:
 
 
 def evaluate_problems(cfg: DictConfig, multirun: bool) -> list[str]:
-    """tools/evaluate.py's inspect: the evaluation split's annotation file against the categories
-    of the checkpoint's model (read with weights_only; its own problems are left to the command)."""
+    """tools/evaluate.py's inspect: a writable out_dir (given, or the default in the checkpoint's run
+    folder), and the evaluation split's annotation file against the categories of the
+    checkpoint's model (read with weights_only; its own problems are left to the command)."""
     path = Path(str(cfg.checkpoint)).expanduser()
     path = path if path.is_absolute() else Path.cwd() / path
+    out_problems: list[str] = []
+    if cfg.out_dir or path.is_file():  # default <run folder>/evaluate/<time>
+        try:
+            check_output_path("out_dir", cfg.out_dir or path.parent.parent / "evaluate")
+        except ConfigError as e:
+            out_problems = [f"config error: {e}"]
     if not path.is_file():
-        return []  # the command says so in one line
+        return out_problems  # the command says a missing checkpoint in one line
     try:
         description = load_checkpoint(path).get("description")
     except CheckpointError:
-        return []
+        return out_problems
     if not isinstance(description, dict) or "config" not in description:
-        return []
+        return out_problems
     run = description["config"]
     if cfg.data is None and cfg.run_config:
-        return []  # the data section comes from run_config, read (and checked) by the command
+        return out_problems  # the data section comes from run_config, read (and checked) by the command
     data_cfg = cfg.data if cfg.data is not None else run["data"]
     split = cfg.eval.split if cfg.eval.split is not None else run["eval"]["split"]
     problems, _ = annotation_problems(data_cfg, train_split=None, eval_split=split, base_dir=Path.cwd(),
                                       train_categories=description["model"]["categories"], keep=not multirun)
-    return problems
+    return out_problems + problems

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from gn_detect.config import ConfigError, check_output_path, one_line
 from gn_detect.io import to_jsonable, write_json_atomic, write_text_atomic
 
 from .collect import METRICS, Run, collect_runs
@@ -161,10 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no summary line on stdout")
     args = p.parse_args(argv)
     try:
+        if Path(args.sweep_dir).is_dir():  # a missing sweep folder is said by write_sweep_report
+            check_output_path("--out", args.out or args.sweep_dir)
         res = write_sweep_report(args.sweep_dir, args.out, quiet=args.quiet)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError) as e:
         print(f"sweep_report: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write failing after the check (disk full, a folder gone)
+        print(f"sweep_report: writing the report failed: {one_line(e)}", file=sys.stderr)
+        return 1
     return 0 if res["counts"]["runs"] else 1
 
 

@@ -230,3 +230,53 @@ def test_predict_refuses_every_non_probability_threshold(tmp_path: Path, bad: An
     assert str(report) in str(info.value) and "class 2 (square)" in str(info.value) and "\n" not in str(info.value)
     thr, _ = class_thresholds(write_report(tmp_path, {1: 0.5, 2: 0, 3: None}, NAMES), None, cats)
     assert thr == {1: 0.5, 2: 0.0, 3: float("inf")}
+
+
+# --------------------------------------------------------------------------- output paths that cannot be written
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> Path:  # noqa: F811
+    """One tiny run (config.yaml + checkpoints/model_final.pth) shared by the output-path cases."""
+    return make_run(tmp_path_factory.mktemp("out_paths") / "run", shapes_root)
+
+
+def _output_command(tool: str, ckpt: Path, bad: Path, tmp: Path) -> tuple[str, list[str], str, str]:
+    """(script, arguments with ``bad`` as the output, prefix of its error lines, the output's key)."""
+    if tool == "export":
+        return "export.py", [f"checkpoint={ckpt}", f"out_dir={bad}", "onnx=false"], "gn-detect:", "out_dir"
+    if tool == "predict":
+        (tmp / "images").mkdir()
+        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp / "images" / "a.png")
+        return "predict.py", [f"checkpoint={ckpt}", f"input={tmp / 'images'}", f"output={bad}",
+                              "score_thresh=0.5"], "gn-detect:", "output"
+    if tool == "evaluate":
+        return "evaluate.py", [f"checkpoint={ckpt}", f"out_dir={bad}"], "gn-detect:", "out_dir"
+    if tool == "sweep_report":
+        (tmp / "sweep").mkdir()
+        return "sweep_report.py", [str(tmp / "sweep"), "--out", str(bad)], "sweep_report:", "--out"
+    if tool == "convert_weights":
+        return "convert_weights.py", [str(ckpt), str(bad)], "convert_weights:", "dst"
+    return "train.py", _tiny(_coco(tmp / "coco"), f"hydra.run.dir={bad}"), "gn-detect:", "hydra.run.dir"
+
+
+@pytest.mark.parametrize("tool, where", [
+    *[(t, w) for t in ("export", "predict", "evaluate", "sweep_report") for w in ("existing_file", "under_file")],
+    ("convert_weights", "existing_folder"), ("convert_weights", "under_file"), ("train", "under_file")])
+def test_unwritable_output_is_refused_before_any_work(tool: str, where: str, tmp_path: Path,
+                                                      tiny_checkpoint: Path) -> None:
+    """An output path that is a file (a folder where a file is written) or lies under a file: one
+    line naming the path, the file in the way and the key to change, exit status 2 from the start-up
+    checks (before the model is loaded, so the source of convert_weights is never read), no traceback."""
+    taken = tmp_path / "taken"
+    taken.mkdir() if where == "existing_folder" else taken.write_text("x")
+    bad = taken / "sub" if where == "under_file" else taken
+    script, args, prefix, key = _output_command(tool, tiny_checkpoint, bad, tmp_path)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / script), *args], cwd=str(tmp_path),
+                          env=child_env(HYDRA_FULL_ERROR="0", PYTHONPATH=str(REPO)), timeout=120,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(prefix)]
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    what = "a folder, not a file" if where == "existing_folder" else f"{taken} is a file, not a folder"
+    assert len(lines) == 1 and f"{key}" in lines[0] and what in lines[0], proc.stdout[-3000:]
+    assert str(bad) in lines[0] and ("choose another" in lines[0] or "Fix:" in lines[0]), lines
+    assert taken.is_dir() if where == "existing_folder" else taken.read_text() == "x"
