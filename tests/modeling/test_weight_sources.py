@@ -413,25 +413,6 @@ def test_a_misfit_stops_the_start_before_any_data_is_read(tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_a_wrong_shaped_weights_file_is_refused_by_the_preflight(tmp_path):
-    """The shapes are checked by the pre-flight on the meta device (the run used to find them only
-    when it loaded the file, after the datasets were built): one line naming the tensor."""
-    from gn_detect.engine.preflight import model_problems
-    from tests.engine._train_utils import tiny_cfg
-
-    layers = random_layers(seed=10)
-    state = {k: torch.from_numpy(v) for k, v in named_state(layers, tv_names, stats=True).items()}
-    state["conv1.weight"] = torch.zeros(5)
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
-    cfg = tiny_cfg(tmp_path / "no_data", **{"model.backbone.depth": "50", "model.backbone.widths": list(WIDTHS),
-                                             "model.backbone.norm": "bn", "model.backbone.weights": str(path)})
-    [line] = model_problems(cfg.model, 3)
-    assert line.startswith("config error: model.backbone.weights: ") and "conv1.weight: file (5,)" in line, line
-    torch.save({**state, "conv1.weight": torch.from_numpy(layers[(2, 0, "stem")]["w"])}, path)
-    assert model_problems(cfg.model, 3) == []
-
-
 @pytest.mark.parametrize("norm", ["affine", "bn"])
 def test_torchvision_resnext50_against_torchvision_itself(tmp_path, norm):
     """torchvision's own resnext50_32x4d (random BN statistics) as the reference: its features for
