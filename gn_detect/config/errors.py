@@ -58,8 +58,9 @@ def one_line(exc: BaseException) -> str:
     error re-raised from a DataLoader worker (``error_text``)."""
     if isinstance(exc, ConfigError):
         return str(exc)
-    if error_text(exc) != str(exc):
-        return error_text(exc)
+    worker = error_text(exc)
+    if worker != str(exc):
+        return worker
     text = "\n".join(str(e) for e in _chain(exc))
     key_match = _FULL_KEY.search(text)
     key = key_match.group(1) if key_match else ""

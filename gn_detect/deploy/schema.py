@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from gn_detect.config import ConfigError, check_output_path
+from gn_detect.engine.restore import run_subfolder
 
 from .fold import FOLD_PER_LEVEL
 from .onnx_export import MIN_OPSET, missing_onnx_packages
@@ -68,7 +69,7 @@ def validate_export_config(cfg: DictConfig) -> None:
                           "pip install -e \".[export]\", or onnx=false to skip the ONNX file")
     checkpoint = Path(cfg.checkpoint).expanduser().absolute()
     if cfg.out_dir or checkpoint.is_file():  # default <run folder>/export; a missing checkpoint is said later
-        check_output_path("out_dir", cfg.out_dir or checkpoint.parent.parent / "export")
+        check_output_path("out_dir", cfg.out_dir or run_subfolder(checkpoint, "export"))
 
 
 def validate_predict_config(cfg: DictConfig) -> None:

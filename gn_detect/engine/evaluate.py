@@ -18,7 +18,7 @@ from gn_detect.engine.description import check_same_model
 from gn_detect.engine.device import amp_dtype as autocast_dtype, resolve_device
 from gn_detect.engine.inference import run_inference
 from gn_detect.engine.signals import ignore_stop_signals
-from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint, user_file
+from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint, run_subfolder, user_file
 from gn_detect.evaluation import evaluate_detections, format_results, subset_coco
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
     check_same_categories(description["model"]["categories"], dataset)
     model = model.to(device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "evaluate" / stamp
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else run_subfolder(ckpt_path, "evaluate") / stamp
     loader = build_test_loader(dataset, eval_cfg.ims_per_device, num_workers=data_cfg.num_workers,
                                size_divisibility=model.size_divisibility,
                                worker_init_fn=ignore_stop_signals)

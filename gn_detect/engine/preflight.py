@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gn_detect.config import ConfigError, check_output_path
 from gn_detect.data.preflight import annotation_problems
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
+from gn_detect.engine.restore import run_subfolder
 from gn_detect.io import unwritable_folder
 from gn_detect.modeling import build_model
 
@@ -76,7 +77,7 @@ def evaluate_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     out_problems: list[str] = []
     if cfg.out_dir or path.is_file():  # default <run folder>/evaluate/<time>
         try:
-            check_output_path("out_dir", cfg.out_dir or path.parent.parent / "evaluate")
+            check_output_path("out_dir", cfg.out_dir or run_subfolder(path, "evaluate"))
         except ConfigError as e:
             out_problems = [f"config error: {e}"]
     if not path.is_file():

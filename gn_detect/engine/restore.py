@@ -14,7 +14,13 @@ from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
 from gn_detect.engine.description import config_differences, model_signature, package_version
 from gn_detect.modeling import build_model
 
-__all__ = ["user_file", "read_described_checkpoint", "build_described", "model_from_checkpoint"]
+__all__ = ["user_file", "read_described_checkpoint", "build_described", "model_from_checkpoint", "run_subfolder"]
+
+
+def run_subfolder(ckpt_path: Path, name: str) -> Path:
+    """``<run folder>/<name>`` for a run's checkpoint ``<run folder>/checkpoints/<file>``: where
+    evaluate (``evaluate/<time>``) and export (``export``) write when no out_dir is given."""
+    return ckpt_path.parent.parent / name
 
 
 def user_file(value: str, base: Path, key: str, fix: str) -> Path:

@@ -57,7 +57,8 @@ __all__ = ["triton_group_norm", "forward", "backward", "interpreted", "launch_gu
 _MAX_SPLIT = 256  # chunks per (n, g); the normalize kernel merges them in one block
 # One pass: (largest tile a program may hold, tile width aimed at), in elements (HW padded to a
 # power of two x channels). GPU: up to 16384, i.e. 32 fp32 values per thread and tensor with 16
-# warps (ptxas for sm_90: 99 registers in the backward, no spills; 32768 spills), aiming at
+# warps (ptxas for sm_90 via scripts/inspect_gn_kernels.py --shape 8 256 25 76: 99 registers in the
+# backward, no spills; a one-off build with the limit at 32768 spilled in the backward), aiming at
 # 4096 so that small levels still make many programs; interpreter: 16384 (fewer programs).
 ONE_PASS_TILE = {"gpu": (16384, 4096), "interpreter": (16384, 16384)}
 
