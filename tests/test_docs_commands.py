@@ -41,7 +41,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from gn_detect.config import check_command_line, validate_evaluate_config, validate_train_config
+from gn_detect.config import validate_evaluate_config, validate_train_config
+from gn_detect.preflight import check_command_line
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
@@ -282,8 +283,8 @@ def check_compose(cmd: DocCommand, plan: Plan, cwd: Path) -> None:
         if "-m" in args or "--multirun" in args:
             args = ["-m", *_study_sweep(args), *[a for a in args if a not in ("-m", "--multirun")]]
 
-        def validate(cfg):
-            return validate_train_config(cfg, world_size=plan.procs)
+        def validate(cfg, world_size):  # the commands shown with torchrun: their process count
+            return validate_train_config(cfg, world_size=max(world_size, plan.procs))
 
         problem = check_command_line(CONFIG_DIR, "config", args, validate)
     assert problem is None, f"{cmd.where}: `{cmd.text}` does not compose: {problem}"

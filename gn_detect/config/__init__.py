@@ -1,10 +1,12 @@
 """The config: typed schema (schema.py), its registration with Hydra (store.py), start-up
-validation (validate.py) and the one-line errors both produce (errors.py)."""
+validation (validate.py) and the one-line errors both produce (errors.py); the pre-flight that
+runs them on a command line is gn_detect/preflight/."""
 from .errors import ConfigError, check_output_path, error_text, exit_failed, exit_with_one_line, one_line
-from .preflight import check_command_line, preflight
 from .schema import CHOICES, EvaluateConfig, TrainConfig
 from .store import register_schemas
 from .validate import (
+    Batch,
+    images_per_group,
     check_bn_statistics,
     component_norm_opts,
     lr_steps,
@@ -15,12 +17,13 @@ from .validate import (
 )
 
 __all__ = [
+    "Batch",
+    "images_per_group",
     "CHOICES",
     "ConfigError",
     "EvaluateConfig",
     "TrainConfig",
     "check_bn_statistics",
-    "check_command_line",
     "check_output_path",
     "component_norm_opts",
     "error_text",
@@ -29,7 +32,6 @@ __all__ = [
     "lr_steps",
     "max_skipped_steps",
     "one_line",
-    "preflight",
     "register_schemas",
     "resolve_batch",
     "validate_evaluate_config",

@@ -4,6 +4,7 @@ those rules define (the batch notions, LR steps, per-component norm options)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -12,6 +13,7 @@ from gn_detect.norms import component_norm_opts, norm_names, norm_spec, resolve_
 
 from .errors import ConfigError
 from .schema import CHOICES
+from gn_detect.runs.layout import final_checkpoint_example
 
 PARTS = ("backbone", "fpn", "head")
 
@@ -113,8 +115,32 @@ def bn_group_size(groups: dict[str, int | None]) -> int | None:
     return min(sizes) if sizes else None
 
 
-def resolve_batch(cfg: DictConfig, world_size: int) -> dict[str, int | None]:
-    """The three batch notions (images per step, per device, per BN statistics group), checked."""
+def images_per_group(bn_group: int | None, ims_per_device: int | None, world_size: int, cross_rank: bool) -> int | None:
+    """The batch axis of a study: the images one BN statistics group sees -- ``bn_group`` when set,
+    else the device batch, times the world size for a norm whose statistics span all processes
+    (SyncBN, ``cross_rank`` in the norm table). The sweep report asks this too."""
+    if bn_group is not None:
+        return bn_group
+    if ims_per_device is None:
+        return None
+    return ims_per_device * world_size if cross_rank and world_size > 1 else ims_per_device
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The batch notions of a run, as :func:`resolve_batch` derives them (one place for all of them:
+    the pre-flight, the run, the trainer's messages and the sweep report read these)."""
+
+    ims_per_batch: int            # images per optimizer step over all processes
+    ims_per_device: int           # images per process and step
+    bn_group_size: int | None     # images per ghost-batch statistics group (None: the device batch)
+    images_per_group: int | None  # images one BN statistics group sees (SyncBN: across processes)
+    world_size: int
+
+
+def resolve_batch(cfg: DictConfig, world_size: int) -> Batch:
+    """The batch notions (images per step, per device, per BN statistics group) of ``cfg`` run by
+    ``world_size`` processes, checked."""
     per_device = cfg.data.ims_per_device
     total = cfg.solver.ims_per_batch
     total = per_device * world_size if total is None else total
@@ -133,7 +159,8 @@ def resolve_batch(cfg: DictConfig, world_size: int) -> dict[str, int | None]:
         if norm_spec(cfg.model[part].norm).ghost_batch:
             groups[part] = group
     group = bn_group_size(groups)
-    return {"ims_per_batch": total, "ims_per_device": per_device, "bn_group_size": group}
+    cross = any(norm_spec(cfg.model[part].norm).cross_rank for part in PARTS)
+    return Batch(total, per_device, group, images_per_group(group, per_device, world_size, cross), world_size)
 
 
 def size_divisibility(model: Any) -> int:
@@ -162,8 +189,9 @@ def check_bn_statistics(cfg: DictConfig, world_size: int) -> None:
                 "model.norm_opts.bn_group_size), or a batch-independent norm (gn, gn_ws)")
 
 
-def validate_train_config(cfg: DictConfig, world_size: int = 1) -> dict[str, int | None]:
-    """Every start-up check of a training config; returns the resolved batch notions."""
+def validate_train_config(cfg: DictConfig, world_size: int = 1) -> Batch:
+    """Every start-up check of a training config run by ``world_size`` processes; returns the
+    resolved batch notions."""
     _check_choices(cfg)
     _check_ranges(cfg)
     lr_steps(cfg.solver)
@@ -172,11 +200,11 @@ def validate_train_config(cfg: DictConfig, world_size: int = 1) -> dict[str, int
     return batch
 
 
-def validate_evaluate_config(cfg: DictConfig) -> None:
+def validate_evaluate_config(cfg: DictConfig, world_size: int = 1) -> None:
     """tools/evaluate.py: a checkpoint is required; eval overrides take the training choices."""
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", "is required",
-                          "give checkpoint=outputs/<run>/checkpoints/model_final.pth")
+                          f"give checkpoint={final_checkpoint_example()}")
     for key, value in cfg.eval.items():
         allowed = CHOICES.get(f"eval.{key}")
         if value is not None and allowed and value not in allowed:

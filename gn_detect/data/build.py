@@ -16,7 +16,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from gn_detect.config.schema import CHOICES, DataConfig
 
-from .checks import categories_of, load_coco_json
+from .checks import ParsedFiles, categories_of, load_coco_json
 from .coco import CocoDetection
 from .synthetic import META_FILE, SHAPES_LAYOUT, ensure_shapes_dataset
 from .transforms import DetectionTransform
@@ -147,12 +147,14 @@ def build_dataset(
     *,
     base_dir: str | Path | None = None,
     train: bool | None = None,
+    parsed: ParsedFiles | None = None,
 ) -> CocoDetection:
     """Build the dataset for `split` ("train" or "val").
 
     ``cfg`` is the data config: typed by ``DataConfig``, or a plain dict of what differs from
     its defaults. train (default: split == "train") selects the random train transform and
-    filter_empty; evaluation datasets always keep images without annotations.
+    filter_empty; evaluation datasets always keep images without annotations. ``parsed``: the
+    annotation files the pre-flight already parsed (taken instead of parsing again).
     """
     c = data_config(cfg)
     if c.name not in CHOICES["data.name"]:
@@ -170,4 +172,5 @@ def build_dataset(
         filter_empty=c.filter_empty and train,
         verify_images=c.verify_images,
         name=f"{c.name}_{split}",
+        parsed=parsed,
     )

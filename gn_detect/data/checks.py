@@ -97,14 +97,7 @@ class SkipLog:
 # ----------------------------------------------------------------------------- json
 
 
-# Parsed annotation files waiting for their one reader: the pre-flight of a single run parses
-# every file the run reads and hands each over here; the dataset build of the same process takes
-# it instead of parsing the file again (full COCO train2017 is a 448 MB json, seconds to parse).
-# Keyed by ``file_key``: a file changed in between is parsed again. Taken once, so the reader owns
-# (and may change) what it gets; the run drops what no build took (``drop_handed_over``). A
-# sweep's pre-flight hands nothing over: its runs build their datasets later or elsewhere.
 FileKey = tuple[str, int, int, int, int]
-_HANDED_OVER: dict[FileKey, dict[str, Any]] = {}
 
 
 def file_key(path: str | Path) -> FileKey | None:
@@ -116,29 +109,45 @@ def file_key(path: str | Path) -> FileKey | None:
     return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def hand_over(key: FileKey | None, data: dict[str, Any]) -> None:
-    """Leave parsed ``data`` of the file ``key`` for the next ``load_coco_json`` of it."""
-    if key is not None:
-        _HANDED_OVER[key] = data
+class ParsedFiles:
+    """Annotation files parsed once and handed, explicitly, to their one reader: the pre-flight of
+    a single run parses every file the run reads and passes this object to the run, whose dataset
+    builds take each file instead of parsing it again (full COCO train2017 is a 448 MB json,
+    seconds to parse). Keyed by :func:`file_key`: a file changed in between is parsed again. Taken
+    once, so the reader owns (and may change) what it gets."""
 
+    def __init__(self) -> None:
+        self._files: dict[FileKey, dict[str, Any]] = {}
 
-def drop_handed_over() -> None:
-    """Forget what the pre-flight handed over and no dataset build took (after the builds)."""
-    _HANDED_OVER.clear()
+    def __len__(self) -> int:
+        return len(self._files)
 
-
-def load_coco_json(path: str | Path) -> dict[str, Any]:
-    """Read a COCO instances json (or take it from the pre-flight's hand-over, see
-    ``_HANDED_OVER``); raise AnnotationFileError naming the file and the fix."""
-    path = Path(path)
-    if _HANDED_OVER:
+    def put(self, path: str | Path, data: dict[str, Any]) -> None:
         key = file_key(path)
-        stale = [k for k in _HANDED_OVER if key is not None and k[0] == key[0] and k != key]
-        for k in stale:  # the file changed since the pre-flight parsed it
-            del _HANDED_OVER[k]
-        handed = _HANDED_OVER.pop(key, None)
-        if handed is not None:
-            return handed
+        if key is not None:
+            self._files[key] = data
+
+    def take(self, path: str | Path) -> dict[str, Any] | None:
+        """The parsed content of ``path`` if it is still the file that was parsed (else None, and
+        the stale entry is dropped)."""
+        key = file_key(path)
+        if key is None:
+            return None
+        for stale in [k for k in self._files if k[0] == key[0] and k != key]:
+            del self._files[stale]
+        return self._files.pop(key, None)
+
+    def clear(self) -> None:
+        self._files.clear()
+
+
+def load_coco_json(path: str | Path, parsed: ParsedFiles | None = None) -> dict[str, Any]:
+    """Read a COCO instances json (or take it from ``parsed``, the pre-flight's hand-over); raise
+    AnnotationFileError naming the file and the fix."""
+    path = Path(path)
+    handed = parsed.take(path) if parsed is not None else None
+    if handed is not None:
+        return handed
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -392,10 +401,18 @@ def _usable_entries(image_entries: list[Any], skips: SkipLog) -> tuple[list[dict
 
 
 def _check_image_entries(
-    image_entries: list[Any], image_dir: Path, verify_images: bool, skips: SkipLog, source: str
+    image_entries: list[Any], image_dir: Path, verify_images: bool, skips: SkipLog, source: str,
+    open_images: bool = True,
 ) -> tuple[list[dict[str, Any]], set[Any]]:
-    """(usable image entries with width/height filled in, every valid id listed); counts the rest."""
+    """(usable image entries with width/height filled in, every valid id listed); counts the rest.
+    ``open_images=False`` (the pre-flight): no file is opened or stat'ed; a size the json does not
+    give is unbounded, so only the box itself is checked."""
     entries, all_ids = _usable_entries(image_entries, skips)
+    if not open_images:
+        for e in entries:
+            if not (_is_int(e.get("width")) and _is_int(e.get("height")) and e["width"] > 0 and e["height"] > 0):
+                e["width"] = e["height"] = float("inf")
+        return entries, all_ids
     paths = [image_dir / e["file_name"] for e in entries]
     checks = check_images(paths, decode=verify_images)
     images: list[dict[str, Any]] = []
@@ -446,14 +463,16 @@ def validate_coco(
     *,
     verify_images: bool = True,
     source: str = "<json>",
+    open_images: bool = True,
 ) -> CheckedCoco:
-    """Check a loaded COCO dict against the image folder; see SKIP_REASONS for the policy."""
+    """Check a loaded COCO dict against the image folder; see SKIP_REASONS for the policy.
+    ``open_images=False``: the same rules on the json alone (the pre-flight: no image opened)."""
     image_dir = Path(image_dir)
     skips = SkipLog()
     categories = _check_categories(data["categories"], source)
     known_cats = {c["id"] for c in categories}
 
-    images, all_ids = _check_image_entries(data["images"], image_dir, verify_images, skips, source)
+    images, all_ids = _check_image_entries(data["images"], image_dir, verify_images, skips, source, open_images)
 
     # --- annotations
     kept = {e["id"]: i for i, e in enumerate(images)}

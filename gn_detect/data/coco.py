@@ -15,6 +15,7 @@ from .checks import (
     DataError,
     EmptyDatasetError,
     SkipLog,
+    ParsedFiles,
     load_coco_json,
     validate_coco,
 )
@@ -50,6 +51,7 @@ class CocoDetection(torch.utils.data.Dataset):
         filter_empty: bool = False,
         verify_images: bool = True,
         name: str | None = None,
+        parsed: ParsedFiles | None = None,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -58,7 +60,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.filter_empty = filter_empty
         self.verify_images = verify_images
 
-        data = load_coco_json(self.ann_file)
+        data = load_coco_json(self.ann_file, parsed)
         checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file))
         self.skip_log: SkipLog = checked.skips
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from gn_detect.config import one_line
 from gn_detect.data import build_dataset, collate, data_config
-from gn_detect.engine.restore import run_subfolder
+from gn_detect.runs import run_subfolder
+from gn_detect.runs.layout import EXPORT
 from gn_detect.modeling import size_divisibility
 from gn_detect.io import write_json_atomic
 
@@ -88,7 +89,7 @@ def compare_runs(model: nn.Module, outputs: dict[str, tuple[torch.Tensor, torch.
 
 def _out_dir(cfg: DictConfig, base: Path, ckpt_path: Path) -> Path:
     if not cfg.out_dir:
-        return run_subfolder(ckpt_path, "export")
+        return run_subfolder(ckpt_path, EXPORT)
     out = Path(cfg.out_dir).expanduser()
     return out if out.is_absolute() else base / out
 

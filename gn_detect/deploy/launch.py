@@ -11,7 +11,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gn_detect.config import exit_failed, exit_with_one_line, preflight
+from gn_detect.config import exit_failed, exit_with_one_line
+from gn_detect.preflight import preflight
 from gn_detect.engine.checkpoint import CheckpointError
 
 from .export import export_run

@@ -40,6 +40,7 @@ from gn_detect.data.transforms import resize_shape
 from gn_detect.engine.device import amp_dtype, resolve_device
 from gn_detect.engine.inference import to_coco_results
 from gn_detect.io import write_json_atomic
+from gn_detect.runs import RunFolder, run_folder_of
 
 from .draw import draw_detections, drawn_name
 from .saved import load_for_inference
@@ -88,7 +89,7 @@ def _report_path(cfg: DictConfig, base: Path, ckpt_path: Path) -> Path | None:
     """The report.json to read thresholds from (None with ``score_thresh``); checked to exist."""
     if cfg.score_thresh is not None:
         return None
-    path = _resolve(cfg.report, base) if cfg.report else ckpt_path.parent.parent / "report.json"
+    path = _resolve(cfg.report, base) if cfg.report else RunFolder(run_folder_of(ckpt_path)).report
     if not path.is_file():
         raise FileNotFoundError(f"no report.json with tuned thresholds at {path}; give score_thresh=<0..1> for one "
                                 "threshold, or report=<run>/evaluate/<time>/report.json")

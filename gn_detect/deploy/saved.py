@@ -28,6 +28,7 @@ from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint, save_c
 from gn_detect.engine.restore import build_described, model_from_checkpoint, read_described_checkpoint
 
 from .fold import FoldReport, fold_model
+from gn_detect.runs.layout import final_checkpoint_example
 
 __all__ = ["FOLDED_FORMAT", "FoldedModel", "is_folded", "load_folded", "load_for_inference",
            "load_trained", "read_folded", "save_folded"]
@@ -57,7 +58,7 @@ def load_trained(cfg: DictConfig, base: Path) -> tuple[nn.Module, dict[str, Any]
     ckpt_path, state, description = read_described_checkpoint(cfg, base)
     if is_folded(state):
         raise CheckpointError(f"checkpoint {ckpt_path} is already a folded model (model_folded.pt); give the "
-                              "training checkpoint, <run>/checkpoints/model_final.pth")
+                              f"training checkpoint, {final_checkpoint_example('<run>')}")
     return model_from_checkpoint(description, state, ckpt_path).eval(), description, ckpt_path, state
 
 
@@ -87,7 +88,7 @@ def read_folded(path: str | os.PathLike, state: dict[str, Any] | None = None) ->
     state = load_checkpoint(path) if state is None else state
     if not is_folded(state):
         raise CheckpointError(f"{path} is not a folded model (format {state.get('format')!r}); write one with "
-                              "tools/export.py checkpoint=<run>/checkpoints/model_final.pth")
+                              f"tools/export.py checkpoint={final_checkpoint_example('<run>')}")
     return FoldedModel(_rebuild(state, path), state["description"], state["fold"], state.get("report", {}),
                        state.get("source", {}))
 

@@ -10,7 +10,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from gn_detect.config import ConfigError, check_output_path
-from gn_detect.engine.restore import run_subfolder
+from gn_detect.runs import run_subfolder
+from gn_detect.runs.layout import EXPORT, final_checkpoint_example
 
 from .fold import FOLD_PER_LEVEL
 from .onnx_export import MIN_OPSET, missing_onnx_packages
@@ -51,11 +52,11 @@ def register_deploy_schemas() -> None:
     cs.store(name=PREDICT_SCHEMA, node=PredictConfig)
 
 
-def validate_export_config(cfg: DictConfig) -> None:
+def validate_export_config(cfg: DictConfig, world_size: int = 1) -> None:
     """tools/export.py: a checkpoint is required; per_level, opset, the ONNX packages and a
     writable out_dir (given, or the default next to an existing checkpoint)."""
     if not cfg.checkpoint:
-        raise ConfigError("checkpoint", "is required", "give checkpoint=outputs/<run>/checkpoints/model_final.pth")
+        raise ConfigError("checkpoint", "is required", f"give checkpoint={final_checkpoint_example()}")
     if cfg.per_level not in FOLD_PER_LEVEL:
         raise ConfigError("per_level", f"{cfg.per_level!r} is not one of {', '.join(FOLD_PER_LEVEL)}")
     if cfg.opset < MIN_OPSET:
@@ -69,13 +70,13 @@ def validate_export_config(cfg: DictConfig) -> None:
                           "pip install -e \".[export]\", or onnx=false to skip the ONNX file")
     checkpoint = Path(cfg.checkpoint).expanduser().absolute()
     if cfg.out_dir or checkpoint.is_file():  # default <run folder>/export; a missing checkpoint is said later
-        check_output_path("out_dir", cfg.out_dir or run_subfolder(checkpoint, "export"))
+        check_output_path("out_dir", cfg.out_dir or run_subfolder(checkpoint, EXPORT))
 
 
-def validate_predict_config(cfg: DictConfig) -> None:
+def validate_predict_config(cfg: DictConfig, world_size: int = 1) -> None:
     """tools/predict.py: checkpoint, input and output are required; the input must exist and the
     output folder be writable (or creatable)."""
-    examples = {"checkpoint": "checkpoint=outputs/<run>/checkpoints/model_final.pth",
+    examples = {"checkpoint": f"checkpoint={final_checkpoint_example()}",
                 "input": "input=<image folder or file>", "output": "output=<folder for the results>"}
     for key, example in examples.items():
         if not cfg[key]:

@@ -39,6 +39,8 @@ from torch import nn
 
 from gn_detect.engine import dist as gdist
 from gn_detect.io import DiskFullError, is_disk_full
+from gn_detect.runs import RunFolder
+from gn_detect.runs.layout import CHECKPOINT_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +213,8 @@ class Checkpointer:
         description: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.dir = self.run_dir / "checkpoints"
+        self.folder = RunFolder(self.run_dir)
+        self.dir = self.folder.checkpoints
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -227,14 +230,14 @@ class Checkpointer:
                 tmp.unlink(missing_ok=True)
 
     def path(self, name: str) -> Path:
-        return self.dir / (name if name.endswith(".pth") else f"{name}.pth")
+        return self.folder.checkpoint(name.removesuffix(CHECKPOINT_SUFFIX))
 
     @property
     def last_path(self) -> Path:
-        return self.path("last")
+        return self.folder.last
 
     def _rng_path(self, name: str, rank: int) -> Path:
-        return self.dir / f"{self.path(name).stem}.rank{rank}.rng.pth"
+        return self.folder.rank_rng(name.removesuffix(CHECKPOINT_SUFFIX), rank)
 
     def has_checkpoint(self) -> bool:
         return self.last_path.is_file()

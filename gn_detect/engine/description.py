@@ -15,7 +15,7 @@ too; the categories are the training dataset's.
 
 Resuming (:func:`check_resume`) refuses any difference from the checkpoint's description that
 would change the model, the optimizer or the data, listing every differing key in one line.
-Only these keys may change when a run is resumed (:data:`RESUME_MAY_CHANGE`):
+Only these keys may change when a run is resumed (``RESUME_MAY_CHANGE``, gn_detect/runs/keys.py):
 
 * ``log.period``, ``log.progress``: how progress is printed;
 * ``eval.period``, ``eval.full_reports``, ``eval.num_vis_images``: when periodic evaluations run
@@ -45,6 +45,8 @@ from gn_detect.checkpoint.conventions import fill_unrecorded
 from gn_detect.config import ConfigError, TrainConfig
 from gn_detect.modeling.build import model_config
 from gn_detect.norms import resolve_norm
+from gn_detect.runs import flatten
+from gn_detect.runs.keys import RESUME_MAY_CHANGE
 
 __all__ = [
     "RESUME_MAY_CHANGE",
@@ -58,10 +60,6 @@ __all__ = [
     "package_version",
 ]
 
-RESUME_MAY_CHANGE: tuple[str, ...] = (
-    "log.period", "log.progress", "eval.period", "eval.full_reports", "eval.num_vis_images",
-    "checkpoint.period", "data.num_workers",
-)
 # Keys of the model section that do not describe the trained model (see the module docstring).
 _NOT_THE_MODEL = ("model.backbone.weights", "model.backbone.weights_strict")
 _MISSING = "<absent>"
@@ -114,16 +112,6 @@ def describe_run(config: Mapping[str, Any], categories: list[dict[str, Any]]) ->
             "version": package_version()}
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _on_schema(config: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config on today's schema (keys added since get their defaults); as saved if it
     no longer fits (a key was removed), so the difference is reported, not an exception."""
@@ -136,7 +124,7 @@ def _on_schema(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (old value, new value) for every leaf that differs (``<absent>`` if missing)."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return {k: (a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(a.keys() | b.keys())
             if a.get(k, _MISSING) != b.get(k, _MISSING)}
 

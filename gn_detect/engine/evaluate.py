@@ -12,13 +12,15 @@ from torch import nn
 
 from gn_detect.config.schema import EvalConfig
 from gn_detect.data import build_dataset, build_test_loader, check_same_categories
-from gn_detect.data.checks import drop_handed_over
+from gn_detect.data.checks import ParsedFiles
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.description import check_same_model
 from gn_detect.engine.device import amp_dtype as autocast_dtype, resolve_device
 from gn_detect.engine.inference import run_inference
 from gn_detect.engine.signals import ignore_stop_signals
-from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint, run_subfolder, user_file
+from gn_detect.engine.restore import model_from_checkpoint, read_described_checkpoint, user_file
+from gn_detect.runs import run_folder_of, run_subfolder
+from gn_detect.runs.layout import EVALUATE, REPORT_MD
 from gn_detect.evaluation import evaluate_detections, format_results, subset_coco
 
 log = logging.getLogger(__name__)
@@ -82,12 +84,14 @@ def _run_config(cfg: DictConfig, base: Path, ckpt_path: Path, description: dict[
     return other
 
 
-def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None,
+                        parsed: ParsedFiles | None = None) -> dict[str, Any]:
     """tools/evaluate.py (``cfg`` on the schema's EvaluateConfig): build the model the checkpoint
     describes (its config and signature, gn_detect/engine/description.py), load its weights,
     evaluate on a split with the same categories, write the report. ``eval.*`` overrides that
     are not null replace the run's own settings; ``data`` null means the run's data section;
-    ``run_config`` (optional) supplies data and eval settings, and must describe the same model."""
+    ``run_config`` (optional) supplies data and eval settings, and must describe the same model.
+    ``parsed``: the annotation files the pre-flight parsed."""
     base = Path(base_dir or ".")
     ckpt_path, state, description = read_described_checkpoint(cfg, base)
     run_cfg = _run_config(cfg, base, ckpt_path, description)
@@ -96,19 +100,18 @@ def evaluate_checkpoint(cfg: DictConfig, base_dir: str | Path | None = None) -> 
     overrides = {k: v for k, v in cfg.eval.items() if v is not None}
     eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), run_cfg.eval, overrides)
     device = resolve_device(cfg.device)
-    dataset = build_dataset(data_cfg, eval_cfg.split, base_dir=base)
-    drop_handed_over()  # what the pre-flight parsed and the build did not take
+    dataset = build_dataset(data_cfg, eval_cfg.split, base_dir=base, parsed=parsed)
     check_same_categories(description["model"]["categories"], dataset)
     model = model.to(device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else run_subfolder(ckpt_path, "evaluate") / stamp
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else run_subfolder(ckpt_path, EVALUATE) / stamp
     loader = build_test_loader(dataset, eval_cfg.ims_per_device, num_workers=data_cfg.num_workers,
                                size_divisibility=model.size_divisibility,
                                worker_init_fn=ignore_stop_signals)
     metrics = evaluate_model(model, loader, dataset, out_dir, eval_cfg, device=device,
                              amp_dtype=autocast_dtype("auto", device))
     if gdist.is_main_process():
-        print(format_results(metrics, run_dir=ckpt_path.parent.parent, report_path=out_dir / "report.md"), flush=True)
+        print(format_results(metrics, run_dir=run_folder_of(ckpt_path), report_path=out_dir / REPORT_MD), flush=True)
         if len(dataset) and metrics.get("skipped_images", 0) >= len(dataset):
             raise NothingEvaluated(f"none of the {len(dataset)} images of split {eval_cfg.split!r} could be read at "
                                    f"evaluation time (images folder {getattr(dataset, 'image_dir', '?')}), so there "

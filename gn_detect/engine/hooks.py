@@ -31,6 +31,7 @@ from gn_detect.engine.precise_bn import bn_layers, update_bn_stats
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, preempt_signal
 from gn_detect.engine.train_loop import HookBase
 from gn_detect.engine.writers import MetricWriter
+from gn_detect.runs.layout import FINAL, LAST
 
 try:
     import resource  # POSIX only
@@ -91,14 +92,14 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self) -> None:
         t = self.trainer
         if _due(t, self.period):
-            self.checkpointer.save("last", t.iters_done, **t.checkpoint_extra())
+            self.checkpointer.save(LAST, t.iters_done, **t.checkpoint_extra())
 
     def after_train(self) -> None:
         t = self.trainer
         if t.state in ("done", "interrupted"):
-            self.checkpointer.save("last", t.iters_done, **t.checkpoint_extra())
+            self.checkpointer.save(LAST, t.iters_done, **t.checkpoint_extra())
         if t.state == "done":
-            self.checkpointer.save("model_final", t.iters_done, model_only=True)
+            self.checkpointer.save(FINAL, t.iters_done, model_only=True)
 
 
 class EvalHook(HookBase):

@@ -40,29 +40,25 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gn_detect.config import (
-    ConfigError,
-    exit_failed,
-    exit_with_one_line,
-    one_line,
-    preflight,
-    validate_evaluate_config,
-    validate_train_config,
-)
+from gn_detect.config import ConfigError, exit_failed, exit_with_one_line, one_line, validate_evaluate_config, \
+    validate_train_config
+from gn_detect.data.checks import ParsedFiles
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, hand_over_preemption, preempt_signal
 from gn_detect.engine.evaluate import NothingEvaluated, evaluate_checkpoint
-from gn_detect.engine.preflight import evaluate_problems, train_problems
 from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
-from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, is_finished, train
-from gn_detect.engine.writers import read_status, write_status
+from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, train
 from gn_detect.io import DiskFullError, is_disk_full, write_text_atomic
+from gn_detect.runs import RunFolder, finished, flatten, read_status, write_status
+from gn_detect.runs.keys import FROM_THE_WEIGHTS, RESULT_NEUTRAL
+from gn_detect.preflight import evaluate_problems, preflight, train_problems
 from gn_detect.sweeps.outcome import record_run, recorded_runs, sweep_exit_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -164,6 +160,38 @@ if not OmegaConf.has_resolver("gn_sweep_subdir"):
     OmegaConf.register_new_resolver("gn_sweep_subdir", sweep_subdir)
 
 
+def _split(override: str) -> tuple[str, Any]:
+    """``"+seed=2" -> ("seed", 2)``: the key as Hydra's ``key_or_group`` names it and the value as
+    YAML reads it (numbers and booleans typed; anything that is not a scalar kept as written)."""
+    key, _, text = override.lstrip("+~").partition("=")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:  # Hydra syntax YAML does not read (e.g. interpolations): as written
+        value = None
+    return key.split("@")[0], value if isinstance(value, (bool, int, float, str)) else text
+
+
+def swept_values(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """{swept key: this run's value} of a run of a Hydra multirun (numbers and booleans typed,
+    anything else as written), for its row in TensorBoard's HParams view (the trainer hands them to
+    the metric writer); {} for a run outside a multirun or without Hydra's records. Read from what
+    Hydra leaves on disk (``<run>/.hydra/hydra.yaml``, ``<sweep>/multirun.yaml``), so any process
+    that trains a run of a sweep finds them; the keys are :func:`swept_keys`, the words of the
+    folder names."""
+    run_dir = Path(run_dir)
+    job_file = run_dir / ".hydra" / "hydra.yaml"
+    record = next((p / "multirun.yaml" for p in run_dir.parents if (p / "multirun.yaml").is_file()), None)
+    if not job_file.is_file() or record is None:
+        return {}
+    job = (yaml.safe_load(job_file.read_text(encoding="utf-8")) or {}).get("hydra") or {}
+    if job.get("mode") != "MULTIRUN":
+        return {}
+    sweep = (yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("hydra") or {}
+    excluded = set(job["job"]["config"]["override_dirname"]["exclude_keys"])
+    swept = swept_keys((sweep.get("sweeper") or {}).get("params") or {}, sweep["overrides"]["task"]) - excluded
+    return {key: value for key, value in map(_split, job["overrides"]["task"]) if key in swept}
+
+
 def _required(hint: str) -> Any:
     """``${gn_required:'key=example'}``: a value a config cannot default (e.g. a checkpoint
     path). Overriding the key replaces the interpolation; resolving it unset fails the run at
@@ -183,12 +211,12 @@ def _record_failure(cfg: DictConfig, run_dir: Path, exc: BaseException) -> None:
         return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.yaml").exists():
+        if not RunFolder(run_dir).config.exists():
             try:
                 text = OmegaConf.to_yaml(cfg, resolve=True)
             except Exception:  # noqa: BLE001 - an unresolvable config is itself a start-up failure
                 text = OmegaConf.to_yaml(cfg, resolve=False)
-            write_text_atomic(run_dir / "config.yaml", text)
+            write_text_atomic(RunFolder(run_dir).config, text)
         if read_status(run_dir).get("state") != "failed":
             write_status(run_dir, "failed", iteration=0, error=f"{type(exc).__name__}: {exc}")
     except Exception as rec_exc:  # noqa: BLE001 - the failure itself is already logged
@@ -258,13 +286,13 @@ def _stop_signals_raise() -> Any:
             signal.signal(s, h)
 
 
-def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
+def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path, parsed: ParsedFiles | None) -> Any:
     """One run; its exit status (README: Exit statuses) is left in _OUTCOME: 2 refused at start,
     1 failed after the start (one line for the failures of _RUN_FAILURES), 128 + signal when
     stopped, and the last output line says what is kept."""
     try:
         with _stop_signals_raise():
-            result = train(cfg, _rank0_run_dir(cfg, run_dir), base_dir)
+            result = train(cfg, _rank0_run_dir(cfg, run_dir), base_dir, parsed=parsed)
     except _START_REFUSALS as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -277,7 +305,7 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - status.json already says failed, with this error
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (isinstance(exc, _RUN_FAILURES) or is_disk_full(exc)):
             raise
-        last = run_dir / "checkpoints" / "last.pth"
+        last = RunFolder(run_dir).last
         kept = f"; {last} is kept" if last.is_file() else ""
         state = read_status(run_dir).get("state")  # what is on disk: writing "failed" may itself have failed
         said = "says failed" if state == "failed" else f"could not be updated and says {state or 'nothing'}"
@@ -289,45 +317,26 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path) -> Any:
     return result
 
 
-# Keys that do not change a run's results: a finished run whose config differs from a new
-# sweep job's only in these is that job (it is skipped).
-_RESULT_NEUTRAL = re.compile(
-    r"^(log\..*|eval\.num_vis_images|checkpoint\.period|data\.num_workers|sweep_name|hydra(\..*)?)$")
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict) or (prefix and not d):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-_FROM_THE_WEIGHTS = ("model.input.format", "model.input.pixel_mean", "model.input.pixel_std",
-                     "model.backbone.stride_in_1x1")
-
-
 def finished_run_clash(cfg: DictConfig, run_dir: Path) -> str | None:
     """None when the finished run in ``run_dir`` was made by this job's config (its config.yaml
-    equals the resolved ``cfg`` up to :data:`_RESULT_NEUTRAL` keys; ``solver.ims_per_batch`` left
+    equals the resolved ``cfg`` up to gn_detect/runs/keys.py's ``RESULT_NEUTRAL`` keys; ``solver.ims_per_batch`` left
     null here is derived there); else a one-line error naming the differing keys and the fix.
     Folder names come from the swept keys only, so two commands into one sweep folder that
     differ in a fixed value land in the same folders."""
     try:
-        old = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+        old = OmegaConf.to_container(OmegaConf.load(RunFolder(run_dir).config), resolve=False)
         new = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # noqa: BLE001 - an unreadable record cannot be taken for this job
         return f"{run_dir} holds a finished run whose config.yaml cannot be compared ({type(exc).__name__}: {exc})"
-    a, b = _flat(old), _flat(new)
-    for key in _FROM_THE_WEIGHTS:  # null now: resolved from the same weights file into config.yaml then
+    a, b = flatten(old), flatten(new)
+    for key in FROM_THE_WEIGHTS:  # null now: resolved from the same weights file into config.yaml then
         if b.get(key) is None:
             a.pop(key, None), b.pop(key, None)
     if b.get("solver.ims_per_batch") is None:
         a.pop("solver.ims_per_batch", None)
         b.pop("solver.ims_per_batch", None)
     keys = sorted(k for k in set(a) | set(b)
-                  if not _RESULT_NEUTRAL.match(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))
+                  if not RESULT_NEUTRAL.match(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))
     if not keys:
         return None
     shown = ", ".join(f"{k} ({a.get(k, '<missing>')!r} there, {b.get(k, '<missing>')!r} now)" for k in keys[:5])
@@ -336,20 +345,22 @@ def finished_run_clash(cfg: DictConfig, run_dir: Path) -> str | None:
             "keys only, so use another hydra.sweep.dir or sweep_name for this command (or sweep the differing key)")
 
 
-def run_job(cfg: DictConfig) -> Any:
+def run_job(cfg: DictConfig, parsed: ParsedFiles | None = None) -> Any:
+    """One job of tools/train.py (a single run, or one run of a sweep); ``parsed``: the annotation
+    files the pre-flight parsed for a single run."""
     gdist.env_from_scheduler()  # a submitit / srun task: torchrun's variables from the scheduler
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     base_dir = Path(hc.runtime.cwd)  # the launch folder: relative data paths resolve against it
     if hc.mode != RunMode.MULTIRUN:
-        return _single_run(cfg, run_dir, base_dir)
+        return _single_run(cfg, run_dir, base_dir, parsed)
     # A sweep: finished runs are skipped, others resume from their last checkpoint, and one
     # failure is reported at once without stopping the remaining runs; a signal stops the sweep.
     if _OUTCOME.exit_code:
         log.warning("skip (sweep stopped: %s): %s", _OUTCOME.reason, run_dir)
         record_run(run_dir, failure=f"not started: {_OUTCOME.reason}")
         return None
-    if is_finished(run_dir):
+    if finished(run_dir):
         clash = finished_run_clash(cfg, run_dir)
         record_run(run_dir, failure=clash or "")
         if clash is None:
@@ -360,7 +371,7 @@ def run_job(cfg: DictConfig) -> Any:
         return None
     record_run(run_dir)
     try:
-        result = train(cfg, run_dir, base_dir)
+        result = train(cfg, run_dir, base_dir, hparams=swept_values(run_dir))
     except Exception as exc:  # noqa: BLE001 - recorded in status.json, sweep goes on
         log.error("FAILED run %s: %s: %s\n%s", run_dir, type(exc).__name__, exc, traceback.format_exc())
         if not isinstance(exc, _NOT_OURS):
@@ -394,16 +405,10 @@ def _sweep_exit_status() -> int:
     return code
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def _train_main(cfg: DictConfig) -> Any:
-    return run_job(cfg)
-
-
-@hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")
-def _evaluate_main(cfg: DictConfig) -> Any:
+def _evaluate(cfg: DictConfig, parsed: ParsedFiles | None) -> Any:
     try:
         validate_evaluate_config(cfg)
-        metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
+        metrics = evaluate_checkpoint(cfg, base_dir=Path(HydraConfig.get().runtime.cwd), parsed=parsed)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         exit_with_one_line(exc)
     except (NothingEvaluated, OSError) as exc:  # no image readable, or a write failing after the start
@@ -414,8 +419,9 @@ def _evaluate_main(cfg: DictConfig) -> Any:
 def main() -> Any:
     """tools/train.py: one-line config errors before Hydra starts, then the run or sweep, then
     the exit status (module docstring)."""
-    preflight(CONFIG_DIR, "config", validate_train_config, train_problems)
-    result = _train_main()
+    parsed = preflight(CONFIG_DIR, "config", validate_train_config, train_problems).files
+    result = hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(
+        lambda cfg: run_job(cfg, parsed))()
     if _OUTCOME.exit_code:
         if _OUTCOME.exit_code != 2:  # a refusal has printed its line; otherwise say what happened last
             print(f"gn-detect: {_OUTCOME.reason}", file=sys.stderr, flush=True)
@@ -427,5 +433,6 @@ def main() -> Any:
 
 def evaluate_main() -> Any:
     """tools/evaluate.py."""
-    preflight(CONFIG_DIR, "evaluate", validate_evaluate_config, evaluate_problems)
-    return _evaluate_main()
+    parsed = preflight(CONFIG_DIR, "evaluate", validate_evaluate_config, evaluate_problems).files
+    return hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")(
+        lambda cfg: _evaluate(cfg, parsed))()

@@ -13,14 +13,9 @@ from torch import nn
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
 from gn_detect.engine.description import config_differences, model_signature, package_version
 from gn_detect.modeling import build_model
+from gn_detect.runs.layout import final_checkpoint_example
 
-__all__ = ["user_file", "read_described_checkpoint", "build_described", "model_from_checkpoint", "run_subfolder"]
-
-
-def run_subfolder(ckpt_path: Path, name: str) -> Path:
-    """``<run folder>/<name>`` for a run's checkpoint ``<run folder>/checkpoints/<file>``: where
-    evaluate (``evaluate/<time>``) and export (``export``) write when no out_dir is given."""
-    return ckpt_path.parent.parent / name
+__all__ = ["user_file", "read_described_checkpoint", "build_described", "model_from_checkpoint"]
 
 
 def user_file(value: str, base: Path, key: str, fix: str) -> Path:
@@ -37,7 +32,7 @@ def user_file(value: str, base: Path, key: str, fix: str) -> Path:
 def read_described_checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The checkpoint's path, content (read with weights_only) and description."""
     ckpt_path = user_file(cfg.checkpoint, base, "checkpoint",
-                          "give checkpoint=<run folder>/checkpoints/model_final.pth")
+                          f"give checkpoint={final_checkpoint_example('<run folder>')}")
     state = load_checkpoint(ckpt_path)
     description = state.get("description")
     if not isinstance(description, dict) or not {"config", "model"} <= description.keys():

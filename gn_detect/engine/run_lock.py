@@ -8,8 +8,7 @@ naming the dead pid). Only rank 0 of a torchrun job locks: the other ranks share
 ``flock`` needs a local file system or NFS v4; where ``fcntl`` does not exist (Windows) the
 folder is not locked, and that is logged.
 
-:func:`pid_alive` tells whether a pid exists on this host (the sweep report keeps its own
-host-aware check, gn_detect/sweeps/collect.py, since sweeps does not import engine).
+Whether a process named in a status or lock is alive: gn_detect/runs/status.py.
 """
 from __future__ import annotations
 
@@ -20,6 +19,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from gn_detect.runs import RunFolder
+
 try:
     import fcntl  # POSIX only
 except ImportError:  # pragma: no cover - Windows
@@ -27,30 +28,11 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_NAME", "RunFolderInUse", "RunLock", "pid_alive"]
-
-LOCK_NAME = ".lock"
+__all__ = ["RunFolderInUse", "RunLock"]
 
 
 class RunFolderInUse(RuntimeError):
     """Another live process owns the run folder."""
-
-
-def pid_alive(pid: Any) -> bool:
-    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_owner(f: Any) -> dict[str, Any]:
@@ -70,7 +52,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.path = Path(run_dir) / LOCK_NAME
+        self.path = RunFolder(run_dir).lock
         self.previous_owner: dict[str, Any] = {}
         self._file: Any = None
 

@@ -44,6 +44,7 @@ from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import Checkpointer, unwrap_model
 from gn_detect.engine.signals import EXIT_INTERRUPTED, StopRequested
 from gn_detect.engine.solver import clip_gradients
+from gn_detect.runs.layout import NONFINITE_DEBUG
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,8 @@ class NonFinitePolicy:
     def _stop(self, trainer: "Trainer", problem: str) -> NoReturn:
         saved = "No state was saved."
         if self.checkpointer is not None:
-            self.checkpointer.save("nonfinite_debug", trainer.iters_done, **trainer.checkpoint_extra())
-            saved = f"State saved to {self.checkpointer.path('nonfinite_debug')}."
+            self.checkpointer.save(NONFINITE_DEBUG, trainer.iters_done, **trainer.checkpoint_extra())
+            saved = f"State saved to {self.checkpointer.path(NONFINITE_DEBUG)}."
         skip = ("raise solver.max_skipped_steps to tolerate more" if self.mode == "skip"
                 else "solver.nonfinite=skip to skip such steps")
         raise NonFiniteLossError(
@@ -147,13 +148,14 @@ class Trainer:
 
     ``model`` is what the step calls (DDP-wrapped under torchrun); ``bare_model`` the module
     inside. ``data_loader`` yields ``(images, targets, image_sizes)`` batches (endless);
-    ``ims_per_batch`` is the number of images of one step over all ranks (for timing).
+    ``ims_per_batch`` is the number of images of one step over all ranks (for timing),
+    ``ims_per_device`` those of one rank (for messages); both from ``config.resolve_batch``.
     """
 
     def __init__(self, model: nn.Module, data_loader: Iterable[Any], optimizer: torch.optim.Optimizer, *,
                  device: torch.device, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                  clip_grad_norm: float | None = None, nonfinite: NonFinitePolicy | None = None,
-                 ims_per_batch: int = 0) -> None:
+                 ims_per_batch: int = 0, ims_per_device: int = 0) -> None:
         # fp16 gradients underflow to zero without loss scaling; bf16 and fp32 need none (disabled: a no-op)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.model, self.bare_model = model, unwrap_model(model)
@@ -161,7 +163,7 @@ class Trainer:
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
         self.clip_grad_norm = clip_grad_norm
         self.nonfinite = nonfinite or NonFinitePolicy("stop")
-        self.ims_per_batch = ims_per_batch
+        self.ims_per_batch, self.ims_per_device = ims_per_batch, ims_per_device
         self.hooks: list[HookBase] = []
         self.start_iter = self.max_iter = 0
         self.iter = -1
@@ -309,7 +311,7 @@ class Trainer:
         except torch.OutOfMemoryError as e:
             if self.iter - self.start_iter >= OOM_STEPS:
                 raise
-            per_device = self.ims_per_batch // max(gdist.get_world_size(), 1)
+            per_device = self.ims_per_device
             memory = ""
             if self.device.type == "cuda":
                 total = torch.cuda.get_device_properties(self.device).total_memory / 2**30

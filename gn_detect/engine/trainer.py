@@ -2,12 +2,8 @@
 state and the standard hooks into a :class:`~gn_detect.engine.train_loop.Trainer`;
 :func:`train` runs it and owns the run folder's status.
 
-Run folder (rank 0 writes it; ``.lock`` is held by the one process running it)::
-
-    .lock  config.yaml  env.json  status.json  metrics.jsonl  data_skipped.json  tb/
-    checkpoints/  last.pth (+ last.rank<k>.rng.pth under DDP), model_final.pth
-    report.json, report.md, per_class.csv, figures    the final evaluation
-    eval/iter_<iter>/                                  periodic evaluations (eval.period)
+The run folder's layout is gn_detect/runs/layout.py (rank 0 writes it; ``.lock`` is held by the
+one process running it).
 
 Iteration numbering, one number everywhere: ``iter`` is the 0-based index of the last
 completed iteration -- in metrics.jsonl (train, eval and final records), TensorBoard steps,
@@ -23,7 +19,6 @@ anything else that draws from them, and checkpoints save and restore them.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -38,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gn_detect.config import error_text, lr_steps, max_skipped_steps, validate_train_config
+from gn_detect.config import Batch, error_text, lr_steps, max_skipped_steps, validate_train_config
 from gn_detect.data import (
     build_dataset,
     build_test_loader,
@@ -46,7 +41,7 @@ from gn_detect.data import (
     check_same_categories,
     write_skip_summary,
 )
-from gn_detect.data.checks import drop_handed_over
+from gn_detect.data.checks import ParsedFiles
 from gn_detect.data.collate import make_buckets
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError, Checkpointer, load_checkpoint
@@ -64,10 +59,11 @@ from gn_detect.engine.hooks import (
     SignalHandler,
 )
 from gn_detect.engine.run_lock import RunFolderInUse, RunLock
+from gn_detect.runs import RunFolder, read_status, write_status
 from gn_detect.engine.signals import StopRequested, ignore_stop_signals
 from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, scale_lr
 from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFinitePolicy, Trainer
-from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
+from gn_detect.engine.writers import MetricWriter, write_json_atomic
 from gn_detect.evaluation import format_results
 from gn_detect.io import write_text_atomic
 from gn_detect.layers import SyncBatchNorm
@@ -78,7 +74,7 @@ from gn_detect.modeling.compile import compile_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteLossError", "ResumeRefusedError", "RunFolderInUse", "build_trainer", "is_finished", "train"]
+__all__ = ["NonFiniteLossError", "ResumeRefusedError", "RunFolderInUse", "build_trainer", "train"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,7 @@ class _Run:
     rank: int
     world_size: int
     device: torch.device
-    batch: dict[str, int | None]  # ims_per_batch, ims_per_device, bn_group_size (validated)
+    batch: Batch                   # the batch notions, as the pre-flight derived them too
     amp_dtype: torch.dtype | None
     channels_last: bool
     resolved: dict[str, Any]       # the config as config.yaml and the checkpoints record it
@@ -98,6 +94,8 @@ class _Run:
     resume: dict[str, Any] | None  # content of checkpoints/last.pth when this start resumes it
     init_path: Path | None         # init_weights (resolved against base_dir) for a new run ...
     init: dict[str, Any] | None    # ... and its content
+    hparams: dict[str, Any] | None = None  # a sweep run's swept values, for TensorBoard's HParams view
+    parsed: ParsedFiles | None = None      # annotation files the pre-flight parsed for this run
 
 
 def _lock_run_dir(cfg: DictConfig, run_dir: Path) -> RunLock | None:
@@ -125,7 +123,7 @@ def _lock_run_dir(cfg: DictConfig, run_dir: Path) -> RunLock | None:
 def _resume_state(cfg: DictConfig, run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
     """The content of checkpoints/last.pth when this start resumes it, once its description
     allows this config (gn_detect/engine/description.py; categories are checked with the data)."""
-    last = run_dir / "checkpoints" / "last.pth"
+    last = RunFolder(run_dir).last
     if not cfg.resume or not last.is_file():
         return None
     state = load_checkpoint(last)
@@ -155,12 +153,14 @@ def _write_run_files(run: _Run) -> None:
     if not gdist.is_main_process():
         return
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
-    write_json_atomic(run.run_dir / "env.json", {**collect_env(), "world_size": run.world_size})
+    folder = RunFolder(run.run_dir)
+    write_text_atomic(folder.config, OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
+    write_json_atomic(folder.env, {**collect_env(), "world_size": run.world_size})
     write_status(run.run_dir, "running", pid=os.getpid(), host=socket.gethostname())
 
 
-def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock: RunLock | None) -> _Run:
+def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock: RunLock | None,
+               hparams: dict[str, Any] | None = None, parsed: ParsedFiles | None = None) -> _Run:
     """With the run folder locked: config checks, the checkpoint this start resumes or
     initializes from (read and checked before anything is written); then, for a new run,
     config.yaml, env.json and status 'running' (a resume writes them once its data is checked)."""
@@ -171,23 +171,25 @@ def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock
     batch = validate_train_config(cfg, info.world_size)
     resolve_conventions(cfg.model)  # null model.input / stride_in_1x1 from the weights file; norm fit checked
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["solver"]["ims_per_batch"] = batch["ims_per_batch"]  # record the derived value
+    resolved["solver"]["ims_per_batch"] = batch.ims_per_batch  # record the derived value
     resume = _resume_state(cfg, run_dir, resolved)
     init_path, init = (None, None) if resume is not None else _init_state(cfg, base_dir)
     setting = cfg.solver.channels_last
     run = _Run(cfg, run_dir, info.rank, info.world_size, device, batch, amp_dtype(cfg.solver.amp, device),
                setting == "on" or (setting == "auto" and device.type == "cuda"), resolved, lock, resume,
-               init_path, init)
+               init_path, init, hparams, parsed)
     if resume is None:
         _write_run_files(run)
     return run
 
 
 def _datasets(run: _Run, base_dir: str | Path | None) -> tuple[Any, Any]:
-    """Train and evaluation datasets, which must list the same categories (gn_detect/data/checks.py)."""
-    train_set = build_dataset(run.cfg.data, "train", base_dir=base_dir)
-    val_set = build_dataset(run.cfg.data, run.cfg.eval.split, base_dir=base_dir)
-    drop_handed_over()  # parsed files the pre-flight left that neither build took
+    """Train and evaluation datasets, which must list the same categories (gn_detect/data/checks.py);
+    annotation files the pre-flight parsed (``run.parsed``) are taken, not parsed again."""
+    train_set = build_dataset(run.cfg.data, "train", base_dir=base_dir, parsed=run.parsed)
+    val_set = build_dataset(run.cfg.data, run.cfg.eval.split, base_dir=base_dir, parsed=run.parsed)
+    if run.parsed is not None:
+        run.parsed.clear()  # what neither build took
     check_same_categories(train_set, val_set)
     return train_set, val_set
 
@@ -206,7 +208,7 @@ def _model(run: _Run, num_classes: int) -> nn.Module:
 def _solver(run: _Run, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
     """SGD with norm-parameter decay, and the per-iteration LR schedule."""
     s = run.cfg.solver
-    lr = scale_lr(s.base_lr, run.batch["ims_per_batch"], s.reference_batch) if s.scale_lr else s.base_lr
+    lr = scale_lr(s.base_lr, run.batch.ims_per_batch, s.reference_batch) if s.scale_lr else s.base_lr
     optimizer = build_optimizer(model, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
                                 weight_decay_norm=s.weight_decay_norm)
     scheduler = build_lr_scheduler(optimizer, max_iter=s.max_iter, warmup_iters=s.warmup_iters,
@@ -239,7 +241,7 @@ def _buckets(cfg: DictConfig) -> list[tuple[int, int]] | None:
 def _train_loader(run: _Run, train_set: Any, start_iter: int) -> DataLoader:
     """The endless training loader positioned at ``start_iter`` (batch i depends only on i)."""
     d = run.cfg.data
-    return build_train_loader(train_set, run.batch["ims_per_device"], seed=run.cfg.seed, rank=run.rank,
+    return build_train_loader(train_set, run.batch.ims_per_device, seed=run.cfg.seed, rank=run.rank,
                               world_size=run.world_size, aspect_grouping=d.aspect_grouping,
                               num_workers=d.num_workers, start_iter=start_iter, buckets=_buckets(run.cfg),
                               size_divisibility=size_divisibility(run.cfg.model),
@@ -250,7 +252,7 @@ def _evaluate(run: _Run, model: nn.Module, loader: DataLoader, dataset: Any, it:
     """One evaluation after iteration ``it``: the final report in the run folder, periodic ones
     under eval/iter_<it>/ (figures only with eval.full_reports). TensorBoard is written by
     MetricsWriter, once."""
-    out_dir = run.run_dir if final else run.run_dir / "eval" / f"iter_{it:07d}"
+    out_dir = run.run_dir if final else RunFolder(run.run_dir).eval_folder(it)
     return evaluate_model(model, loader, dataset, out_dir, run.cfg.eval, device=run.device,
                           amp_dtype=run.amp_dtype, channels_last=run.channels_last,
                           full_report=final or run.cfg.eval.full_reports)
@@ -266,8 +268,8 @@ def _hooks(run: _Run, trainer: Trainer, checkpointer: Checkpointer, scheduler: A
                                     worker_init_fn=ignore_stop_signals)
     evaluate = functools.partial(_evaluate, run, trainer.model, test_loader, val_set)
     precise = cfg.solver.precise_bn
-    writer = MetricWriter(run.run_dir, log_period=cfg.log.period, ims_per_batch=run.batch["ims_per_batch"],
-                          progress=cfg.log.progress)
+    writer = MetricWriter(run.run_dir, log_period=cfg.log.period, ims_per_batch=run.batch.ims_per_batch,
+                          progress=cfg.log.progress, hparams=run.hparams)
     return [
         LRScheduler(scheduler),
         PreciseBN(cfg.eval.period, precise.num_iter, functools.partial(_train_loader, run, train_set))
@@ -311,11 +313,11 @@ def _build(run: _Run, base_dir: str | Path | None) -> Trainer:
     train_set, val_set = _datasets(run, base_dir)
     description = describe_run(run.resolved, categories_of_dataset(train_set))
     if run.resume is not None:
-        check_resume(run.resume["description"], description, run.run_dir / "checkpoints" / "last.pth",
+        check_resume(run.resume["description"], description, RunFolder(run.run_dir).last,
                      int(run.resume["iteration"]))
         _write_run_files(run)
     if gdist.is_main_process():
-        write_skip_summary([train_set, val_set], run.run_dir / "data_skipped.json")
+        write_skip_summary([train_set, val_set], RunFolder(run.run_dir).skipped)
     model = _model(run, len(train_set.label_to_cat_id))
     optimizer, scheduler = _solver(run, model)
     torch.manual_seed(cfg.seed * 1000 + run.rank)  # see the module docstring; a resume restores them
@@ -329,7 +331,7 @@ def _build(run: _Run, base_dir: str | Path | None) -> Trainer:
         _wrap_ddp(run, model), _train_loader(run, train_set, start_iter), optimizer, device=run.device,
         amp_dtype=run.amp_dtype, channels_last=run.channels_last, clip_grad_norm=cfg.solver.clip_grad_norm,
         nonfinite=NonFinitePolicy(cfg.solver.nonfinite, checkpointer, max_skipped_steps(cfg.solver)),
-        ims_per_batch=run.batch["ims_per_batch"],
+        ims_per_batch=run.batch.ims_per_batch, ims_per_device=run.batch.ims_per_device,
     )
     trainer.start_iter, trainer.max_iter = start_iter, cfg.solver.max_iter
     trainer.restore_extra(extra)
@@ -345,10 +347,10 @@ def _finish(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
         reason = trainer.stop_reason or "a stop requested on another rank"
         if done >= trainer.max_iter:  # in the final evaluation: every checkpoint is written
             message = (f"stopped by {reason} during the final evaluation after {done} iterations; "
-                       f"{run_dir / 'checkpoints' / 'model_final.pth'} and last.pth are kept; rerun the same command "
+                       f"{RunFolder(run_dir).final} and {RunFolder(run_dir).last.name} are kept; rerun the same command "
                        f"to evaluate (a single run: with hydra.run.dir={run_dir})")
         else:
-            message = (f"stopped by {reason} after {done} iterations; {run_dir / 'checkpoints' / 'last.pth'} is kept; "
+            message = (f"stopped by {reason} after {done} iterations; {RunFolder(run_dir).last} is kept; "
                        f"rerun the same command to resume (a single run: with hydra.run.dir={run_dir})")
         if main:
             write_status(run_dir, "interrupted", iteration=done, error=message)
@@ -356,7 +358,7 @@ def _finish(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
         return {"interrupted": True, "iter": done, "exit_code": trainer.stop_exit_code, "message": message}
     if main:
         write_status(run_dir, "done", iteration=done)
-        print(format_results(trainer.results, run_dir=run_dir, report_path=run_dir / "report.md"), flush=True)
+        print(format_results(trainer.results, run_dir=run_dir, report_path=RunFolder(run_dir).report_md), flush=True)
     return trainer.results
 
 
@@ -373,12 +375,15 @@ def _record(run_dir: Path, state: str, error: str, trainer: Trainer | None) -> N
 
 
 def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = None, *,
-          hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
+          hooks: Sequence[HookBase] = (), hparams: dict[str, Any] | None = None,
+          parsed: ParsedFiles | None = None) -> dict[str, Any]:
     """Runs (or resumes) one training run in ``run_dir``; returns the final metrics, or
     ``{"interrupted": True, "iter": completed iterations, "exit_code": the status the process
     should exit with (128 + signal number after a signal)}`` after a stop.
 
-    ``hooks`` are added to the standard ones, before MetricsWriter (which stays last). A
+    ``hooks`` are added to the standard ones, before MetricsWriter (which stays last); ``hparams``:
+    a sweep run's swept values, written with its final metrics for TensorBoard's HParams view;
+    ``parsed``: the annotation files the command's pre-flight parsed (gn_detect/preflight/). A
     :class:`StopRequested` raised before the loop (the launcher's signal handler) ends it
     'interrupted' (returned as after a stop). Any failure, start-up included (bad config,
     unreadable annotations), ends as status.json 'failed' with the error, and is re-raised -- except a folder another process holds
@@ -390,7 +395,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     trainer: Trainer | None = None
     try:
         lock = _lock_run_dir(cfg, run_dir)
-        trainer = _build(_start_run(cfg, run_dir, base_dir, lock), base_dir)
+        trainer = _build(_start_run(cfg, run_dir, base_dir, lock, hparams, parsed), base_dir)
         trainer.run_lock = lock
         trainer.register_hooks([*hooks, *trainer.remove_hooks(MetricsWriter)])
         trainer.train(trainer.start_iter, trainer.max_iter)
@@ -409,10 +414,3 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     finally:
         if lock is not None:
             lock.release()
-
-
-def is_finished(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run that ended 'done' (a sweep skips it)."""
-    with contextlib.suppress(Exception):
-        return read_status(run_dir).get("state") == "done"
-    return False

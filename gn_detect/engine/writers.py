@@ -1,8 +1,8 @@
-"""Run-folder writers: metrics.jsonl, TensorBoard, progress display, status.json.
+"""Run-folder writers: metrics.jsonl, TensorBoard (HParams included), progress display.
 
 ``MetricWriter`` writes on rank 0 only (on other ranks its methods do nothing), so the trainer
 calls the same methods on every rank without ``if is_main_process()`` around each call;
-``write_status`` is called by whichever process owns the run folder.
+status.json belongs to gn_detect/runs/status.py (``write_status``, called by whichever process owns the run folder).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,40 +23,14 @@ from tqdm import tqdm
 
 from gn_detect.engine import dist as gdist
 from gn_detect.io import to_jsonable, write_json_atomic  # re-exported: one writer for all packages
+from gn_detect.runs import RunFolder
+from gn_detect.runs.keys import flatten
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricWriter", "write_hparams", "write_json_atomic", "write_status", "read_status", "to_jsonable"]
+__all__ = ["MetricWriter", "write_hparams", "write_json_atomic", "to_jsonable"]
 
-# "interrupted": stopped by a signal after saving last.pth; rerunning resumes it.
-RunState = Literal["running", "done", "failed", "interrupted"]
 _RESERVED = ("type", "iter", "time")
-_STATES = ("running", "done", "failed", "interrupted")
-
-
-def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / "status.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def write_status(run_dir: str | os.PathLike, state: RunState, **info: Any) -> Path:
-    """Update ``run_dir/status.json``: ``state``, ``error`` (None unless given), ``updated``.
-
-    Merges into the previous content so fields written at start (start time, pid, host) stay;
-    ``error`` is reset on each write so a resumed run does not carry its old failure. Call
-    it from the main process (a failing non-zero rank may call it too: last writer wins).
-    """
-    if state not in _STATES:
-        raise ValueError(f"status state must be one of {_STATES}, got {state!r}")
-    status = read_status(run_dir)
-    status.update(info)
-    status["state"] = state
-    status["error"] = info.get("error")
-    status["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return write_json_atomic(Path(run_dir) / "status.json", status)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -67,14 +40,11 @@ def _fmt_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def _flatten(d: dict[str, Any]) -> dict[str, float]:
     """Numeric leaves of a nested dict as ``a/b/c`` -> float (what TensorBoard can plot)."""
     out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "/"))
-        elif torch.is_tensor(v) and v.numel() == 1:
+    for key, v in flatten(d, sep="/").items():
+        if torch.is_tensor(v) and v.numel() == 1:
             out[key] = float(v)
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
@@ -123,8 +93,10 @@ class MetricWriter:
         use_tensorboard: bool = True,
         progress: Literal["auto", "bar", "log", "none"] = "auto",
         rank: int | None = None,
+        hparams: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.hparams = dict(hparams or {})  # a sweep run's swept values (gn_detect/engine/launch.py)
         self.log_period = max(int(log_period), 1)
         self.ims_per_batch = ims_per_batch
         self.enabled = (gdist.get_rank() if rank is None else rank) == 0
@@ -142,12 +114,12 @@ class MetricWriter:
         self.progress = progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Append: a resumed run continues the same file (readers dedupe by iter if needed).
-        self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._file = open(RunFolder(self.run_dir).metrics, "a", encoding="utf-8")
         if use_tensorboard:
             try:  # imported here: a missing or broken TensorBoard must not stop training
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+                self.tb = SummaryWriter(log_dir=str(RunFolder(self.run_dir).tb))
             except Exception as exc:  # tensorboard not installed/broken: metrics.jsonl is enough
                 warnings.warn(f"TensorBoard disabled ({exc}); metrics still go to metrics.jsonl", stacklevel=2)
                 self.tb = None
@@ -249,14 +221,15 @@ class MetricWriter:
             self._tb_hparams(metrics, it or 0)
 
     def _tb_hparams(self, metrics: dict[str, Any], step: int) -> None:
-        """A sweep run's swept keys and headline metrics for TensorBoard's HParams view, in
-        ``tb/hparams/`` (gn_detect/engine/hparams.py); nothing outside a sweep."""
-        from gn_detect.engine.hparams import run_hparams  # imports launch, which imports this module
+        """The swept values handed over (``hparams``) and the sweep report's headline metrics for
+        TensorBoard's HParams view, in ``tb/hparams/``; nothing without swept values."""
+        if not self.hparams:
+            return
+        from gn_detect.sweeps.summary import PAPER_METRICS  # imported late: the report pulls matplotlib
 
         try:
-            found = run_hparams(self.run_dir, metrics)
-            if found is not None:
-                write_hparams(self.run_dir / "tb" / "hparams", *found, step=step, trial_id=self.run_dir.name)
+            write_hparams(RunFolder(self.run_dir).hparams, self.hparams, {m: metrics.get(m) for m in PAPER_METRICS},
+                          step=step, trial_id=self.run_dir.name)
         except Exception as exc:  # noqa: BLE001 - the run is done; its metrics are in metrics.jsonl
             warnings.warn(f"TensorBoard HParams not written ({type(exc).__name__}: {exc})", stacklevel=2)
 

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from gn_detect.runs.layout import REPORT
 from gn_detect.evaluation.degenerate import predict_everything_warning
 
 __all__ = ["format_results"]
@@ -42,7 +43,7 @@ def _read_report(report_path: str | Path | None) -> dict[str, Any] | None:
     if report_path is None:
         return None
     try:
-        return json.loads(Path(report_path).with_name("report.json").read_text())
+        return json.loads(Path(report_path).with_name(REPORT).read_text())
     except (OSError, ValueError):
         return None
 

@@ -27,6 +27,7 @@ from gn_detect.evaluation.matching import IGNORED, BoxMatches, DetArrays, Ground
 from gn_detect.evaluation.split import split_image_ids
 from gn_detect.evaluation.thresholds import Thresholds, tune_thresholds
 from gn_detect.io import atomic_open, write_json_atomic, write_text_atomic
+from gn_detect.runs.layout import REPORT, REPORT_MD
 
 __all__ = ["HEADLINE_KEYS", "SCHEMA_VERSION", "TUNE_MODES", "Parts", "Prepared", "prepare", "build_report",
            "evaluate_detections"]
@@ -463,8 +464,8 @@ def evaluate_detections(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         report["figures"] = _write_figures(out, report, parts, th, coco_gt, image_root, num_vis_images) if figures else []
-        write_json_atomic(out / "report.json", report, indent=1)
-        write_text_atomic(out / "report.md", render_markdown(report))  # rewritten by each evaluation
+        write_json_atomic(out / REPORT, report, indent=1)
+        write_text_atomic(out / REPORT_MD, render_markdown(report))  # rewritten by each evaluation
         write_csv(out / "per_class.csv", report)
     headline = dict(report["headline"])
     if writer is not None and step is not None:

@@ -21,14 +21,16 @@ import json
 import math
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from gn_detect.config.validate import bn_group_size
+from gn_detect.config.validate import bn_group_size, images_per_group
+from gn_detect.runs import RunFolder, flatten, load_status, owner_gone
+from gn_detect.runs.keys import setting_neutral
+from gn_detect.runs.layout import CONFIG
 from gn_detect.norms import NormSpec, canonical_name, norm_names, norm_spec, resolve_norm, split_norm_name
 
 COMPONENTS = ("backbone", "fpn", "head")
@@ -44,13 +46,6 @@ METRICS = (
     "ims_per_sec",
     "peak_mem_mb",
 )
-
-# Keys that may legitimately differ between the runs of one setting (paths, names, the seed).
-_IGNORED_CONFIG_KEY = re.compile(
-    r"(^|\.)(seed|hydra|name|run_name|out|output|output_dir|out_dir|dir|run_dir|path|root|"
-    r"timestamp|time|date|job|job_id|job_num|id|resume|tag|tags|notes|wandb|experiment)$"
-)
-
 
 @dataclass
 class Run:
@@ -109,7 +104,7 @@ def find_run_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if "config.yaml" in filenames:
+        if CONFIG in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []  # a run's sub-folders are not runs
     return sorted(found)
@@ -272,32 +267,11 @@ def read_bn_group_size(cfg: dict) -> tuple[int | None, str | None]:
     return smallest, f"bn_group_size differs by component ({listed}): the smallest, {smallest}, is the batch axis"
 
 
-def images_per_group(components: tuple, ims_per_device: int | None, bn_group_size: int | None,
-                     world_size: int) -> int | None:
-    """The batch axis: bn_group_size if set, else the device batch (times the world size for a
-    norm whose statistics span all processes, SyncBN)."""
-    if bn_group_size is not None:
-        return bn_group_size
-    if ims_per_device is None:
-        return None
-    if world_size > 1 and any(_spec(c[0]) is not None and _spec(c[0]).cross_rank for c in components):
-        return ims_per_device * world_size
-    return ims_per_device
-
-
-def _owner_gone(status: dict) -> bool:
-    """Whether the process a 'running' status.json names (pid, host) no longer exists on this
-    host; False when it names none or another host (its liveness cannot be told from here)."""
-    pid = _as_int(status.get("pid"))
-    if pid is None or pid <= 0 or status.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+def run_images_per_group(components: tuple, ims_per_device: int | None, bn_group_size: int | None,
+                      world_size: int) -> int | None:
+    """The batch axis, by the config's rule (:func:`gn_detect.config.validate.images_per_group`)."""
+    cross = any(_spec(c[0]) is not None and _spec(c[0]).cross_rank for c in components)
+    return images_per_group(bn_group_size, ims_per_device, world_size, cross)
 
 
 def load_run(run_dir: Path, sweep_dir: Path) -> Run:
@@ -308,7 +282,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     run = Run(run_dir=run_dir, rel_dir=rel, state="unknown")
 
     try:
-        with open(run_dir / "config.yaml", encoding="utf-8") as f:
+        with open(RunFolder(run_dir).config, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)
         if not isinstance(cfg, dict):
             raise ValueError("config.yaml is not a mapping")
@@ -319,7 +293,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     run.config = cfg
 
     try:
-        run.env = _read_json(run_dir / "env.json") or {}
+        run.env = _read_json(RunFolder(run_dir).env) or {}
     except Exception as e:  # noqa: BLE001
         run.env = {}
         run.notes.append(f"env.json unreadable ({type(e).__name__})")
@@ -344,11 +318,11 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     run.bn_group_size, note = read_bn_group_size(cfg)
     if note:
         run.notes.append(note)
-    run.ims_per_group = images_per_group(run.components, run.ims_per_device, run.bn_group_size,
+    run.ims_per_group = run_images_per_group(run.components, run.ims_per_device, run.bn_group_size,
                                          run.world_size)
 
     try:
-        status = _read_json(run_dir / "status.json")
+        status = load_status(run_dir)
     except Exception as e:  # noqa: BLE001
         status = {"state": "unknown", "error": f"status.json unreadable: {type(e).__name__}: {e}"}
     if status is None:
@@ -358,13 +332,13 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.state = st if st in ("done", "failed", "running", "interrupted") else "unknown"
         err = status.get("error")
         run.error = None if err in (None, "") else str(err)
-        if run.state == "running" and _owner_gone(status):
+        if run.state == "running" and owner_gone(status):
             run.state = "crashed"
             run.error = (f"process {status.get('pid')} on {status.get('host')} is gone but status.json says running "
                          "(killed or crashed); rerun the same command to resume")
 
     try:
-        run.train, _evals, run.final, bad = read_metrics(run_dir / "metrics.jsonl")
+        run.train, _evals, run.final, bad = read_metrics(RunFolder(run_dir).metrics)
     except Exception as e:  # noqa: BLE001
         run.train, run.final, bad = [], None, 0
         run.notes.append(f"metrics.jsonl unreadable ({type(e).__name__}: {e})")
@@ -481,27 +455,15 @@ def config_differences(runs: list[Run]) -> list[str]:
     """Flattened config keys (other than seeds, names and paths) that differ among ``runs``."""
     if len(runs) < 2:
         return []
-    flats = [_flatten(r.config) for r in runs]
+    flats = [flatten(r.config) for r in runs]
     keys = sorted(set().union(*flats))
     out = []
     for k in keys:
-        if _IGNORED_CONFIG_KEY.search(k):
+        if setting_neutral(k):
             continue
         vals = {json.dumps(f.get(k, "<missing>"), sort_keys=True, default=str) for f in flats}
         if len(vals) > 1:
             out.append(k)
-    return out
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(_flatten(v, key))
-            else:
-                out[key] = v
     return out
 
 

@@ -8,9 +8,10 @@ A run's state is then read from its status.json, the one record of it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from gn_detect.runs import read_status
 
 
 @dataclass
@@ -34,18 +35,11 @@ def recorded_runs() -> list[SweepRun]:
     return list(_RUNS.values())
 
 
-def _state(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def not_done(runs: list[SweepRun]) -> list[str]:
     """One line per run that is not done: folder, state, and why."""
     lines = []
     for r in runs:
-        status = _state(r.run_dir)
+        status = read_status(r.run_dir)
         state = "failed" if r.failure else str(status.get("state") or "not started")
         if state == "done":
             continue

@@ -17,7 +17,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
 from omegaconf import OmegaConf, open_dict
 
-from gn_detect.engine.writers import read_status, write_status
+from gn_detect.runs import read_status, write_status
 from gn_detect.sweeps.outcome import record_run
 from gn_detect.sweeps.slurm_launcher import Interrupted, raise_interrupted, wait_for_job
 

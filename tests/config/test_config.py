@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from gn_detect.config import (
     ConfigError,
     TrainConfig,
-    check_command_line,
     component_norm_opts,
     lr_steps,
     max_skipped_steps,
@@ -21,6 +20,7 @@ from gn_detect.config import (
     validate_train_config,
 )
 from gn_detect.engine.launch import CONFIG_DIR
+from gn_detect.preflight import check_command_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,9 +122,10 @@ def test_norm_options_inherit_from_the_model_and_override_per_component():
 
 def test_resolve_batch_reads_bn_group_size_from_the_norm_options():
     cfg = _cfg(data__ims_per_device=8, model__backbone__norm="bn", model__norm_opts__bn_group_size=2)
-    assert resolve_batch(cfg, world_size=2) == {"ims_per_batch": 16, "ims_per_device": 8, "bn_group_size": 2}
+    batch = resolve_batch(cfg, world_size=2)
+    assert (batch.ims_per_batch, batch.ims_per_device, batch.bn_group_size, batch.world_size) == (16, 8, 2, 2)
     cfg = _cfg(data__ims_per_device=8, model__backbone__norm="gn", model__norm_opts__bn_group_size=2)
-    assert resolve_batch(cfg, world_size=1)["bn_group_size"] is None  # no BN to act on
+    assert resolve_batch(cfg, world_size=1).bn_group_size is None  # no BN to act on
 
 
 def test_single_image_bn_with_tiny_p7_is_refused():

@@ -173,13 +173,13 @@ def test_convert_tool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, tiny_coco: Path, tmp_path: Path,
                                                                monkeypatch) -> None:
     """One process, pre-flight of a single run then its datasets: each annotation file is parsed
-    once; a file that changed after the pre-flight is parsed again (its new content is what the
-    dataset sees); a sweep's pre-flight hands nothing over (its runs build later or elsewhere)."""
-    from gn_detect.data import checks, preflight
-    from gn_detect.data.preflight import annotation_problems
+    once and handed over explicitly (``Parsed.files`` -> ``build_dataset(parsed=)``); a file that
+    changed after the pre-flight is parsed again (its new content is what the dataset sees); a
+    sweep's pre-flight hands nothing over (its runs build later or elsewhere); nothing is kept
+    between pre-flights (no process-global cache)."""
+    from gn_detect.data import checks
+    from gn_detect.preflight import Parsed, annotation_problems
 
-    monkeypatch.setattr(checks, "_HANDED_OVER", {})
-    monkeypatch.setattr(preflight, "_SUMMARIES", {})
     parsed: list[int] = []
     loads = checks.json.loads
 
@@ -195,14 +195,17 @@ def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, ti
     cfg = {"name": "coco", "root": str(coco128.parent), "verify_images": False, "filter_empty": False,
            "train": {"images": "coco128/train2017", "ann": "coco128/annotations/instances_train2017.json"},
            "val": {"images": "tiny_coco/val2017", "ann": str(val_ann)}}
-    problems, train = annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, keep=True)
-    assert problems == [] and train is not None and len(parsed) == 2 and len(checks._HANDED_OVER) == 2
-    assert len(build_dataset(cfg, "train")) == 128 and len(parsed) == 2  # taken over, not parsed
+    single = Parsed(files=checks.ParsedFiles())
+    problems, train = annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, parsed=single)
+    assert problems == [] and train is not None and len(parsed) == 2 and len(single.files) == 2
+    assert len(build_dataset(cfg, "train", parsed=single.files)) == 128 and len(parsed) == 2  # taken, not parsed
+    assert len(build_dataset(cfg, "train")) == 128 and len(parsed) == 3  # nothing handed over: parsed
     data = loads(val_ann.read_text())  # the unpatched parser: not counted
     data["images"] = data["images"][:10]
     val_ann.write_text(json.dumps(data))  # changed between the pre-flight and the build
-    assert len(build_dataset(cfg, "val")) == 10 and len(parsed) == 3
-    assert not checks._HANDED_OVER  # the stale hand-over was dropped, nothing left in memory
-    monkeypatch.setattr(preflight, "_SUMMARIES", {})
-    annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None)  # a sweep's: keep=False
-    assert len(parsed) == 5 and not checks._HANDED_OVER
+    assert len(build_dataset(cfg, "val", parsed=single.files)) == 10 and len(parsed) == 4
+    assert len(single.files) == 0  # the stale hand-over was dropped, nothing left in memory
+    sweep = Parsed()  # a sweep's: no files kept, the summaries shared by its runs
+    annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, parsed=sweep)
+    annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, parsed=sweep)
+    assert len(parsed) == 6 and sweep.files is None

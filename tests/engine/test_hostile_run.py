@@ -114,7 +114,7 @@ def _batches():
 
 def test_oom_in_the_first_steps_names_the_batch_key():
     t = Trainer(_Toy(oom_after=1), _batches(), torch.optim.SGD(_Toy().parameters(), lr=0.1),
-                device=torch.device("cpu"), ims_per_batch=16)
+                device=torch.device("cpu"), ims_per_batch=16, ims_per_device=16)
     with pytest.raises(BatchTooLargeError, match=r"data\.ims_per_device \(now 16\)") as info:
         t.train(0, 5)
     assert "iteration 1" in str(info.value) and t.state == "failed"
@@ -168,7 +168,7 @@ def test_the_failed_run_line_says_what_status_json_holds(tmp_path, monkeypatch):
     """A full disk can stop the run while status.json itself is written: the last line must not
     claim that status.json says failed when it still says running."""
     from gn_detect.engine import launch
-    from gn_detect.engine.writers import write_status
+    from gn_detect.runs import write_status
 
     def train_then_disk_full(cfg, run_dir, base_dir):
         write_status(run_dir, "running", iteration=3)

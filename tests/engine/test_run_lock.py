@@ -14,7 +14,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from gn_detect.engine.hooks import MetricsWriter
-from gn_detect.engine.run_lock import RunFolderInUse, RunLock, pid_alive
+from gn_detect.engine.run_lock import RunFolderInUse, RunLock
+from gn_detect.runs import pid_alive
 from gn_detect.engine.trainer import build_trainer, train
 from gn_detect.sweeps.collect import load_run
 

@@ -86,3 +86,35 @@ def test_ddp_two_ranks(shapes_root, tmp_path, norm):  # noqa: F811
     # PreciseBN (logged by rank 0), before the evaluation at iter 1 and the final one
     assert proc.stdout.count("PreciseBN: statistics of") == 2, proc.stdout[-3000:]
     assert [r["iter"] for r in records(run_dir, "eval")] == [1, MAX_ITER - 1]
+
+
+def test_preflight_and_run_agree_on_the_world_size_under_torchrun(shapes_root, tmp_path):  # noqa: F811
+    """``solver.ims_per_batch=4`` with 2 images per device is right for 2 processes: the pre-flight
+    (which once validated with world size 1 and refused it) and the run agree, and the run trains."""
+    overrides = tiny_overrides(shapes_root, **{"solver.max_iter": 2, "data.ims_per_device": IMS_PER_DEVICE,
+                                               "solver.ims_per_batch": IMS_PER_DEVICE * WORLD, "eval.period": 0})
+    proc = _torchrun(overrides, tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    (run_dir,) = [p.parent for p in tmp_path.rglob("metrics.jsonl")]
+    assert read_status(run_dir)["state"] == "done"
+    assert "ims_per_batch: 4" in (run_dir / "config.yaml").read_text()
+
+
+def test_the_preflight_validates_with_the_world_size_of_the_run(monkeypatch):
+    """One rule (config.resolve_batch) with the run's world size: WORLD_SIZE under torchrun, the
+    tasks of a submitit Slurm launcher's job, else 1."""
+    from gn_detect.config import validate_train_config
+    from gn_detect.engine.launch import CONFIG_DIR
+    from gn_detect.preflight import check_command_line
+
+    args = ["data.ims_per_device=2", "solver.ims_per_batch=4"]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert "1 process(es)" in check_command_line(CONFIG_DIR, "config", args, validate_train_config)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert check_command_line(CONFIG_DIR, "config", args, validate_train_config) is None
+    monkeypatch.delenv("WORLD_SIZE")
+    slurm = ["hydra/launcher=slurm_8gpu", "data.ims_per_device=2"]
+    assert check_command_line(CONFIG_DIR, "config", ["-m", *slurm, "solver.ims_per_batch=16"],
+                              validate_train_config) is None
+    assert "8 process(es)" in check_command_line(CONFIG_DIR, "config", ["-m", *slurm, "solver.ims_per_batch=4"],
+                                                 validate_train_config)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gn_detect.engine.env import collect_env
-from gn_detect.engine.writers import MetricWriter, read_status, write_json_atomic, write_status
+from gn_detect.engine.writers import MetricWriter, write_json_atomic
+from gn_detect.runs import read_status, write_status
 
 
 def _records(run_dir):

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import hparams_plugin
 from werkzeug.test import Client
 
 from gn_detect.engine.writers import MetricWriter
-from gn_detect.engine.hparams import swept_values
+from gn_detect.engine.launch import swept_values
 
 FIXED = ["solver.max_iter=2", "sweep_name=hp"]  # fixed overrides: not columns
 
@@ -42,7 +42,7 @@ def make_sweep(root: Path) -> Path:
         for seed in (0, 1):
             run = sweep / f"norm={norm},seed={seed}"
             _job(run, [f"norm={norm}", f"seed={seed}", *FIXED])
-            with MetricWriter(run, progress="none") as writer:
+            with MetricWriter(run, progress="none", hparams=swept_values(run)) as writer:
                 writer.train(0, 2, {"loss": 1.0})
                 writer.final({"AP": _ap(norm, seed), "AP50": 0.5, "label_precision": 0.6, "label_recall": 0.7,
                               "ims_per_sec": 3.0, "box_recall": 0.4}, iter=1)

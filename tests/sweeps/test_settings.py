@@ -7,7 +7,8 @@ import json
 import pytest
 
 from gn_detect.sweeps import collect_runs, component_label, find_run_dirs, label_matches, write_sweep_report
-from gn_detect.sweeps.collect import batch_mode, images_per_group, normalize_norm, read_bn_group_size
+from gn_detect.sweeps.collect import batch_mode, normalize_norm, read_bn_group_size
+from gn_detect.sweeps.collect import run_images_per_group as images_per_group
 
 from .fabricate import make_config, write_run
 
@@ -196,5 +197,5 @@ def test_bn_group_size_agrees_with_the_config_check(overrides):
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    expected = resolve_batch(cfg, 1)["bn_group_size"]
+    expected = resolve_batch(cfg, 1).bn_group_size
     assert read_bn_group_size(OmegaConf.to_container(cfg, resolve=True))[0] == expected

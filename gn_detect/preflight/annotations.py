@@ -1,94 +1,90 @@
-"""The data part of the command-line pre-flight (gn_detect/engine/preflight.py): every annotation
-file a run will read, parsed fully and checked as the dataset will check it, without opening an
-image, listing a folder or generating data. Each problem is one line naming the file (or key)
-and the fix, so a truncated json, an empty annotation list, a category mismatch between splits
-or a batch larger than the split stops the command before the images are verified.
+"""The data part of the pre-flight: every annotation file a run will read, parsed fully and put
+through the dataset's own checks (gn_detect/data/checks.py:``validate_coco`` with
+``open_images=False``) without opening an image, listing a folder or generating data. Each problem
+is one line naming the file (or key) and the fix, so a truncated json, an empty annotation list, a
+category mismatch between splits or a batch larger than the split stops the command before the
+images are verified.
 
-Each file is parsed once here (the runs of a sweep share the summary); for a single run it is
-handed over to the dataset build of the same process (``checks.hand_over``), which then does
-not parse it again.
+Each file is parsed once per pre-flight (:class:`Parsed` keeps the summaries, so the runs of a
+sweep share them); for a single run the parsed files go, in ``Parsed.files``, to the run's dataset
+builds, which then do not parse them again.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from .build import _read, check_shapes_root, data_config, resolve_path, split_paths
-from .checks import DataError, SkipLog, _is_int, _usable_entries, categories_of, check_box, check_same_categories, \
-    FileKey, file_key, hand_over, load_coco_json
-from .synthetic import META_FILE
+from gn_detect.data.build import _read, check_shapes_root, data_config, resolve_path, split_paths
+from gn_detect.data.checks import DataError, FileKey, ParsedFiles, check_same_categories, file_key, load_coco_json, \
+    validate_coco
+from gn_detect.data.synthetic import META_FILE
 
-__all__ = ["SplitSummary", "annotation_problems", "read_split"]
-
-# file_key -> summary: a sweep's runs share their annotation files, parsed once
-_SUMMARIES: dict[FileKey, "SplitSummary"] = {}
+__all__ = ["Parsed", "SplitSummary", "annotation_problems", "read_split"]
 
 
 class SplitSummary:
-    """What a split's json promises before any image is opened: its categories, the image entries
-    a dataset can use, and how many of them hold a usable non-crowd box (and how many boxes)."""
+    """What a split's json promises before any image is opened (the dataset's checks on the json
+    alone): its categories, the image entries a dataset can use, and how many of them hold a
+    usable non-crowd box (and how many boxes)."""
 
-    def __init__(self, ann_file: Path, data: Mapping[str, Any]) -> None:
+    def __init__(self, ann_file: Path, image_dir: Path, data: Mapping[str, Any]) -> None:
         self.ann_file = ann_file
-        self.categories = categories_of({"categories": data["categories"]})
-        entries, _ = _usable_entries(data["images"], SkipLog())
-        self.images = len(entries)
-        sizes = {e["id"]: (e.get("width"), e.get("height")) for e in entries}
-        known = {c["id"] for c in self.categories}
-        per_image: Counter[int] = Counter()
-        for a in data["annotations"]:
-            if not isinstance(a, Mapping) or a.get("image_id") not in sizes or a.get("category_id") not in known \
-                    or a.get("iscrowd"):
-                continue
-            w, h = sizes[a["image_id"]]
-            if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
-                w = h = float("inf")  # read from the file later; only the box itself is checked here
-            if check_box(a.get("bbox"), w, h)[1] is not None:
-                per_image[a["image_id"]] += 1
-        self.images_with_boxes = len(per_image)
-        self.boxes = sum(per_image.values())
+        checked = validate_coco(data, image_dir, verify_images=False, source=str(ann_file), open_images=False)
+        self.categories = checked.categories
+        self.images = len(checked.images)
+        self.images_with_boxes = sum(1 for b in checked.boxes if len(b))
+        self.boxes = sum(len(b) for b in checked.boxes)
         self.listed_annotations = len(data["annotations"])
 
 
-def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | Path | None, *,
-               keep: bool = False) -> SplitSummary | None:
-    """The split's :class:`SplitSummary`; None for generated ``shapes`` data not on disk yet
-    (after checking where it may be generated). ``keep``: hand the parsed file over to the
-    dataset build of this process (``checks.hand_over``). Raises DataError/ValueError with one line."""
+@dataclass
+class Parsed:
+    """What one pre-flight parsed: a summary per file (shared by the runs of a sweep) and, for a
+    single run (``files`` not None), the parsed files for that run's dataset builds."""
+
+    summaries: dict[FileKey, SplitSummary] = field(default_factory=dict)
+    files: ParsedFiles | None = None
+
+
+def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | Path | None,
+               parsed: Parsed | None = None) -> SplitSummary | None:
+    """The split's :class:`SplitSummary` (from ``parsed.summaries`` when this pre-flight read the
+    file already); None for generated ``shapes`` data not on disk yet (after checking where it may be
+    generated). Raises DataError/ValueError with one line."""
+    parsed = parsed if parsed is not None else Parsed()
     c = data_config(cfg)
     root = resolve_path(_read(c, "root"), base_dir)
-    _, ann = split_paths(c, split)
+    images, ann = split_paths(c, split)
     if c.name == "shapes":
         check_shapes_root(str(_read(c, "root")), root, base_dir)
         if not (root / META_FILE).is_file():
             return None
     ann_file = resolve_path(ann, root)
     key = file_key(ann_file)  # None: load_coco_json says what is wrong
-    if key not in _SUMMARIES:
+    if key is None or key not in parsed.summaries:
         data = load_coco_json(ann_file)
-        summary = SplitSummary(ann_file, data)
-        if keep:
-            hand_over(key, data)
+        summary = SplitSummary(ann_file, resolve_path(images, root), data)
+        if parsed.files is not None:
+            parsed.files.put(ann_file, data)
         if key is not None:
-            _SUMMARIES[key] = summary
+            parsed.summaries[key] = summary
         return summary
-    return _SUMMARIES[key]
+    return parsed.summaries[key]
 
 
 def annotation_problems(cfg: DictConfig | Mapping[str, Any], *, train_split: str | None, eval_split: str | None,
                         base_dir: str | Path | None, ims_per_batch: int | None = None,
                         train_categories: list[dict[str, Any]] | None = None,
-                        keep: bool = False) -> tuple[list[str], SplitSummary | None]:
+                        parsed: Parsed | None = None) -> tuple[list[str], SplitSummary | None]:
     """The problems of the splits a command reads (``train_split`` for training, ``eval_split`` for
     evaluation; either None), one line each, and the training split's summary (None when it is not
     read or unusable). ``train_categories`` (a checkpoint's) replaces the training split's in the
-    category check of evaluation. ``keep``: a single run that builds these datasets in this
-    process next (``read_split``)."""
+    category check of evaluation. ``parsed``: what this pre-flight parsed so far (:class:`Parsed`)."""
     problems: list[str] = []
     summaries: dict[str, SplitSummary | None] = {}
     filter_empty = bool(data_config(cfg).filter_empty)
@@ -96,7 +92,7 @@ def annotation_problems(cfg: DictConfig | Mapping[str, Any], *, train_split: str
         if split is None or split in summaries:
             continue
         try:
-            summaries[split] = read_split(cfg, split, base_dir, keep=keep)
+            summaries[split] = read_split(cfg, split, base_dir, parsed)
         except (DataError, ValueError) as e:
             problems.append(f"data error: {e}")
             summaries[split] = None

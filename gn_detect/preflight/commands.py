@@ -1,23 +1,24 @@
-"""What the command-line pre-flight (gn_detect/config/preflight.py) checks of a valid config before
-Hydra makes a folder: the run folder, the model's layer shapes and the annotation files
-(gn_detect/data/preflight.py). Nothing here opens an image, makes a folder or allocates a weight:
+"""What the command-line pre-flight (command_line.py) checks of a valid config of tools/train.py and
+tools/evaluate.py before Hydra makes a folder: the run folder, the model's layer shapes and the
+annotation files (annotations.py). Nothing here opens an image, makes a folder or allocates a weight:
 the model is built on PyTorch's ``meta`` device (shapes only), so a GroupNorm whose group count
 does not divide a layer's channels is found in milliseconds, named with its key."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gn_detect.config import ConfigError, check_output_path
-from gn_detect.data.preflight import annotation_problems
+from gn_detect.config import ConfigError, check_output_path, resolve_batch
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
-from gn_detect.engine.restore import run_subfolder
+from gn_detect.runs import run_subfolder
+from gn_detect.runs.layout import EVALUATE
 from gn_detect.io import unwritable_folder
 from gn_detect.modeling import build_model
+
+from .annotations import Parsed, annotation_problems
 
 __all__ = ["evaluate_problems", "train_problems"]
 
@@ -58,17 +59,18 @@ def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:
     return []
 
 
-def train_problems(cfg: DictConfig, multirun: bool) -> list[str]:
-    """tools/train.py's inspect: run folder, model shapes, training and evaluation annotation files."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def train_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Parsed) -> list[str]:
+    """tools/train.py's inspect: run folder, model shapes, training and evaluation annotation files
+    (a batch larger than the split: the batch the run will have, ``resolve_batch``)."""
     problems = _run_folder_problems(cfg, multirun)
+    batch = resolve_batch(cfg, world_size)
     data, train = annotation_problems(cfg.data, train_split="train", eval_split=cfg.eval.split, base_dir=Path.cwd(),
-                                      ims_per_batch=cfg.data.ims_per_device * world, keep=not multirun)
+                                      ims_per_batch=batch.ims_per_batch, parsed=parsed)
     num_classes = len(train.categories) if train is not None else 1
     return problems + model_problems(cfg.model, num_classes) + data
 
 
-def evaluate_problems(cfg: DictConfig, multirun: bool) -> list[str]:
+def evaluate_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Parsed) -> list[str]:
     """tools/evaluate.py's inspect: a writable out_dir (given, or the default in the checkpoint's run
     folder), and the evaluation split's annotation file against the categories of the
     checkpoint's model (read with weights_only; its own problems are left to the command)."""
@@ -77,7 +79,7 @@ def evaluate_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     out_problems: list[str] = []
     if cfg.out_dir or path.is_file():  # default <run folder>/evaluate/<time>
         try:
-            check_output_path("out_dir", cfg.out_dir or run_subfolder(path, "evaluate"))
+            check_output_path("out_dir", cfg.out_dir or run_subfolder(path, EVALUATE))
         except ConfigError as e:
             out_problems = [f"config error: {e}"]
     if not path.is_file():
@@ -94,5 +96,5 @@ def evaluate_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     data_cfg = cfg.data if cfg.data is not None else run["data"]
     split = cfg.eval.split if cfg.eval.split is not None else run["eval"]["split"]
     problems, _ = annotation_problems(data_cfg, train_split=None, eval_split=split, base_dir=Path.cwd(),
-                                      train_categories=description["model"]["categories"], keep=not multirun)
+                                      train_categories=description["model"]["categories"], parsed=parsed)
     return out_problems + problems
