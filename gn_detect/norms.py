@@ -6,9 +6,16 @@ the docs' list) reads a ``NormSpec`` from here; nothing else names a norm. A new
 ``register_norm(name, NormSpec(...))`` call, from any module, before the config is checked.
 
 Builders are given lazily, as ``"module:function"`` (imported on first use) or as a callable
-``builder(channels, *, layer_name, **opts) -> nn.Module``; ``opts`` are the ``NORM_OPT_KEYS``
-values plus ``affine`` (False before a proxy-normalized activation). A builder ignores the
-options that are not its own.
+``builder(channels, *, layer_name, **opts) -> nn.Module``; ``opts`` are the options the entry
+``takes`` (``resolve_norm`` gives no others) plus ``affine`` (False before a proxy-normalized
+activation) and, for an activation in ``fused_acts``, ``act`` (the module then applies it). A
+builder ignores the options that are not its own.
+
+The table decides fold and fuse: every module ``build_norm`` builds carries its entry's name
+(``table_norm``); deploy/fold.py folds it when the entry is ``foldable``, asking the module's
+``fold_scale_shift()`` (float64 ``(s, t)`` with ``norm(x) == x * s + t`` in eval mode, or None
+when its statistics are not fixed), and ``get_norm_act`` builds it with ``act=`` when the
+activation is in ``fused_acts``.
 
 Names are case-insensitive, and '-' and ' ' read as '_' (``canonical_name``).
 """
@@ -56,8 +63,9 @@ class NormSpec:
         ghost_batch: takes ``bn_group_size`` (images per statistics group on one device).
         groups: takes ``num_groups`` / ``channels_per_group`` (GroupNorm family).
         foldable: in eval mode it is ``x * s + t`` per channel and folds into the preceding
-            conv (deploy/fold.py).
+            conv (deploy/fold.py); its module then has ``fold_scale_shift()``.
         fused_acts: activations the built module can apply in the same pass (``act`` kwarg).
+        takes: the ``model.norm_opts`` keys it reads (``resolve_norm`` drops the others).
         per_level: the head's default keeps one norm per pyramid level behind its shared conv.
         shift: it adds a per-channel shift (else the preceding conv gets a bias).
         ws: the name implies weight standardization of the preceding conv (``gn_ws``).
@@ -77,6 +85,7 @@ class NormSpec:
     groups: bool = False
     foldable: bool = False
     fused_acts: tuple[str, ...] = ()
+    takes: tuple[str, ...] = ("eps",)
     per_level: bool = False
     shift: bool = True
     ws: bool = False
@@ -98,29 +107,30 @@ class NormSpec:
 
 
 _LAYERS = "gn_detect.layers.norm"
+_GN_OPTS = ("num_groups", "channels_per_group", "eps", "impl")
 
 _NORMS: dict[str, NormSpec] = {
     "affine": NormSpec(f"{_LAYERS}:build_affine", normalizes=False, foldable=True, label="affine",
                        tokens=("affine", "frozenbn", "frozen"), weights="scale_shift",
                        doc="AffineChannel: frozen per-channel affine (BN folded, Detectron)"),
     "bn": NormSpec(f"{_LAYERS}:build_bn", normalizes=True, batch_stats=True, ghost_batch=True,
-                   foldable=True, per_level=True, label="bn", tokens=("bn",), weights="batch_stats",
+                   foldable=True, takes=("eps", "bn_group_size"), per_level=True, label="bn", tokens=("bn",), weights="batch_stats",
                    doc="BatchNorm2d, optional ghost batches (bn_group_size)"),
     "syncbn": NormSpec(f"{_LAYERS}:build_syncbn", normalizes=True, batch_stats=True, cross_rank=True,
                        foldable=True, per_level=True, label="syncbn", tokens=("syncbn",),
                        weights="batch_stats", doc="SyncBatchNorm over all ranks"),
-    "gn": NormSpec(f"{_LAYERS}:build_gn", normalizes=True, groups=True, fused_acts=("relu",),
+    "gn": NormSpec(f"{_LAYERS}:build_gn", normalizes=True, groups=True, fused_acts=("relu",), takes=_GN_OPTS,
                    label="gn", tokens=("gn",), weights="group",
                    doc="GroupNorm, num_groups (default 32) or channels_per_group"),
-    "gn_ws": NormSpec(f"{_LAYERS}:build_gn", normalizes=True, groups=True, fused_acts=("relu",),
+    "gn_ws": NormSpec(f"{_LAYERS}:build_gn", normalizes=True, groups=True, fused_acts=("relu",), takes=_GN_OPTS,
                       ws=True, base="gn", label="gn+ws", tokens=("gn",), weights="group",
                       doc="GroupNorm after a weight-standardized conv"),
-    "ln": NormSpec(f"{_LAYERS}:build_ln", normalizes=True, fused_acts=("relu",), label="ln",
+    "ln": NormSpec(f"{_LAYERS}:build_ln", normalizes=True, fused_acts=("relu",), takes=("eps", "impl"), label="ln",
                    tokens=("ln",), weights="group", doc="GroupNorm with G = 1 (LayerNorm over C, H, W)"),
-    "in": NormSpec(f"{_LAYERS}:build_in", normalizes=True, fused_acts=("relu",), label="in",
+    "in": NormSpec(f"{_LAYERS}:build_in", normalizes=True, fused_acts=("relu",), takes=("eps", "impl"), label="in",
                    tokens=("in",), weights="group",
                    doc="GroupNorm with G = C (InstanceNorm with affine, no running stats)"),
-    "none": NormSpec(f"{_LAYERS}:build_none", normalizes=False, shift=False, label="none", tokens=("none",),
+    "none": NormSpec(f"{_LAYERS}:build_none", normalizes=False, shift=False, takes=(), label="none", tokens=("none",),
                      doc="no norm (the conv gets a bias)"),
 }
 
@@ -179,16 +189,26 @@ def split_norm_name(name: str | None, *, layer_name: str = "") -> tuple[str, boo
 
 # Every option a builder may be given (a misspelt one is a TypeError, not silently ignored).
 BUILD_OPTIONS = frozenset({"num_groups", "channels_per_group", "eps", "momentum", "bn_group_size",
-                           "trainable", "affine", "impl"})
+                           "trainable", "affine", "impl", "act"})
 
 
 def build_norm(name: str | None, channels: int, *, layer_name: str = "", **opts: Any) -> Any:
-    """The module for ``name`` (``gn_ws`` builds the GN; its WS half belongs to the conv)."""
+    """The module for ``name`` (``gn_ws`` builds the GN; its WS half belongs to the conv), tagged
+    with its table name (``module.table_norm``: what fold reads). ``act=`` (one of the entry's
+    ``fused_acts``) builds the norm with that activation applied by the module itself."""
     unknown = sorted(set(opts) - BUILD_OPTIONS)
     if unknown:
         raise TypeError(f"norm options {unknown} are unknown; valid: {', '.join(sorted(BUILD_OPTIONS))}")
     key, _ = split_norm_name(name, layer_name=layer_name)
-    return norm_spec(key).build_fn()(channels, layer_name=layer_name, **opts)
+    spec = norm_spec(key)
+    if opts.get("act") is not None and canonical_name(opts["act"]) not in spec.fused_acts:
+        raise ValueError(f"norm {key!r} does not fuse activation {opts['act']!r} (its fused_acts: "
+                         f"{', '.join(spec.fused_acts) or 'none'}); build the activation separately")
+    if opts.get("act") is None:
+        opts.pop("act", None)
+    module = spec.build_fn()(channels, layer_name=layer_name, **opts)
+    module.table_norm = key
+    return module
 
 
 @dataclass(frozen=True)
@@ -229,14 +249,13 @@ def component_norm_opts(model: Any, part: str) -> dict[str, Any]:
 
 def resolve_norm(model: Any, part: str) -> ResolvedNorm:
     """Norm, WS, options and per-level choice of ``model.<part>`` (a DictConfig or dict of the
-    ``model`` section). ``bn_group_size`` is kept only for a ghost-batch norm."""
+    ``model`` section). Only the options the norm ``takes`` are kept (``bn_group_size`` only for a
+    ghost-batch norm, ``num_groups`` only for the GN family)."""
     section = model[part]
     name = canonical_name(section["norm"])
     norm, named_ws = split_norm_name(name, layer_name=f"model.{part}.norm")
     spec = norm_spec(name)
-    opts = component_norm_opts(model, part)
-    if not spec.ghost_batch:
-        opts.pop("bn_group_size", None)
+    opts = {k: v for k, v in component_norm_opts(model, part).items() if k in spec.takes}
     per_level = None
     if part == "head":
         per_level = section["per_level_norm"]

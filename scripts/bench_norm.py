@@ -5,7 +5,7 @@ Shapes are the GN layers of a RetinaNet at an 800x1216 input: the FPN levels P3-
 strides 8-128) and ResNet-50 stages (C=256/512/2048 at strides 4/8/32), for batches 2 and 8,
 G=32. A step is y = norm(x) and the gradients (dx, dgamma, dbeta) for a given dy. Columns:
 
-  ours-cl / ours-nchw   gn_triton.triton_group_norm on a channels-last / contiguous input
+  ours-cl / ours-nchw   gn_op.triton_group_norm on a channels-last / contiguous input
   torch-gn-cl / -nchw   F.group_norm (torch has no channels-last GN kernel on CUDA)
   torch-bn-cl           F.batch_norm in training mode (the speed GN is measured against)
 
@@ -52,7 +52,7 @@ def step_fn(column: str, x: torch.Tensor, groups: int) -> Callable[[], None]:
     w = torch.rand(c, device=x.device) + 0.5  # fp32 affine, as under AMP
     b = torch.randn(c, device=x.device)
     if column.startswith("ours"):
-        from gn_detect.layers.gn_triton import triton_group_norm
+        from gn_detect.layers.gn_op import triton_group_norm
 
         def forward(x_, w_, b_):
             return triton_group_norm(x_, groups, w_, b_, 1e-5)

@@ -54,7 +54,7 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
 def _fwd_bwd(x, groups, w, b, dy, relu, ours: bool):
     x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
     if ours:
-        from gn_detect.layers.gn_triton import triton_group_norm
+        from gn_detect.layers.gn_op import triton_group_norm
 
         y = triton_group_norm(x, groups, w, b, EPS, relu=relu)
     else:

@@ -163,16 +163,12 @@ def resolve_batch(cfg: DictConfig, world_size: int) -> Batch:
     return Batch(total, per_device, group, images_per_group(group, per_device, world_size, cross), world_size)
 
 
-def size_divisibility(model: Any) -> int:
-    """The multiple every input side is padded to: the deepest pyramid stride (P7 of
-    ``model.anchors.strides``), so every level's feature map divides evenly."""
-    return int(max(model["anchors"]["strides"]))
-
-
 def check_bn_statistics(cfg: DictConfig, world_size: int) -> None:
     """BN in the FPN or head with one image per statistics group and images no larger than the
     padding multiple (the deepest stride): the deepest level is then 1x1, a single value per
     channel whose variance is undefined."""
+    from gn_detect.modeling.contract import size_divisibility  # noqa: PLC0415 - the model's padding multiple
+
     smallest, div = min(cfg.data.min_size_train), size_divisibility(cfg.model)
     for part in ("fpn", "head"):
         resolved = resolve_norm(cfg.model, part)

@@ -4,17 +4,19 @@ statistics is folded into the convolution before it.
 Folded (the conv gets ``W' = W * s[o]``, ``b' = b * s + t`` and the norm becomes ``Identity``):
 
 * ``AffineChannel`` (``s = weight``, ``t = bias``), frozen or trainable;
-* eval-mode BatchNorm: ``BatchNorm2d`` (ghost groups too: eval uses the running statistics),
-  ``SyncBatchNorm`` and any torch ``_BatchNorm`` with running statistics
-  (``s = gamma / sqrt(running_var + eps)``, ``t = beta - running_mean * s``).
+* eval-mode BatchNorm: ``BatchNorm2d`` (ghost groups too: eval uses the running statistics)
+  and ``SyncBatchNorm`` with running statistics
+  (``s = gamma / sqrt(running_var + eps)``, ``t = beta - running_mean * s``);
+* any norm registered with ``foldable=True``, through its module's ``fold_scale_shift()``.
 
 A weight-standardized conv (``gn_detect.layers.Conv2d(ws=True)``) becomes a plain ``nn.Conv2d``
 holding its standardized weight (then folded further if a foldable norm follows). GroupNorm,
 LayerNorm, InstanceNorm (``GroupNorm``/``GroupNormAct``) and PN activations stay: they compute
 moments of each input, so they are not a fixed linear map.
 
-The conv -> norm pairs are the ones a backbone lists in ``conv_norm_pairs()`` (its contract,
-gn_detect/modeling/registry.py) and every ``ConvNormAct``'s ``conv/norm`` (FPN and head). The head's per-level BN behind one conv shared
+Which norms fold is the norm table's ``foldable`` (gn_detect/norms.py), each through its module's
+``fold_scale_shift()``. The conv -> norm pairs are the ones a backbone lists in
+``conv_norm_pairs()`` (its contract, gn_detect/modeling/contract.py) and every ``ConvNormAct``'s ``conv/norm`` (FPN and head). The head's per-level BN behind one conv shared
 across levels cannot fold into that one conv: ``per_level="duplicate"`` (default) replaces the
 layer by a :class:`PerLevelConvAct` holding one folded conv per level (same arithmetic per level,
 more parameters), ``per_level="keep"`` leaves the conv and its BNs unfolded. Folding is done in
@@ -32,8 +34,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from gn_detect.layers import NORM_TYPES, AffineChannel, ConvNormAct, ProxyNormAct
+from gn_detect.layers import NORM_TYPES, ConvNormAct, ProxyNormAct
 from gn_detect.layers import Conv2d as WSConv2d
+from gn_detect.modeling.contract import Backbone
+from gn_detect.norms import norm_spec
 
 __all__ = ["FOLD_PER_LEVEL", "FoldReport", "PerLevelConvAct", "fold_model", "count_state"]
 
@@ -81,20 +85,18 @@ def count_state(model: nn.Module) -> dict[str, int]:
 
 
 def norm_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """float64 per-channel ``(s, t)`` with ``norm(x) == x * s + t`` in eval mode, or None when
-    the norm's output depends on its input's statistics (GN/LN/IN, BN without running stats).
-    A registered norm whose table entry is ``foldable`` gives its own through ``fold_scale_shift()``."""
-    if hasattr(norm, "fold_scale_shift"):
-        return norm.fold_scale_shift()
-    if isinstance(norm, AffineChannel):
-        return norm.weight.detach().double(), norm.bias.detach().double()
-    if isinstance(norm, _BatchNorm) and norm.running_mean is not None and norm.running_var is not None:
-        mean, var = norm.running_mean.detach().double(), norm.running_var.detach().double()
-        gamma = torch.ones_like(mean) if norm.weight is None else norm.weight.detach().double()
-        beta = torch.zeros_like(mean) if norm.bias is None else norm.bias.detach().double()
-        s = gamma / torch.sqrt(var + norm.eps)
-        return s, beta - mean * s
-    return None
+    """float64 per-channel ``(s, t)`` with ``norm(x) == x * s + t`` in eval mode, or None: the
+    norm table decides (gn_detect/norms.py): a module built from an entry that is ``foldable``
+    (its ``table_norm``) gives its own through ``fold_scale_shift()`` (None there: no fixed
+    statistics, e.g. BN without running stats); any other module is not folded."""
+    name = getattr(norm, "table_norm", None)
+    if name is None or not norm_spec(name).foldable:
+        return None
+    fold = getattr(norm, "fold_scale_shift", None)
+    if not callable(fold):
+        raise ValueError(f"norm {name!r} is foldable in the norm table but its module {type(norm).__name__} "
+                         "has no fold_scale_shift(); add it or register the norm with foldable=False")
+    return fold()
 
 
 def _weight64(conv: nn.Conv2d) -> torch.Tensor:
@@ -136,7 +138,7 @@ def _slots(model: nn.Module) -> list[tuple[str, nn.Module, str, str]]:
     for name, m in model.named_modules():
         if isinstance(m, ConvNormAct):
             out.append((name, m, "conv", "norm"))
-        elif callable(getattr(m, "conv_norm_pairs", None)):  # a backbone (its contract)
+        elif isinstance(m, Backbone):  # its contract lists its pairs (modeling/contract.py)
             for conv, norm in m.conv_norm_pairs():
                 parent, _, conv_attr = conv.rpartition(".")
                 norm_parent, _, norm_attr = norm.rpartition(".")

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from gn_detect.checkpoint.conventions import fill_unrecorded
 from gn_detect.config import ConfigError, TrainConfig
 from gn_detect.modeling.build import model_config
-from gn_detect.norms import resolve_norm
+from gn_detect.norms import component_norm_opts, resolve_norm
 from gn_detect.runs import flatten
 from gn_detect.runs.keys import RESUME_MAY_CHANGE
 
@@ -85,8 +85,8 @@ def categories_of_dataset(dataset: Any) -> list[dict[str, Any]]:
 
 def _part(model: DictConfig, part: str) -> dict[str, Any]:
     """A component's norm as ``resolve_norm`` (what ``build_model`` builds) resolves it."""
-    r = resolve_norm(model, part)
-    out = {"norm": r.norm, "ws": r.ws, "num_groups": r.opts["num_groups"], "eps": r.opts["eps"]}
+    r, opts = resolve_norm(model, part), component_norm_opts(model, part)  # signature keys of every version
+    out = {"norm": r.norm, "ws": r.ws, "num_groups": opts["num_groups"], "eps": opts["eps"]}
     if r.per_level is not None:
         out["per_level_norm"] = r.per_level
     return out

@@ -56,6 +56,11 @@ class AffineChannel(nn.Module):
             self.register_buffer("weight", weight)
             self.register_buffer("bias", bias)
 
+    def fold_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64 ``(s, t)`` with ``self(x) == x * s + t`` (deploy/fold.py; the norm table's
+        ``foldable``)."""
+        return self.weight.detach().double(), self.bias.detach().double()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(

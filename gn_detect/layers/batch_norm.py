@@ -85,6 +85,17 @@ class BatchNorm2d(nn.BatchNorm2d):
                 factor = 1.0 / float(self.num_batches_tracked)
         return factor
 
+    def fold_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """float64 ``(s, t)`` with ``self(x) == x * s + t`` in eval mode, None without running
+        statistics (deploy/fold.py; the norm table's ``foldable``; SyncBatchNorm inherits it)."""
+        if self.running_mean is None or self.running_var is None:
+            return None
+        mean, var = self.running_mean.detach().double(), self.running_var.detach().double()
+        gamma = torch.ones_like(mean) if self.weight is None else self.weight.detach().double()
+        beta = torch.zeros_like(mean) if self.bias is None else self.bias.detach().double()
+        s = gamma / torch.sqrt(var + self.eps)
+        return s, beta - mean * s
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         if not self._uses_batch_stats():

@@ -44,25 +44,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["group_norm_op", "kernel_usable", "max_offset", "dense", "KERNEL_DEVICES", "KERNEL_DTYPES"]
+from gn_detect.layers.gn_layout import INDEX_LIMIT, KERNEL_DTYPES, dense, max_offset
+
+__all__ = ["group_norm_op", "triton_group_norm", "kernel_usable", "max_offset", "dense", "KERNEL_DEVICES",
+           "KERNEL_DTYPES"]
 
 KERNEL_DEVICES: tuple[str, ...] = ("cuda",)  # where impl='auto' may pick the kernel
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 AUTOCAST_FP32_DEVICES: tuple[str, ...] = ("cuda",)  # torch's autocast runs group_norm in fp32 there
-INDEX_LIMIT = 2**31  # the kernel indexes within a sample in int32
 _CHECKED: dict[tuple[str, torch.dtype, str], bool] = {}
 
 
 @lru_cache(maxsize=None)
 def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
-
-
-def max_offset(t: Tensor) -> int:
-    """The largest element offset of t within one sample: sum((size - 1) * |stride|) over the
-    dims after the first (what the kernel's int32 in-sample indexing must hold; for a strided
-    view, e.g. a channel slice of a channels-last tensor, far more than numel / N)."""
-    return sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:]) if s > 0)
 
 
 def _tiling(x: Tensor, num_groups: int, plan: tuple[int, ...]) -> str:
@@ -77,11 +71,6 @@ def _tiling(x: Tensor, num_groups: int, plan: tuple[int, ...]) -> str:
 def _stat_dtype(x: Tensor) -> torch.dtype:
     """dtype of mean/rstd and of the per-channel sums: float32, float64 for float64 inputs."""
     return torch.promote_types(x.dtype, torch.float32)
-
-
-def dense(x: Tensor) -> Tensor:
-    """x, or a copy in its suggested memory format (the layout ``empty_like(x)`` gives)."""
-    return x.contiguous(memory_format=suggest_memory_format(x))
 
 
 def _layout_of(t: Tensor, ref: Tensor) -> Tensor:
@@ -294,3 +283,23 @@ def group_norm_op(x: Tensor, num_groups: int, weight: Tensor | None = None, bias
     out_dtype = torch.float32 if upcast else None
     return torch.ops.gn_detect.group_norm(x, weight, bias, int(num_groups), float(eps), bool(relu),
                                           impl, out_dtype, list(plan))[0]
+
+
+def triton_group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    relu: bool = False,
+    block_hw: int | None = None,
+    block_c: int | None = None,
+    split: int | None = None,
+    passes: int | None = None,
+) -> torch.Tensor:
+    """GroupNorm of x (N, C, *) like ``F.group_norm``, then ReLU if ``relu``, always through the
+    kernel (the op with impl='triton'); differentiable. ``block_hw``, ``block_c``, ``split``,
+    ``passes`` override the launch plan (tests, tuning; ``make_plan``)."""
+    plan = tuple(int(v or 0) for v in (block_hw, block_c, split, passes))
+    return group_norm_op(x, num_groups, weight, bias, eps, relu=relu, impl="triton", plan=plan)

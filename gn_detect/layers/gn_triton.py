@@ -50,9 +50,9 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from gn_detect.layers.gn_op import INDEX_LIMIT, KERNEL_DTYPES, dense, group_norm_op, max_offset
+from gn_detect.layers.gn_layout import INDEX_LIMIT, KERNEL_DTYPES, dense, max_offset
 
-__all__ = ["triton_group_norm", "forward", "backward", "interpreted", "launch_guard"]
+__all__ = ["forward", "backward", "interpreted", "launch_guard"]
 
 _MAX_SPLIT = 256  # chunks per (n, g); the normalize kernel merges them in one block
 # One pass: (largest tile a program may hold, tile width aimed at), in elements (HW padded to a
@@ -924,23 +924,3 @@ def launch_backward(dy3, x3, dx3, weight, bias, mean, rstd, dgamma, dbeta, num_g
     )
     torch.sum(sum_b, 0, out=dgamma)
     torch.sum(sum_s, 0, out=dbeta)
-
-
-def triton_group_norm(
-    x: torch.Tensor,
-    num_groups: int,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-    *,
-    relu: bool = False,
-    block_hw: int | None = None,
-    block_c: int | None = None,
-    split: int | None = None,
-    passes: int | None = None,
-) -> torch.Tensor:
-    """GroupNorm of x (N, C, *) like ``F.group_norm``, then ReLU if ``relu``, always through the
-    kernel (the op with impl='triton'); differentiable. ``block_hw``, ``block_c``, ``split``,
-    ``passes`` override the launch plan (tests, tuning; ``make_plan``)."""
-    plan = tuple(int(v or 0) for v in (block_hw, block_c, split, passes))
-    return group_norm_op(x, num_groups, weight, bias, eps, relu=relu, impl="triton", plan=plan)

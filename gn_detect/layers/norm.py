@@ -72,9 +72,10 @@ def build_syncbn(channels: int, *, eps: float = 1e-5, momentum: float = 0.1, aff
 
 def build_gn(channels: int, *, num_groups: int | None = None, channels_per_group: int | None = None,
              eps: float = 1e-5, affine: bool = True, impl: str | None = "auto", layer_name: str = "",
-             **_: Any) -> nn.Module:
-    return group_norm(channels, num_groups, channels_per_group, eps=eps, affine=affine,
+             act: str | None = None, **_: Any) -> nn.Module:
+    norm = group_norm(channels, num_groups, channels_per_group, eps=eps, affine=affine,
                       layer_name=layer_name, impl="auto" if impl is None else impl)
+    return norm if act is None else GroupNormAct.from_group_norm(norm, act=act)
 
 
 def build_ln(channels: int, **opts: Any) -> nn.Module:
@@ -110,13 +111,12 @@ def get_norm(name: str | None, channels: int, *, impl: str | None = "auto", laye
 def get_norm_act(name: str | None, channels: int, act: str | None, **opts) -> tuple[nn.Module, nn.Module]:
     """``(norm, activation)`` modules for ``act(norm(x))``, fusing where the norm can.
 
-    A norm whose table entry lists ``act`` in ``fused_acts`` is built with ``act=`` by its module's
-    ``from_norm``-style hook (``GroupNormAct`` for the GN family): ``(fused, nn.Identity())``, same
-    ``weight``/``bias`` keys as the unfused pair. Anything else gives
-    ``(get_norm(name, channels, **opts), get_activation(act, channels))``.
+    A norm whose table entry lists ``act`` in ``fused_acts`` is built with ``act=`` by its own
+    builder (``GroupNormAct`` for the GN family, any registered norm alike):
+    ``(fused, nn.Identity())``, same ``weight``/``bias`` keys as the unfused pair. Anything else
+    gives ``(get_norm(name, channels, **opts), get_activation(act, channels))``.
     """
-    norm = get_norm(name, channels, **opts)
     act_key = canonical_name(act)
-    if act_key in norm_spec(name).fused_acts and isinstance(norm, nn.GroupNorm):
-        return GroupNormAct.from_group_norm(norm, act=act_key), nn.Identity()
-    return norm, get_activation(act, channels)
+    if act_key != "none" and act_key in norm_spec(name).fused_acts:
+        return get_norm(name, channels, act=act_key, **opts), nn.Identity()
+    return get_norm(name, channels, **opts), get_activation(act, channels)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gn_detect.layers import Conv2d, get_norm_act
-from gn_detect.modeling.registry import register_backbone
+from gn_detect.modeling.contract import Backbone
 from gn_detect.norms import norm_names, norm_spec, resolve_norm
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "DEPTHS", "resnet"]
@@ -108,7 +108,7 @@ _OUT = ("c3", "c4", "c5")
 _STRIDES = {"c3": 8, "c4": 16, "c5": 32}
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """Returns C3, C4, C5 (``strides`` 8, 16, 32; ``out_channels`` per key).
 
     ``freeze_at=k`` freezes the stem (k>=1) and the first k-1 residual stages: their parameters
@@ -187,11 +187,11 @@ class ResNet(nn.Module):
         return {"c3": c3, "c4": c4, "c5": c5}
 
 
-@register_backbone("resnet")
 def resnet(model_cfg: Any) -> ResNet:
-    """The ResNet/ResNeXt of ``model_cfg.backbone`` (depth, norm, ws, freeze_at, widths, groups,
-    width_per_group, stride_in_1x1 (null: torchvision's False; build_model resolves it from the
-    weights first), zero_init_residual)."""
+    """``model.backbone.name=resnet`` (named in modeling/registry.py): the ResNet/ResNeXt of
+    ``model_cfg.backbone`` (depth, norm, ws, freeze_at, widths, groups, width_per_group,
+    stride_in_1x1 (null: torchvision's False; build_model resolves it from the weights first),
+    zero_init_residual)."""
     bb = model_cfg.backbone
     key = str(bb.depth)
     if key not in DEPTHS:

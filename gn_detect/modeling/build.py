@@ -10,11 +10,11 @@ from torch import nn
 
 from gn_detect.config.errors import one_line
 from gn_detect.config.schema import ModelConfig
-from gn_detect.config.validate import size_divisibility
 from gn_detect.layers import NORM_TYPES
 from gn_detect.norms import resolve_norm
 from gn_detect.modeling.anchors import AnchorGenerator
 from gn_detect.modeling.box_coder import BoxCoder
+from gn_detect.modeling.contract import size_divisibility
 from gn_detect.modeling.registry import build_backbone
 from gn_detect.modeling.fpn import FPN
 from gn_detect.modeling.head import RetinaNetHead
@@ -48,7 +48,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
                                        strict=bb.weights_strict)
         log.info("loaded backbone weights from %s (%s; skipped: %s)", bb.weights, weights.describe(), report)
         backbone.freeze(backbone.freeze_at)  # loading replaces nothing, but keeps the rule in one place
-    fpn = FPN(backbone.out_channels, fp.out_channels, norm=fp.norm, ws=fp.ws,
+    fpn = FPN(backbone.output_shape(), fp.out_channels, norm=fp.norm, ws=fp.ws,
               norm_opts=norms["fpn"].opts, top_block_in=fp.top_block_in)
     anchor_generator = AnchorGenerator(**OmegaConf.to_container(cfg.anchors))
     head = RetinaNetHead(fpn.out_channels, anchor_generator.num_anchors, num_classes,
@@ -60,7 +60,10 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
     model = RetinaNet(backbone, fpn, head, anchor_generator, criterion, box_coder,
                       OmegaConf.to_container(cfg.test), OmegaConf.to_container(cfg.input))
     model.norms = norms  # each component's resolved norm, for whoever asks what was built
-    model.size_divisibility = size_divisibility(cfg)  # gn_detect/config/validate.py
+    model.size_divisibility = size_divisibility(cfg)  # modeling/contract.py: loaders ask the same
+    if model.size_divisibility % backbone.size_divisibility:
+        raise ValueError(f"model.anchors.strides: the deepest stride {model.size_divisibility} is not a multiple of "
+                         f"the backbone's size_divisibility {backbone.size_divisibility}; fix the anchor strides")
     return model
 
 

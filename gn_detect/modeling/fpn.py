@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gn_detect.layers import ConvNormAct
+from gn_detect.modeling.contract import ShapeSpec
 
 
 def _xavier_fill(m: nn.Module) -> None:
@@ -24,13 +25,16 @@ class FPN(nn.Module):
 
     ``ws`` turns weight standardization on; ``norm="gn_ws"`` implies it (ws=False does not veto).
 
-    ``top_block_in="p5"`` feeds P6 from P5 (detectron2 and torchvision RetinaNet);
-    ``"c5"`` from C5, as in the original paper.
+    ``input_shape``: the backbone's ``output_shape()``; its three features, shallowest first,
+    are C3, C4, C5 (their names are the backbone's own).
+
+    ``top_block_in="p5"`` feeds P6 from P5 (torchvision's v1 RetinaNet only); ``"c5"`` from C5,
+    as in the paper, detectron2, torchvision v2, Detectron and mmdetection.
     """
 
     def __init__(
         self,
-        in_channels: dict[str, int],
+        input_shape: dict[str, ShapeSpec],
         out_channels: int = 256,
         *,
         norm: str = "none",
@@ -41,7 +45,11 @@ class FPN(nn.Module):
         super().__init__()
         if top_block_in not in ("p5", "c5"):
             raise ValueError(f"model.fpn.top_block_in={top_block_in!r}: use 'p5' or 'c5'")
-        names = ("c3", "c4", "c5")
+        names = tuple(sorted(input_shape, key=lambda k: input_shape[k].stride))
+        if len(names) != 3:
+            raise ValueError(f"FPN: the backbone gives {len(names)} features {list(names)}; it needs three (C3, C4, C5)")
+        in_channels = {k: input_shape[k].channels for k in names}
+        self.in_features = names
         self.lateral = nn.ModuleList(
             ConvNormAct(in_channels[n], out_channels, 1, norm=norm, ws=ws or None, act="none",
                         norm_opts=norm_opts, layer_name=f"fpn.lateral.{i}")
@@ -53,14 +61,14 @@ class FPN(nn.Module):
             for i in range(len(names))
         )
         self.top_block_in = top_block_in
-        p6_in = out_channels if top_block_in == "p5" else in_channels["c5"]
+        p6_in = out_channels if top_block_in == "p5" else in_channels[names[-1]]
         self.p6 = nn.Conv2d(p6_in, out_channels, 3, stride=2, padding=1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         self.out_channels = out_channels
         _xavier_fill(self)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        c3, c4, c5 = feats["c3"], feats["c4"], feats["c5"]
+        c3, c4, c5 = (feats[k] for k in self.in_features)
         lat5 = self.lateral[2](c5)
         lat4 = self.lateral[1](c4) + F.interpolate(lat5, size=c4.shape[-2:], mode="nearest")
         lat3 = self.lateral[0](c3) + F.interpolate(lat4, size=c3.shape[-2:], mode="nearest")

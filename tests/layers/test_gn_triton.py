@@ -152,7 +152,7 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
 
 def run_kernel(case: dict, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Forward and backward through the kernel (directly, or through the nn.Module path)."""
-    from gn_detect.layers.gn_triton import triton_group_norm
+    from gn_detect.layers.gn_op import triton_group_norm
 
     x = inputs["x"].detach().clone(memory_format=torch.preserve_format).requires_grad_()
     if case.get("channel_slice"):
@@ -221,7 +221,8 @@ def check_case(name: str, case: dict, inputs: dict, got: dict) -> None:
 
 def _child_main(out_path: str) -> None:
     """Runs in the child started with TRITON_INTERPRET=1: every case, plus the auto check."""
-    from gn_detect.layers.gn_triton import interpreted, triton_group_norm
+    from gn_detect.layers.gn_op import triton_group_norm
+    from gn_detect.layers.gn_triton import interpreted
 
     assert interpreted(), "TRITON_INTERPRET=1 did not reach triton"
     results = {}

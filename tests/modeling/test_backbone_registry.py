@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gn_detect.modeling import build_model
+from gn_detect.modeling import Backbone, ShapeSpec, build_model
 from gn_detect.modeling.registry import _BACKBONES, backbone_names, register_backbone
 from tests.modeling._backbones import backbone
 
@@ -35,23 +35,19 @@ def test_resnet_contract_matches_its_outputs_and_modules():
 def test_a_registered_backbone_builds_into_a_retinanet():
     @register_backbone("toy")
     def toy(model_cfg):
-        class Toy(nn.Module):
-            out_channels = {"c3": 8, "c4": 8, "c5": 8}
-            strides = {"c3": 8, "c4": 16, "c5": 32}
-            freeze_at = 0
+        class Toy(Backbone):
+            out_channels = {"p": 8, "q": 8, "r": 8}  # any names: the FPN reads output_shape()
+            strides = {"p": 8, "q": 16, "r": 32}
 
             def __init__(self):
                 super().__init__()
                 self.c3, self.c4, self.c5 = (nn.Conv2d(3 if s == 8 else 8, 8, 3, stride=s if s == 8 else 2,
                                                        padding=1) for s in (8, 16, 32))
 
-            def conv_norm_pairs(self):
-                return []
-
             def forward(self, x):
                 c3 = self.c3(x)
                 c4 = self.c4(c3)
-                return {"c3": c3, "c4": c4, "c5": self.c5(c4)}
+                return {"p": c3, "q": c4, "r": self.c5(c4)}
         return Toy()
 
     try:
@@ -59,5 +55,37 @@ def test_a_registered_backbone_builds_into_a_retinanet():
         with torch.no_grad():
             dets = model(torch.randn(1, 3, 128, 128))
         assert len(dets) == 1 and set(dets[0]) == {"boxes", "scores", "labels"}
+        assert model.fpn.in_features == ("p", "q", "r") and model.size_divisibility == 128
     finally:
         _BACKBONES.pop("toy", None)
+
+
+def test_build_backbone_refuses_a_module_outside_the_contract():
+    @register_backbone("plain")
+    def plain(model_cfg):
+        return nn.Conv2d(3, 8, 3)
+
+    try:
+        with pytest.raises(ValueError, match=r"backbone 'plain'.*not a gn_detect.modeling.contract.Backbone"):
+            build_model({"backbone": {"name": "plain"}}, num_classes=2)
+    finally:
+        _BACKBONES.pop("plain", None)
+
+
+def test_the_padding_multiple_must_fit_the_backbone_strides():
+    class Deep(Backbone):
+        out_channels = {"a": 4, "b": 4, "c": 4}
+        strides = {"a": 8, "b": 16, "c": 64}
+
+    assert Deep().output_shape()["c"] == ShapeSpec(4, 64) and Deep().size_divisibility == 64
+
+    @register_backbone("deep")
+    def deep(model_cfg):
+        return Deep()
+
+    try:
+        with pytest.raises(ValueError, match=r"deepest stride 32 is not a multiple of the backbone's size_divisibility 64"):
+            build_model({"backbone": {"name": "deep"}, "anchors": {"strides": [8, 16, 32], "sizes": [32, 64, 128]}},
+                        num_classes=2)
+    finally:
+        _BACKBONES.pop("deep", None)
