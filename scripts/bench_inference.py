@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gn_detect.deploy import HeadNetwork, fold_model  # noqa: E402
-from gn_detect.deploy.compare import tensor_diff  # noqa: E402
+from gn_detect.deploy.export_check import tensor_diff  # noqa: E402
 from gn_detect.deploy.onnx_export import export_onnx, missing_onnx_packages, ort_session, run_ort  # noqa: E402
 from gn_detect.layers import AffineChannel  # noqa: E402
 from gn_detect.modeling import build_model  # noqa: E402

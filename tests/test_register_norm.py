@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from gn_detect.deploy.export import export_run
-from gn_detect.deploy.schema import ExportConfig
+from gn_detect.deploy.options import ExportConfig
 from gn_detect.engine.trainer import train
 from gn_detect.norms import NormSpec, norm_spec, register_norm, unregister_norm
 from gn_detect.sweeps import write_sweep_report

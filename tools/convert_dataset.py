@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gn_detect.data.convert import ConversionError, read_names, read_text, voc_to_coco, write_coco, yolo_to_coco
+from gn_detect.data.convert_dataset import ConversionError, read_names, read_text, voc_to_coco, write_coco, yolo_to_coco
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
 from gn_detect.checkpoint import SOURCES  # noqa: E402
-from gn_detect.checkpoint.convert import NORM_CHOICES, convert_weights  # noqa: E402
+from gn_detect.checkpoint.convert_weights import NORM_CHOICES, convert_weights  # noqa: E402
 from gn_detect.config.errors import ConfigError, check_output_path, one_line  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from gn_detect.deploy.launch import predict_main  # noqa: E402
+from gn_detect.deploy.entry_points import predict_main  # noqa: E402
 
 if __name__ == "__main__":
     predict_main()

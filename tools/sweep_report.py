@@ -7,7 +7,7 @@ loss_curves.png and figures.json (see docs/sweeps.md).
 
 import sys
 
-from gn_detect.sweeps.report import main
+from gn_detect.sweeps.sweep_report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ from .checks import (
 )
 from .coco import CocoDetection
 from .collate import collate
-from .convert import ConversionError, voc_to_coco, write_coco, yolo_to_coco
+from .convert_dataset import ConversionError, voc_to_coco, write_coco, yolo_to_coco
 from .samplers import InferenceSampler, TrainBatchSampler, build_test_loader, build_train_loader
 from .synthetic import SHAPE_CLASSES, ensure_shapes_dataset
 from .transforms import DetectionTransform, boxes_to_original

@@ -1,7 +1,7 @@
 """Deployment: fold norms into convolutions, save/load the folded model, export ONNX, predict.
 
-Entry points: tools/export.py and tools/predict.py (gn_detect/deploy/launch.py); configs in
-gn_detect/deploy/schema.py. onnx, onnxruntime and onnxscript (the ``export`` extra) are imported
+Entry points: tools/export.py and tools/predict.py (gn_detect/deploy/entry_points.py); configs in
+gn_detect/deploy/options.py. onnx, onnxruntime and onnxscript (the ``export`` extra) are imported
 only by gn_detect/deploy/onnx_export.py, when used.
 """
 from .fold import FOLD_PER_LEVEL, FoldReport, PerLevelConvAct, count_state, fold_model

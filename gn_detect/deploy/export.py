@@ -19,7 +19,7 @@ from gn_detect.runs.layout import EXPORT
 from gn_detect.modeling import size_divisibility
 from gn_detect.io import write_json_atomic
 
-from .compare import match_detections, tensor_diff
+from .export_check import match_detections, tensor_diff
 from .fold import fold_model
 from .network import HeadNetwork, detect_from_head
 from .onnx_export import export_onnx, ort_session, require_onnx, run_ort

@@ -69,7 +69,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_O
     net = HeadNetwork(model).eval()
     # A batch of 2 and 2x2 cells of 128 px: torch.export specializes dimensions that are 0 or 1
     # in the example, so the example must not have them for the graph to stay dynamic.
-    div = model.size_divisibility  # inputs are padded to a multiple of this (modeling/build.py)
+    div = model.size_divisibility  # inputs are padded to a multiple of this (modeling/builder.py)
     device = next(model.parameters()).device
     example = torch.zeros(2, 3, 2 * div, 2 * div, device=device)
     example_sizes = torch.tensor([[2 * div - 3] * 2, [div + 5] * 2], device=device)

@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gn_detect.checkpoint.conventions import fill_unrecorded
 from gn_detect.config import ConfigError, TrainConfig
-from gn_detect.modeling.build import model_config
+from gn_detect.modeling.builder import model_config
 from gn_detect.norms import component_norm_opts, resolve_norm
 from gn_detect.runs import flatten
 from gn_detect.runs.keys import RESUME_MAY_CHANGE

@@ -5,7 +5,7 @@ Entry points: :func:`write_sweep_report` (called by the Hydra callback when a mu
 """
 
 from .collect import Run, collect_runs, component_label, find_run_dirs, label_matches
-from .report import main, write_sweep_report
+from .sweep_report import main, write_sweep_report
 
 __all__ = [
     "Run",

@@ -8,7 +8,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from gn_detect.sweeps.report import write_sweep_report
+from gn_detect.sweeps.sweep_report import write_sweep_report
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from gn_detect.data import CocoDetection, voc_to_coco, write_coco, yolo_to_coco
-from gn_detect.data.convert import ConversionError
+from gn_detect.data.convert_dataset import ConversionError
 from gn_detect.data.synthetic import SHAPES_LAYOUT
 
 

@@ -169,7 +169,7 @@ def test_predict_lists_subfolders(tmp_path: Path) -> None:
 
 
 def test_voc_and_yolo_drops_are_counted_and_never_null(tmp_path: Path) -> None:
-    from gn_detect.data.convert import voc_to_coco, yolo_to_coco
+    from gn_detect.data.convert_dataset import voc_to_coco, yolo_to_coco
 
     xml = tmp_path / "a.xml"
     xml.write_text("<annotation><filename>a.jpg</filename><size><width>40</width><height>32</height></size>"

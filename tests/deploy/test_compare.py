@@ -2,7 +2,7 @@
 box-tolerance-aware, excusing only detections at a score cut-off."""
 import torch
 
-from gn_detect.deploy.compare import match_detections, tensor_diff
+from gn_detect.deploy.export_check import match_detections, tensor_diff
 
 
 def _dets(boxes, scores, labels):

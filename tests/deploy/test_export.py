@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from gn_detect.data import split_categories
 from gn_detect.deploy import HeadNetwork, load_folded
 from gn_detect.deploy.export import export_run
-from gn_detect.deploy.schema import ExportConfig
+from gn_detect.deploy.options import ExportConfig
 from gn_detect.engine.restore import model_from_checkpoint
 from tests.engine._train_utils import REPO, child_env, tail, tiny_cfg
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from gn_detect.deploy import HeadNetwork, PerLevelConvAct, fold_model
-from gn_detect.deploy.compare import match_detections
+from gn_detect.deploy.export_check import match_detections
 from gn_detect.layers import AffineChannel, GroupNorm
 from gn_detect.layers import Conv2d as WSConv2d
 from gn_detect.modeling import build_model

@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from gn_detect.deploy.predict import predict_run
-from gn_detect.deploy.schema import PredictConfig
+from gn_detect.deploy.options import PredictConfig
 from tests.engine._train_utils import REPO, child_env, tail
 
 from ._runs import make_run, write_report

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from gn_detect.deploy import HeadNetwork, fold_model, load_folded, save_folded
 from gn_detect.deploy.saved import load_for_inference, load_trained
-from gn_detect.deploy.schema import PredictConfig
+from gn_detect.deploy.options import PredictConfig
 from gn_detect.engine.checkpoint import CheckpointError
 
 from ._runs import make_run

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from gn_detect.config.schema import EvaluateConfig, TrainConfig
 from gn_detect.deploy.export import export_run
-from gn_detect.deploy.schema import ExportConfig
+from gn_detect.deploy.options import ExportConfig
 from gn_detect.engine.checkpoint import save_checkpoint
 from gn_detect.engine.evaluate import evaluate_checkpoint
 from gn_detect.engine.trainer import train

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gn_detect.modeling.build import model_config
+from gn_detect.modeling.builder import model_config
 from gn_detect.modeling.registry import build_backbone
 
 

@@ -27,7 +27,7 @@ from gn_detect.data import DetectionTransform, boxes_to_original
 from gn_detect.deploy.export import export_run
 from gn_detect.deploy.network import detect_from_head
 from gn_detect.deploy.predict import predict_run
-from gn_detect.deploy.schema import ExportConfig, PredictConfig
+from gn_detect.deploy.options import ExportConfig, PredictConfig
 from gn_detect.engine.evaluate import evaluate_checkpoint
 from gn_detect.modeling import build_model
 from tests.engine._train_utils import REPO, child_env, one_thread, records, shapes_root, tail, tiny_overrides  # noqa: F401

@@ -11,7 +11,7 @@ import pytest
 
 from gn_detect.norms import NormSpec, register_norm, unregister_norm
 from gn_detect.sweeps import collect_runs, write_sweep_report
-from gn_detect.sweeps.figures import ap_vs_batch_figure
+from gn_detect.sweeps.sweep_figures import ap_vs_batch_figure
 from gn_detect.sweeps.summary import aggregate
 
 from .fabricate import make_config, write_run

@@ -13,7 +13,7 @@ from matplotlib.patches import Rectangle
 
 from gn_detect.sweeps.collect import Run
 from gn_detect.sweeps.collect import collect_runs
-from gn_detect.sweeps.figures import (ap_vs_batch_figure, label_pr_bars_figure, loss_curves_figure, plot_label_pr_bars,
+from gn_detect.sweeps.sweep_figures import (ap_vs_batch_figure, label_pr_bars_figure, loss_curves_figure, plot_label_pr_bars,
                                       plot_loss_curves, speed_memory_figure)
 from gn_detect.sweeps.summary import aggregate
 

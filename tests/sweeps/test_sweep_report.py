@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gn_detect.sweeps import write_sweep_report
-from gn_detect.sweeps.report import main
+from gn_detect.sweeps.sweep_report import main
 
 from .fabricate import make_config, write_run
 

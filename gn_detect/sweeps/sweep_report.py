@@ -20,7 +20,7 @@ from gn_detect.io import to_jsonable, write_json_atomic, write_text_atomic
 
 from .collect import METRICS, Run, collect_runs
 from .compare import compare, comparison_markdown
-from .figures import plot_ap_vs_batch, plot_label_pr_bars, plot_loss_curves, plot_speed_memory
+from .sweep_figures import plot_ap_vs_batch, plot_label_pr_bars, plot_loss_curves, plot_speed_memory
 from .summary import (aggregate, group_cell, paper_table_md, paper_table_tex, problem_table_md, run_record,
                       settings_table_md, write_runs_csv, write_summary_csv)
 

@@ -17,7 +17,7 @@ from gn_detect.engine.checkpoint import CheckpointError
 
 from .export import export_run
 from .predict import predict_run
-from .schema import validate_export_config, validate_predict_config
+from .options import validate_export_config, validate_predict_config
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 _REFUSALS = (ValueError, FileNotFoundError, CheckpointError, RuntimeError)
