@@ -18,7 +18,7 @@ every run is its own process (or Slurm job): the torchrun variables come from th
 (dist.env_from_scheduler), and a run stopped by the pre-emption signal (SIGUSR2) after saving
 ``last.pth`` is handed to submitit, which re-submits it; the new job resumes from the checkpoint.
 A run stopped by another signal ends its job without a result; the Slurm launcher
-(gn_detect/sweeps/slurm_launcher.py) asks Slurm whether it was requeued or cancelled.
+(gn_detect/sweeps/slurm_jobs.py) asks Slurm whether it was requeued or cancelled.
 
 Multirun folders (``hydra.sweep.subdir: ${gn_sweep_subdir:}``) are named by the swept keys only
 (:func:`sweep_subdir`); the fixed overrides are in the sweep folder's ``multirun.yaml``.
@@ -388,7 +388,7 @@ def _leave_scheduler_job_unfinished(result: Any) -> None:
     """In a submitit Slurm job (a job of a sweep), a run stopped by a signal other than the
     pre-emption one (``scancel``, ``scontrol requeue``, Slurm's REQUEUE pre-emption: SIGTERM) ends
     the job process with 128 + the signal, before submitit could record success: the sweep command
-    then asks Slurm what became of the job (gn_detect/sweeps/slurm_launcher.py). A requeued job
+    then asks Slurm what became of the job (gn_detect/sweeps/slurm_jobs.py). A requeued job
     resumes from last.pth."""
     in_slurm_job = "SUBMITIT_FOLDER" in os.environ and "SLURM_JOB_ID" in os.environ  # not submitit_local
     if in_slurm_job and isinstance(result, dict) and result.get("interrupted"):

@@ -1,5 +1,5 @@
 """The project's submitit launchers: Slurm (configs/hydra/launcher/submitit_slurm.yaml),
-hydra-submitit-launcher's SlurmLauncher waiting for its jobs as gn_detect/sweeps/slurm_launcher.py
+hydra-submitit-launcher's SlurmLauncher waiting for its jobs as gn_detect/sweeps/slurm_jobs.py
 describes, and local (submitit_local.yaml), the plugin's LocalLauncher recording each run for the
 sweep's exit status. Hydra loads launchers from the hydra_plugins package only, hence this file."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from gn_detect.runs import read_status, write_status
 from gn_detect.sweeps.outcome import record_run
-from gn_detect.sweeps.slurm_launcher import Interrupted, raise_interrupted, wait_for_job
+from gn_detect.sweeps.slurm_jobs import Interrupted, raise_interrupted, wait_for_job
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class LocalLauncher(_RunDirs, PluginLocalLauncher):
 
 
 class SlurmLauncher(_RunDirs, PluginSlurmLauncher):
-    """hydra-submitit-launcher's SlurmLauncher, waiting as gn_detect/sweeps/slurm_launcher.py says."""
+    """hydra-submitit-launcher's SlurmLauncher, waiting as gn_detect/sweeps/slurm_jobs.py says."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs = self._submit(job_overrides, initial_job_idx)

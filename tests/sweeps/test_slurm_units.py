@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gn_detect.sweeps import outcome, slurm_launcher
+from gn_detect.sweeps import outcome, slurm_jobs
 from gn_detect.sweeps.outcome import SweepRun, sweep_exit_status
 
 
@@ -27,16 +27,16 @@ def answers(monkeypatch: pytest.MonkeyPatch, states: list, job: SimpleNamespace 
             job.paths.result_pickle.write_bytes(b"")
         return states[min(len(asked), len(states)) - 1], "exit code 0:9, reason None"
 
-    monkeypatch.setattr(slurm_launcher, "slurm_job_state", state)
-    monkeypatch.setattr(slurm_launcher, "RESULT_GRACE_S", 0.05)
-    monkeypatch.setattr(slurm_launcher, "UNKNOWN_GRACE_S", 0.1)
+    monkeypatch.setattr(slurm_jobs, "slurm_job_state", state)
+    monkeypatch.setattr(slurm_jobs, "RESULT_GRACE_S", 0.05)
+    monkeypatch.setattr(slurm_jobs, "UNKNOWN_GRACE_S", 0.1)
     return asked
 
 
 def test_requeued_job_is_waited_for_until_its_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = fake_job(tmp_path)
     asked = answers(monkeypatch, ["RUNNING", "REQUEUED", "PENDING", "RUNNING", "COMPLETING"], job)
-    assert slurm_launcher.wait_for_job(job, poll_s=0.01) == (True, "")
+    assert slurm_jobs.wait_for_job(job, poll_s=0.01) == (True, "")
     assert asked == ["7_1"] * 5
 
 
@@ -46,14 +46,14 @@ def test_requeued_job_is_waited_for_until_its_result(tmp_path: Path, monkeypatch
 def test_job_ended_without_result_is_over_after_the_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          state, said) -> None:
     answers(monkeypatch, ["RUNNING", state])
-    finished, note = slurm_launcher.wait_for_job(fake_job(tmp_path), poll_s=0.01)
+    finished, note = slurm_jobs.wait_for_job(fake_job(tmp_path), poll_s=0.01)
     assert not finished and note.startswith(said), note
 
 
 def test_a_requeue_after_an_end_restarts_the_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FAILED then PENDING (a requeue on node failure): not over; the result comes later."""
     job = fake_job(tmp_path)
-    monkeypatch.setattr(slurm_launcher, "RESULT_GRACE_S", 0.2)
+    monkeypatch.setattr(slurm_jobs, "RESULT_GRACE_S", 0.2)
     states = iter(["FAILED", "PENDING", "PENDING", "RUNNING"])
 
     def state(job_id: str) -> tuple:
@@ -63,8 +63,8 @@ def test_a_requeue_after_an_end_restarts_the_grace(tmp_path: Path, monkeypatch: 
             s = "COMPLETED"
         return s, ""
 
-    monkeypatch.setattr(slurm_launcher, "slurm_job_state", state)
-    assert slurm_launcher.wait_for_job(job, poll_s=0.01) == (True, "")
+    monkeypatch.setattr(slurm_jobs, "slurm_job_state", state)
+    assert slurm_jobs.wait_for_job(job, poll_s=0.01) == (True, "")
 
 
 def run_folder(root: Path, name: str, state: str | None, error: str | None = None) -> Path:
