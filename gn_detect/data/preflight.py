@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from .build import _read, check_shapes_root, data_config, resolve_path, split_paths
 from .checks import DataError, SkipLog, _is_int, _usable_entries, categories_of, check_box, check_same_categories, \
-    FileKey, file_key, hand_over, load_coco_json
+    crowd_of, FileKey, file_key, hand_over, load_coco_json
 from .synthetic import META_FILE
 
 __all__ = ["SplitSummary", "annotation_problems", "read_split"]
@@ -43,7 +43,7 @@ class SplitSummary:
         per_image: Counter[int] = Counter()
         for a in data["annotations"]:
             if not isinstance(a, Mapping) or a.get("image_id") not in sizes or a.get("category_id") not in known \
-                    or a.get("iscrowd"):
+                    or crowd_of(a) != 0:
                 continue
             w, h = sizes[a["image_id"]]
             if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):

@@ -280,3 +280,32 @@ def test_unwritable_output_is_refused_before_any_work(tool: str, where: str, tmp
     assert len(lines) == 1 and f"{key}" in lines[0] and what in lines[0], proc.stdout[-3000:]
     assert str(bad) in lines[0] and ("choose another" in lines[0] or "Fix:" in lines[0]), lines
     assert taken.is_dir() if where == "existing_folder" else taken.read_text() == "x"
+
+
+def test_fifo_image_string_iscrowd_and_repeated_file_are_counted_skips(tmp_path: Path) -> None:
+    """Round four: an image path that is a FIFO is skipped, never opened (a regression blocks and the
+    timeout fails the test); ``"iscrowd": "0"`` (a string), ``2`` and null are ``invalid_iscrowd``
+    skips, not crowd boxes; one file under two ids keeps the first entry (``duplicate_image_file``).
+    The run completes (exit 0) and data_skipped.json counts each reason; nothing is written outside
+    the run folder."""
+    root = _coco(tmp_path / "coco", n=5)
+    os.mkfifo(root / "train2017" / "fifo.png")
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    data["images"] += [{"id": 6, "file_name": "fifo.png", "width": 40, "height": 32},
+                       {"id": 7, "file_name": "./2.png", "width": 40, "height": 32}]
+    data["annotations"][2]["iscrowd"] = "0"
+    data["annotations"][3]["iscrowd"] = 2
+    data["annotations"][4]["iscrowd"] = None
+    data["annotations"] += [{"id": 9, "image_id": 7, "category_id": 1, "bbox": [1, 1, 9, 9], "area": 81, "iscrowd": 0},
+                            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9], "area": 81,
+                             "iscrowd": True}]
+    ann.write_text(json.dumps(data))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, output, lines = _run("train.py", _tiny(root, "hydra.run.dir=run", "solver.max_iter=1"), tmp_path, timeout=300)
+    assert rc == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    counts = json.loads((tmp_path / "run" / "data_skipped.json").read_text())["datasets"][0]["counts"]
+    assert counts["not_a_regular_file"] == 1 and counts["invalid_iscrowd"] == 3, counts
+    assert counts["duplicate_image_file"] == 1 and counts["crowd"] == 1, counts
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
