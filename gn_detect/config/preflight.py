@@ -14,9 +14,10 @@ from typing import Callable, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from .errors import one_line
+from .targets import foreign_targets
 
 # Arguments after which Hydra only prints (help, the config, shell completion): nothing to check.
 _INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion",
@@ -107,7 +108,12 @@ def command_line_problems(config_dir: str, config_name: str, argv: Sequence[str]
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             for combo in _combinations(overrides, multirun):
-                cfg = compose(config_name=config_name, overrides=combo, return_hydra_config=inspect is not None)
+                cfg = compose(config_name=config_name, overrides=combo, return_hydra_config=True)
+                if foreign := foreign_targets(cfg):  # before anything else reads the config: nothing runs
+                    return foreign
+                if inspect is None:
+                    with open_dict(cfg):
+                        del cfg["hydra"]
                 validate(cfg)
                 if inspect is not None:
                     where = f"[{' '.join(combo)}] " if multirun and len(combo) else ""

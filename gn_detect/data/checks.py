@@ -164,6 +164,10 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError as e:
         raise AnnotationFileError(f"{path} is not UTF-8 text ({e}); is it really a json file?") from None
+    except ValueError as e:  # Python's int-string limit: "Exceeds the limit (4300 digits) for integer string ..."
+        raise AnnotationFileError(f"{path}: a number in the JSON cannot be read ({str(e).split(';')[0]}); no COCO "
+                                  "field needs more than 19 digits. Fix: re-generate the file, or correct that number"
+                                  ) from None
     except RecursionError:
         raise AnnotationFileError(f"{path}: JSON nested too deeply to parse (thousands of levels); a COCO "
                                   f"instances file is a few levels deep. Fix: re-generate the file") from None

@@ -162,7 +162,47 @@ def _every_image_missing(tmp: Path) -> tuple[str, list[str], int, list[str]]:
                                                              "status.json"]
 
 
+def _config_values_out_of_range(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """Round four: an integer beyond int64 and a list item below its minimum are config errors naming
+    the key, exit 2 before the run folder exists (were exit 1 after it)."""
+    root = _coco(tmp / "coco")
+    return "train.py", _tiny(root, f"seed={2**70}"), 2, ["config error: seed", "64-bit"]
+
+
+def _list_item_below_minimum(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    root = _coco(tmp / "coco")
+    return "train.py", [*_tiny(root)[:1], f"data.root={root}", "data.min_size_train=[-128]"], 2, \
+        ["config error: data.min_size_train", "-128"]
+
+
+def _huge_integer_in_the_json(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """A 5000-digit integer passes Python's int-string limit: one line naming the file and the fix."""
+    root = _coco(tmp / "coco")
+    ann = root / "annotations" / "instances_train2017.json"
+    ann.write_text(ann.read_text().replace('"area": 400', '"area": ' + "9" * 5000, 1))
+    return "train.py", _tiny(root), 2, ["instances_train2017.json: a number in the JSON cannot be read", "Fix:"]
+
+
+def _code_from_a_preset(target: str, node: str) -> Callable[[Path], tuple[str, list[str], int, list[str]]]:
+    """A preset in --config-dir naming a callable that is not the project's own: refused in one
+    line, exit 2, before anything runs (numpy.savetxt would have written ``pwned.txt``)."""
+    def case(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+        root = _coco(tmp / "coco")
+        (tmp / "mine" / "data").mkdir(parents=True)
+        (tmp / "mine" / "data" / "mine.yaml").write_text(
+            f"# @package _global_\ndata:\n  name: coco\n  root: {root}\nhydra:\n  {node}:\n    evil:\n"
+            f"      _target_: {target}\n      fname: {tmp / 'pwned.txt'}\n      X: [1]\n")
+        args = ["--config-dir", str(tmp / "mine"), *[a for a in _tiny(root) if not a.startswith("data=")], "data=mine"]
+        return "train.py", args, 2, [f"config error: hydra.{node}.evil._target_: '{target}'", "Fix: remove"]
+    return case
+
+
 CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
+    "config_values_out_of_range": _config_values_out_of_range,
+    "list_item_below_minimum": _list_item_below_minimum,
+    "huge_integer_in_the_json": _huge_integer_in_the_json,
+    "callback_from_a_preset": _code_from_a_preset("numpy.savetxt", "callbacks"),
+    "blocklisted_callback_from_a_preset": _code_from_a_preset("os.system", "callbacks"),
     "config_error_before_unreadable_image": _config_error_before_unreadable_image,
     "every_problem_at_once": _every_problem_at_once,
     "truncated_and_empty_annotations": _truncated_and_empty_annotations,
@@ -187,6 +227,7 @@ def test_hostile_input_through_the_command_line(name: str, tmp_path: Path, shape
         assert any(needle in ln for ln in lines), (needle, lines)
     if tool == "train.py" and status == 2:  # refused before Hydra: no run folder, no generated data
         assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+        assert not (tmp_path / "pwned.txt").exists()
     if status == 1:
         state = json.loads((tmp_path / "run" / "status.json").read_text())
         assert state["state"] == "failed" and "none of the 3 images" in state["error"]
