@@ -116,16 +116,17 @@ def to_jsonable(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, *, newline: str | None = None) -> Iterator[TextIO]:
+def atomic_open(path: str | os.PathLike, *, newline: str | None = None, binary: bool = False) -> Iterator[TextIO]:
     """A UTF-8 text file to write, which appears at ``path`` only when the block ends without an
     error (temp file in the same folder + fsync + ``os.replace``): readers never see half a file,
     and a killed or failing writer leaves the old file (or none) in place. ENOSPC becomes
-    :class:`DiskFullError`. ``newline`` as for ``open`` (``""`` for the csv module)."""
+    :class:`DiskFullError`. ``newline`` as for ``open`` (``""`` for the csv module); ``binary``: a
+    bytes file (e.g. an image PIL saves)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline=newline)) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -350,3 +350,66 @@ def test_fifo_image_string_iscrowd_and_repeated_file_are_counted_skips(tmp_path:
     assert counts["not_a_regular_file"] == 1 and counts["invalid_iscrowd"] == 3, counts
     assert counts["duplicate_image_file"] == 1 and counts["crowd"] == 1, counts
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
+
+
+def _images(folder: Path, n: int, size: tuple[int, int] = (40, 50)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((*size, 3), 10 * i % 255, np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_predict_never_reads_its_own_output_nor_blames_the_report_for_a_plain_weights_file(
+        tmp_path: Path, shapes_root: Path) -> None:  # noqa: F811
+    """Round four: output=input is refused (exit 2); an output inside the input is left out of the
+    input (a second run reads the same 2 images, not the drawn ones); a plain ImageNet-style .pth is
+    named as what it is (was: 'no report.json')."""
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    images = _images(tmp_path / "images", 2)
+    rc, output, lines = _run("predict.py", [f"checkpoint={ckpt}", f"input={images}", f"output={images}",
+                                            "score_thresh=0.5"], tmp_path)
+    assert rc == 2 and "Traceback" not in output and any("output: " in ln and "read back" in ln for ln in lines), output
+    assert sorted(p.name for p in images.iterdir()) == ["000.png", "001.png"]
+    for _ in range(2):
+        rc, output, lines = _run("predict.py", [f"checkpoint={ckpt}", f"input={images}", f"output={images / 'out'}",
+                                                "score_thresh=0.0"], tmp_path)
+        assert rc == 0, output[-3000:]
+        listed = json.loads((images / "out" / "images.json").read_text())["images"]
+        assert sorted(e["file_name"] for e in listed) == ["000.png", "001.png"], listed
+    import torch
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3), "bn1.weight": torch.ones(4)}, tmp_path / "resnet.pth")
+    rc, output, lines = _run("predict.py", [f"checkpoint={tmp_path / 'resnet.pth'}", f"input={images}",
+                                            f"output={tmp_path / 'o'}"], tmp_path)
+    assert rc == 2 and "Traceback" not in output, output[-3000:]
+    assert len(lines) == 1 and "plain weights file" in lines[0] and "report.json" not in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_to_predict_is_one_line_exit_143_and_no_half_written_result(tmp_path: Path,
+                                                                            shapes_root: Path) -> None:  # noqa: F811
+    """SIGTERM while predict draws: one line, exit 143 (as tools/evaluate.py), no detections.json and
+    no temporary or truncated drawn image left."""
+    import signal
+    import time
+
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    images = _images(tmp_path / "images", 300, size=(64, 64))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "predict.py"), f"checkpoint={ckpt}",
+                             f"input={images}", f"output={out}", "score_thresh=0.0", "batch_size=1"], cwd=str(tmp_path),
+                            env=child_env(HYDRA_FULL_ERROR="0", PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "drawn").glob("*.png")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    lines = [ln for ln in output.splitlines() if ln.startswith("gn-detect:")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "SIGTERM" in lines[0], lines
+    assert not (out / "detections.json").exists() and not (out / "images.json").exists()
+    drawn = list((out / "drawn").iterdir())
+    assert drawn and not [p for p in drawn if p.suffix != ".png"]
+    for p in drawn:
+        Image.open(p).load()  # whole files only
