@@ -413,3 +413,36 @@ def test_sigterm_to_predict_is_one_line_exit_143_and_no_half_written_result(tmp_
     assert drawn and not [p for p in drawn if p.suffix != ".png"]
     for p in drawn:
         Image.open(p).load()  # whole files only
+
+
+def test_a_sweep_whose_run_folder_another_command_holds_exits_1(tmp_path: Path) -> None:
+    """Round four: two sweeps on one sweep folder. The run this command could not take (another
+    process holds its folder: RunFolderInUse) is not done by this command, even when the other one
+    has finished it by the time this one ends: exit 1, the last line names it, no traceback (was: a
+    traceback and exit 0)."""
+    from gn_detect.engine.run_lock import RunLock
+
+    root = _coco(tmp_path / "coco")
+    held = RunLock(tmp_path / "sw" / "seed=0").acquire()
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), "-m", *_tiny(root, "solver.max_iter=1"),
+                             "seed=0,1", "hydra.sweep.dir=sw"], cwd=str(tmp_path),
+                            env=child_env(HYDRA_FULL_ERROR="0", PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            seen.append(line)
+            if "FAILED run" in line and "seed=0" in line:  # the other command finishes that run now
+                (tmp_path / "sw" / "seed=0" / "status.json").write_text(json.dumps({"state": "done"}))
+                held.release()
+                break
+        seen.append(proc.communicate(timeout=300)[0])
+    finally:
+        held.release()
+        proc.kill()
+    output = "".join(seen)
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    last = [ln for ln in output.splitlines() if ln.strip()][-1]
+    assert "sweep not complete" in last and "seed=0" in last and "RunFolderInUse" in last, last
+    assert json.loads((tmp_path / "sw" / "seed=1" / "status.json").read_text())["state"] == "done"
