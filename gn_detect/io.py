@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -35,6 +36,17 @@ class DiskFullError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a data file's content: ``{"size", "mtime_ns", "blake2b"}`` (BLAKE2b-128 of the
+    bytes, read in 1 MiB blocks: about a second for COCO's 448 MB train json)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        while block := f.read(1 << 20):
+            h.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": h.hexdigest()}
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -38,7 +38,7 @@ def _plain_weights(state: Any) -> str | None:
     """What a file of bare weights is ("a plain weights file: 102 tensors, e.g. conv1.weight"), None
     for anything else (a gn-detect checkpoint included)."""
     inner = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else None
-    if not isinstance(inner, dict) or not inner or "description" in state:
+    if not isinstance(inner, dict) or not inner or {"description", "iteration", "optimizer"} & state.keys():
         return None
     tensors = [k for k, v in inner.items() if isinstance(v, torch.Tensor)]
     if len(tensors) < len(inner) / 2:

@@ -446,3 +446,27 @@ def test_a_sweep_whose_run_folder_another_command_holds_exits_1(tmp_path: Path) 
     last = [ln for ln in output.splitlines() if ln.strip()][-1]
     assert "sweep not complete" in last and "seed=0" in last and "RunFolderInUse" in last, last
     assert json.loads((tmp_path / "sw" / "seed=1" / "status.json").read_text())["state"] == "done"
+
+
+def test_resume_over_a_changed_training_json_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """Round four: a run's training json rewritten in place (5 images to 4), then the run resumed (a
+    longer schedule, which a resume allows): refused in one line naming the file, exit 2 (was: it
+    resumed and trained on other data). The data file's fingerprint (size + BLAKE2b) is in the
+    checkpoint's description; the run folder keeps its checkpoint."""
+    root = _coco(tmp_path / "coco", n=5)
+    args = _tiny(root, "hydra.run.dir=run", "solver.lr_schedule=step", "solver.steps=[]", "solver.step_fractions=[]",
+                 "solver.warmup_iters=0", "eval.period=0")
+    rc, output, _ = _run("train.py", [*args, "solver.max_iter=1"], tmp_path, timeout=300)
+    assert rc == 0, output[-3000:]
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    data["images"] = data["images"][:4]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] <= 4]
+    ann.write_text(json.dumps(data))
+    last = (tmp_path / "run" / "checkpoints" / "last.pth").read_bytes()
+    rc, output, lines = _run("train.py", [*args, "solver.max_iter=2"], tmp_path, timeout=300)
+    assert rc == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert len(lines) == 1 and "data file train" in lines[0] and str(ann) in lines[0], lines
+    assert "restore the annotation file" in lines[0], lines
+    assert (tmp_path / "run" / "checkpoints" / "last.pth").read_bytes() == last
