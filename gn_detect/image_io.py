@@ -8,6 +8,9 @@ Policy, the same everywhere:
   limit, ``PIL.Image.MAX_IMAGE_PIXELS``) is refused from its header, before anything is decoded,
   with :class:`ImageTooLarge`; a dataset counts it as ``image_too_large``.
 * **Mode**: grayscale, CMYK, RGBA, palette, 16-bit and float images become 8-bit RGB (:func:`to_rgb`).
+* **Regular files only**: a path that is a FIFO, socket or device is refused from ``os.stat``,
+  never opened (reading a FIFO blocks forever), with :class:`NotARegularFile`; a dataset counts
+  it as ``not_a_regular_file``.
 * **EXIF orientation** is not applied (as torchvision and pycocotools do): the pixels are the
   stored ones, whose size is the size COCO jsons record.
 
@@ -17,13 +20,15 @@ catch one class; :func:`problem_of` turns it into the skip reason a dataset coun
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["ImageTooLarge", "MAX_PIXELS", "problem_of", "read_header", "read_rgb", "to_rgb"]
+__all__ = ["ImageTooLarge", "MAX_PIXELS", "NotARegularFile", "file_problem", "problem_of", "read_header", "read_rgb", "to_rgb"]
 
 MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 0) or 89_478_485
 
@@ -35,26 +40,68 @@ class ImageTooLarge(OSError):
     """The image has more pixels than :data:`MAX_PIXELS`; nothing of it was decoded."""
 
 
+class NotARegularFile(OSError):
+    """The path is a FIFO, socket, device or folder; it was not opened."""
+
+
 def problem_of(exc: BaseException) -> str:
-    """The skip reason of a failed open: ``missing_image``, ``image_too_large`` or ``unreadable_image``."""
+    """The skip reason of a failed open: ``missing_image``, ``not_a_regular_file``, ``image_too_large``
+    or ``unreadable_image``."""
     if isinstance(exc, FileNotFoundError):
         return "missing_image"
+    if isinstance(exc, NotARegularFile):
+        return "not_a_regular_file"
     if isinstance(exc, ImageTooLarge):
         return "image_too_large"
     return "unreadable_image"
 
 
+def _check_regular(path: str | Path) -> None:
+    """Raise FileNotFoundError / NotARegularFile unless ``path`` (symlinks followed) is a regular file;
+    one ``os.stat``, nothing opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image file not found") from None
+    except OSError as e:
+        raise OSError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(f"{path}: not a regular file (a FIFO, socket, device or folder); never opened")
+
+
+def file_problem(path: str | Path) -> str | None:
+    """None for a regular file, else its skip reason (``missing_image``, ``not_a_regular_file``, ...)."""
+    try:
+        _check_regular(path)
+    except OSError as e:
+        return problem_of(e)
+    return None
+
+
 def _open(path: str | Path) -> Image.Image:
-    """PIL's lazy open (header only) with the size limit; every failure an OSError naming the file."""
+    """PIL's lazy open (header only) with the size limit; every failure an OSError naming the file.
+    The file is opened non-blocking and checked to be regular on the open descriptor (``fstat``), so a
+    path swapped for a FIFO after the ``stat`` cannot block either."""
+    _check_regular(path)
+    try:
+        fp = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise OSError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
+    if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
+        fp.close()
+        raise NotARegularFile(f"{path}: not a regular file (a FIFO, socket, device or folder); never read")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except FileNotFoundError:
-        raise
+            im = Image.open(fp)
+        im._exclusive_fp = True  # PIL closes the file with the image (as when it opens a path itself)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        fp.close()
         raise ImageTooLarge(f"{path}: {e}") from None
     except _PIL_ERRORS as e:
+        fp.close()
         raise OSError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
     w, h = im.size
     if w * h > MAX_PIXELS:

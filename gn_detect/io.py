@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -35,6 +36,17 @@ class DiskFullError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a data file's content: ``{"size", "mtime_ns", "blake2b"}`` (BLAKE2b-128 of the
+    bytes, read in 1 MiB blocks: about a second for COCO's 448 MB train json)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        while block := f.read(1 << 20):
+            h.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": h.hexdigest()}
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -116,16 +128,17 @@ def to_jsonable(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, *, newline: str | None = None) -> Iterator[TextIO]:
+def atomic_open(path: str | os.PathLike, *, newline: str | None = None, binary: bool = False) -> Iterator[TextIO]:
     """A UTF-8 text file to write, which appears at ``path`` only when the block ends without an
     error (temp file in the same folder + fsync + ``os.replace``): readers never see half a file,
     and a killed or failing writer leaves the old file (or none) in place. ENOSPC becomes
-    :class:`DiskFullError`. ``newline`` as for ``open`` (``""`` for the csv module)."""
+    :class:`DiskFullError`. ``newline`` as for ``open`` (``""`` for the csv module); ``binary``: a
+    bytes file (e.g. an image PIL saves)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline=newline)) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gn_detect.norms import component_norm_opts, norm_names, norm_spec, resolve_norm
 
@@ -27,7 +28,14 @@ _MINIMA: tuple[tuple[str, float], ...] = (
     ("eval.max_dets", 1), ("eval.num_vis_images", 0), ("checkpoint.period", 0), ("log.period", 1),
     ("model.norm_opts.num_groups", 1), ("model.head.num_convs", 0), ("model.fpn.out_channels", 1),
     ("seed", 0), ("eval.tune_seed", 0), ("data.synthetic.seed", 0),  # NumPy's seeds are non-negative
+    ("data.min_size_train", 1), ("model.backbone.widths", 1), ("model.anchors.strides", 1),  # lists: each item
+    ("model.anchors.sizes", 0), ("model.backbone.groups", 1), ("model.backbone.width_per_group", 1),
 )
+# (key, largest allowed value): the seeds become torch.manual_seed(seed * 1000 + rank), which takes 64 bits
+_MAXIMA: tuple[tuple[str, int], ...] = (("seed", 2**32 - 1), ("eval.tune_seed", 2**32 - 1),
+                                        ("data.synthetic.seed", 2**32 - 1))
+# every integer of a config (list items included) is stored as int64 by NumPy and torch somewhere
+_INT64 = (-2**63, 2**63 - 1)
 # (key, low, high): floats that must lie in the closed interval
 _INTERVALS: tuple[tuple[str, float, float], ...] = (("data.flip_prob", 0.0, 1.0),)
 
@@ -52,12 +60,42 @@ def _check_choices(cfg: DictConfig) -> None:
             raise ConfigError(f"model.{part}.norm_opts.impl", f"{impl!r} is not one of auto, torch, triton")
 
 
+def _leaves(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a config container, list items as ``key[i]``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{key}[{i}]")
+    else:
+        yield key, node
+
+
+def _check_integers(cfg: DictConfig) -> None:
+    """Every integer of the config fits int64 (a 5000-digit seed is one line here, not an overflow
+    after the run folder is made)."""
+    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)):
+        if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+            shown = str(value) if abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit integer"
+            raise ConfigError(key, f"{shown} does not fit a 64-bit integer", "give a value in [-2**63, 2**63)")
+
+
 def _check_ranges(cfg: DictConfig) -> None:
+    _check_integers(cfg)
     for key, low in _MINIMA:
         value = _get(cfg, key)
-        if value is not None and not (value >= low and math.isfinite(value)):  # NaN fails too
-            raise ConfigError(key, f"{value} is below the smallest allowed value {low}" if value < low
-                              else f"{value} is not a finite number")
+        items = list(value) if isinstance(value, ListConfig) else [value]  # a list: each item
+        for v in items:
+            if v is not None and not (v >= low and math.isfinite(v)):  # NaN fails too
+                what = f"{v}" if len(items) == 1 and v is value else f"{list(items)} has {v}, which"
+                raise ConfigError(key, f"{what} is below the smallest allowed value {low}" if v < low
+                                  else f"{what} is not a finite number")
+    for key, high in _MAXIMA:
+        value = _get(cfg, key)
+        if value is not None and value > high:
+            raise ConfigError(key, f"{value} is above the largest allowed value {high} (2**32 - 1)",
+                              f"e.g. {key}={value % 2**32}")
     for key, low, high in _INTERVALS:
         value = _get(cfg, key)
         if value is not None and not low <= value <= high:

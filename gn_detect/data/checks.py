@@ -21,7 +21,7 @@ import numpy as np
 
 from gn_detect.io import write_json_atomic
 
-from gn_detect.image_io import problem_of, read_header
+from gn_detect.image_io import file_problem, problem_of, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,13 @@ SKIP_REASONS: dict[str, str] = {
     "invalid_image_entry": "image entry without an int id (fitting 64 bits) or a non-empty file_name: image dropped",
     "duplicate_image_id": "several image entries share one id: every one of them dropped, with every annotation "
                           "naming that id (which boxes belong to which image is ambiguous)",
+    "duplicate_image_file": "one image file listed under several ids: the first entry kept, the later ones dropped "
+                            "with their annotations (the same pixels would carry two sets of boxes)",
     "outside_image_dir": "file_name is absolute or its '..' parts leave the images folder: image dropped, never "
                          "opened (the path as written is checked; symlinks inside the folder are followed)",
     "missing_image": "image file not found: image dropped",
+    "not_a_regular_file": "image path is a FIFO, socket, device or folder: image dropped, never opened (reading a "
+                          "FIFO would block forever)",
     "unreadable_image": "image file cannot be decoded (corrupt, truncated, not an image): image dropped",
     "image_too_large": "image has more pixels than PIL's decompression-bomb limit (gn_detect/image_io.py "
                        "MAX_PIXELS): image dropped, never decoded",
@@ -48,6 +52,8 @@ SKIP_REASONS: dict[str, str] = {
     "tiny_box": "bbox width or height under 1e-2 pixels (after clipping to the image): annotation skipped",
     "outside_box": "bbox entirely outside the image: annotation skipped",
     "clipped_box": "bbox partly outside the image: clipped to the image, kept",
+    "invalid_iscrowd": "iscrowd is not 0, 1, true or false (a string such as \"0\", 2, null, a float): annotation "
+                       "skipped (bool(\"0\") would make it a crowd box)",
     "crowd": "iscrowd=1: excluded from training targets, kept in .coco so evaluation ignores it like COCO does",
     "empty_image": "image without any usable non-crowd annotation (counted; kept unless filter_empty)",
     "filtered_empty": "image without usable non-crowd annotation dropped because filter_empty=True",
@@ -167,6 +173,10 @@ def load_coco_json(path: str | Path, parsed: ParsedFiles | None = None) -> dict[
         ) from None
     except UnicodeDecodeError as e:
         raise AnnotationFileError(f"{path} is not UTF-8 text ({e}); is it really a json file?") from None
+    except ValueError as e:  # Python's int-string limit: "Exceeds the limit (4300 digits) for integer string ..."
+        raise AnnotationFileError(f"{path}: a number in the JSON cannot be read ({str(e).split(';')[0]}); no COCO "
+                                  "field needs more than 19 digits. Fix: re-generate the file, or correct that number"
+                                  ) from None
     except RecursionError:
         raise AnnotationFileError(f"{path}: JSON nested too deeply to parse (thousands of levels); a COCO "
                                   f"instances file is a few levels deep. Fix: re-generate the file") from None
@@ -189,7 +199,7 @@ def load_coco_json(path: str | Path, parsed: ParsedFiles | None = None) -> dict[
 
 @dataclass(frozen=True)
 class ImageCheck:
-    problem: str | None  # None, "missing_image", "image_too_large" or "unreadable_image"
+    problem: str | None  # None or image_io.problem_of's reason ("missing_image", "not_a_regular_file", ...)
     size: tuple[int, int] | None  # (w, h) from the file
     mode: str | None
     detail: str = ""
@@ -210,7 +220,7 @@ def check_images(paths: Sequence[Path], decode: bool, num_threads: int | None = 
         return []
     if not decode:
         # existence only (one stat per file): a wrong images dir is the most common mistake
-        return [ImageCheck(None, None, None) if p.is_file() else ImageCheck("missing_image", None, None, "not found")
+        return [ImageCheck(None, None, None) if (why := file_problem(p)) is None else ImageCheck(why, None, None)
                 for p in paths]
     n = num_threads or min(8, os.cpu_count() or 1)
     if n <= 1 or len(paths) < 16:
@@ -240,6 +250,12 @@ INT64 = (-2**63, 2**63)  # ids are stored as int64 (NumPy, pycocotools, torch): 
 def _is_int(x: Any) -> bool:
     """An int (not a bool) that fits int64: a valid COCO id."""
     return isinstance(x, int) and not isinstance(x, bool) and INT64[0] <= x < INT64[1]
+
+
+def crowd_of(ann: Mapping[str, Any]) -> int | None:
+    """An annotation's ``iscrowd`` as 0 or 1 (missing = 0); None unless it is 0, 1, true or false."""
+    v = ann.get("iscrowd", 0)
+    return int(v) if isinstance(v, (bool, int)) and v in (0, 1) else None
 
 
 def _check_categories(cats: list[Any], source: str) -> list[dict[str, Any]]:
@@ -391,11 +407,15 @@ def _usable_entries(image_entries: list[Any], skips: SkipLog) -> tuple[list[dict
     for im in valid:
         seen[im["id"]] = seen.get(im["id"], 0) + 1
     entries: list[dict[str, Any]] = []
+    files: set[str] = set()  # normalised file names kept so far: a later entry of the same file is dropped
     for im in valid:
         problem = "duplicate_image_id" if seen[im["id"]] > 1 else file_name_problem(im["file_name"])
+        if problem is None and os.path.normpath(im["file_name"]) in files:
+            problem = "duplicate_image_file"
         if problem:
             skips.add(problem, {"id": im["id"], "file_name": im["file_name"]})
             continue
+        files.add(os.path.normpath(im["file_name"]))
         entries.append(dict(im))
     return entries, set(seen)
 
@@ -439,8 +459,8 @@ def _check_image_entries(
     return images, all_ids
 
 
-_IMAGE_REASONS = ("invalid_image_entry", "duplicate_image_id", "outside_image_dir", "missing_image",
-                  "unreadable_image", "size_mismatch")
+_IMAGE_REASONS = ("invalid_image_entry", "duplicate_image_id", "duplicate_image_file", "outside_image_dir",
+                  "missing_image", "not_a_regular_file", "unreadable_image", "size_mismatch")
 
 
 def _no_image_message(listed: int, image_dir: Path, skips: SkipLog, source: str) -> str:
@@ -496,6 +516,10 @@ def validate_coco(
         if a.get("category_id") not in known_cats:
             skips.add("unknown_category", {"ann": ann_id, "category_id": a.get("category_id")})
             continue
+        crowd = crowd_of(a)
+        if crowd is None:
+            skips.add("invalid_iscrowd", {"ann": ann_id, "iscrowd": a.get("iscrowd")})
+            continue
         idx = kept[img_id]
         reason, xyxy = check_box(a.get("bbox"), images[idx]["width"], images[idx]["height"])
         if xyxy is None:
@@ -514,7 +538,7 @@ def validate_coco(
         if reason or not isinstance(area, (int, float)) or isinstance(area, bool) or area <= 0:
             # COCOeval bins by area; a clipped box's old area would be stale
             ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-        ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))
+        ann["iscrowd"] = crowd
         annotations.append(ann)
         if ann["iscrowd"]:
             skips.add("crowd", ann["id"])

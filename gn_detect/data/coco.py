@@ -166,8 +166,12 @@ class CocoDetection(torch.utils.data.Dataset):
                 # never crash mid-epoch: log and use the next image (deterministic choice)
                 if attempt == _MAX_FALLBACKS:
                     raise DataError(  # a ValueError: the command ends in this one line, exit status 1
-                        f"{self.name}: {_MAX_FALLBACKS + 1} images in a row failed to load, last: {e}. "
-                        f"Set data.verify_images=true to find and skip them up front."
+                        f"{self.name}: {_MAX_FALLBACKS + 1} images in a row failed to load, last: {e}. " + (
+                            "They were checked when the run started, so they changed or were removed since "
+                            f"(the images folder {self.image_dir} is read throughout the run). Fix: restore the "
+                            "images (re-running resumes), or keep the dataset unchanged while a run reads it"
+                            if self.verify_images else
+                            "Set data.verify_images=true to find and skip them up front.")
                     ) from e
                 logger.warning("%s: cannot read %s (%s); using the next image instead",
                                self.name, self.image_path(index), e)

@@ -7,6 +7,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gn_detect.io import atomic_open
+
 __all__ = ["PALETTE", "class_color", "drawn_name", "draw_detections"]
 
 # matplotlib's tab10 then the light half of tab20: distinct, readable on photos
@@ -58,7 +60,7 @@ def draw_detections(image: Image.Image, detections: list[dict[str, Any]], names:
         box = draw.textbbox((x, ty), text, font=font)
         draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill=color)
         draw.text((x, ty), text, fill=_text_color(color), font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else None
-    out.save(path, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_open(path, binary=True) as f:  # a stopped predict leaves no half-drawn image
+        out.save(f, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return path

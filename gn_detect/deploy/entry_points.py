@@ -3,6 +3,7 @@
 (missing checkpoint, unreadable file, bad input) is one line and exit status 2 as well."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from gn_detect.config import exit_failed, exit_with_one_line
 from gn_detect.preflight import preflight
 from gn_detect.engine.checkpoint import CheckpointError
+from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code
 
 from .export import export_run
 from .predict import predict_run
@@ -26,13 +28,25 @@ _REFUSALS = (ValueError, FileNotFoundError, CheckpointError, RuntimeError)
 def _job(validate: Callable[[DictConfig], None], run: Callable[..., Any], cfg: DictConfig) -> Any:
     """``run(cfg)`` after ``validate(cfg)``, from the folder the command was started in; a
     refusal is one line and exit status 2, a write failing while working one line and status 1."""
+    def stop(signum: int, frame: Any) -> None:
+        raise StopRequested(f"signal {signal.Signals(signum).name}", exit_code(signum))
+
+    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         validate(cfg)
         return run(cfg, base_dir=Path(HydraConfig.get().runtime.cwd))
+    except StopRequested as exc:  # as tools/evaluate.py: one line, 128 + the signal; results are written
+        print(f"gn-detect: {run.__name__.removesuffix('_run')} interrupted ({exc.reason}): no result file was "
+              "written (each is written whole, at the end; images drawn so far are complete files). Fix: run the "
+              "command again", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     except _REFUSALS as exc:
         exit_with_one_line(exc)
     except OSError as exc:  # a write that failed while working (disk full, a folder gone): exit status 1
         exit_failed(exc, f"{run.__name__.removesuffix('_run')} failed")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")

@@ -84,6 +84,10 @@ def validate_predict_config(cfg: DictConfig, world_size: int = 1) -> None:
     if not Path(cfg.input).expanduser().exists():
         raise ConfigError("input", f"{cfg.input} does not exist", "give an image file or a folder of images")
     check_output_path("output", cfg.output)
+    src, dst = Path(cfg.input).expanduser().resolve(), Path(cfg.output).expanduser().resolve()
+    if src == dst or dst in src.parents:  # an output inside the input is left out of the input instead
+        raise ConfigError("output", f"{cfg.output} is (or holds) the input {cfg.input}: the drawn images would be "
+                          "read back as input", "give an output folder outside the input, e.g. output=predictions")
     if cfg.score_thresh is not None and not 0.0 <= cfg.score_thresh <= 1.0:
         raise ConfigError("score_thresh", f"{cfg.score_thresh} is not a probability",
                           "use a value in [0, 1], or null for the run's tuned thresholds")

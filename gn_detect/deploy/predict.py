@@ -63,12 +63,16 @@ def image_name(file: Path, input_path: Path) -> str:
     return file.name if file == input_path else file.relative_to(input_path).as_posix()
 
 
-def list_images(path: Path) -> tuple[list[tuple[Path, int, int]], list[dict[str, str]]]:
+def list_images(path: Path, exclude: Path | None = None) -> tuple[list[tuple[Path, int, int]], list[dict[str, str]]]:
     """``[(file, width, height)]`` of ``path`` (a file, or a folder's image files, subfolders
     included, sorted by path) from the image headers (gn_detect/data/image_io.py: oversized
-    images are refused unread), and the files skipped; ValueError when none is left."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
-                                                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    images are refused unread), and the files skipped; ValueError when none is left. Nothing
+    under ``exclude`` (predict's output folder, which may lie inside the input) is listed: its
+    drawn images are never read back as input."""
+    skip = exclude.resolve() if exclude is not None else None
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not (skip is not None and (skip == p.resolve() or skip in p.resolve().parents)))
     found, skipped = [], []
     for f in files:
         try:
@@ -209,13 +213,17 @@ def predict_run(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str
     """tools/predict.py (``cfg`` on PredictConfig); returns a summary (module docstring)."""
     base = Path(base_dir or ".")
     input_path = _resolve(cfg.input, base)
-    found, skipped = list_images(input_path)
+    found, skipped = list_images(input_path, exclude=_resolve(cfg.output, base))
     names = [image_name(f, input_path) for f, _, _ in found]
     ckpt = _resolve(cfg.checkpoint, base)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}; give checkpoint=<run folder>/checkpoints/"
                                 "model_final.pth or <run folder>/export/model_folded.pt")
-    report_path = _report_path(cfg, base, ckpt)  # before loading anything
+    try:
+        report_path = _report_path(cfg, base, ckpt)  # before loading anything
+    except FileNotFoundError:
+        load_for_inference(cfg, base)  # a file that is no gn-detect checkpoint says so, not the report
+        raise
     out = _resolve(cfg.output, base)
     loaded, ckpt_path = load_for_inference(cfg, base)
     thresholds, record = class_thresholds(report_path, cfg.score_thresh, loaded.categories)

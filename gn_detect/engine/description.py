@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gn_detect.checkpoint.conventions import fill_unrecorded
 from gn_detect.config import ConfigError, TrainConfig
+from gn_detect.io import file_fingerprint
 from gn_detect.modeling.builder import model_config
 from gn_detect.norms import component_norm_opts, resolve_norm
 from gn_detect.runs import flatten
@@ -106,10 +107,28 @@ def model_signature(model: Mapping[str, Any] | DictConfig, categories: list[dict
     }
 
 
-def describe_run(config: Mapping[str, Any], categories: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``description`` a run's checkpoints carry; ``config`` is the resolved config dict."""
+def describe_run(config: Mapping[str, Any], categories: list[dict[str, Any]],
+                 data_files: Mapping[str, str | os.PathLike | None] | None = None) -> dict[str, Any]:
+    """The ``description`` a run's checkpoints carry; ``config`` is the resolved config dict;
+    ``data_files`` (role -> annotation file, e.g. train/val) are fingerprinted (``data``) so a resume
+    over a changed file is refused (:func:`check_resume`)."""
+    data = {role: {"file": str(p), **file_fingerprint(p)} for role, p in (data_files or {}).items()
+            if p is not None and os.path.isfile(p)}
     return {"config": dict(config), "model": model_signature(config["model"], categories),
-            "version": package_version()}
+            "version": package_version(), **({"data": data} if data else {})}
+
+
+def _data_differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``data file <role> <file>`` -> (what it was, what it is) for each annotation file whose content
+    changed since the checkpoint was written (size or hash; a checkpoint from before fingerprints: none)."""
+    old, now = saved.get("data") or {}, new.get("data") or {}
+    out = {}
+    for role in sorted(old.keys() & now.keys()):
+        a, b = old[role], now[role]
+        if (a.get("size"), a.get("blake2b")) != (b.get("size"), b.get("blake2b")):
+            out[f"data file {role} {b.get('file')}"] = (f"{a.get('size')} bytes, blake2b {str(a.get('blake2b'))[:12]}",
+                                                        f"{b.get('size')} bytes, blake2b {str(b.get('blake2b'))[:12]}")
+    return out
 
 
 def _on_schema(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,6 +183,8 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], path: str | o
         explained = any(d.startswith("model.") for d in diffs)  # a model.* key explains the rest
         described = {f"model description: {k}": v for k, v in config_differences(saved["model"], new["model"]).items()
                      if k in ("num_classes", "categories") or not explained}
+    changed_data = _data_differences(saved, new)
+    described.update(changed_data)
     if not diffs and not described:
         return
     shown = [f"{k} ({_show(a)} -> {_show(b)}{'; ' + notes[k] if k in notes else ''})"
@@ -171,7 +192,9 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], path: str | o
     fix = "use a new run folder"
     if diffs:
         fix += f", or revert {', '.join(diffs)}"
-    if described:
+    if changed_data:
+        fix += ", or restore the annotation file(s) the run started with (a resume trains on the same data)"
+    elif described:
         fix += ", or train on the data (categories) and code the run started with"
     raise ResumeRefusedError(
         "resume", f"{path} (iteration {iteration}) was written with other settings than this start: "

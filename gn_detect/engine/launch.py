@@ -373,9 +373,13 @@ def run_job(cfg: DictConfig, parsed: ParsedFiles | None = None) -> Any:
     try:
         result = train(cfg, run_dir, base_dir, hparams=swept_values(run_dir))
     except Exception as exc:  # noqa: BLE001 - recorded in status.json, sweep goes on
-        log.error("FAILED run %s: %s: %s\n%s", run_dir, type(exc).__name__, exc, traceback.format_exc())
+        known = isinstance(exc, _NOT_OURS) or is_disk_full(exc)  # one-line causes: no traceback
+        log.error("FAILED run %s: %s: %s%s", run_dir, type(exc).__name__, exc,
+                  "" if known else "\n" + traceback.format_exc())
         if not isinstance(exc, _NOT_OURS):
             _record_failure(cfg, run_dir, exc)
+        else:  # not this command's run (another holds or owns it): not done by this command, whatever it says
+            record_run(run_dir, failure=f"{type(exc).__name__}: {exc}")
         print(f"[gn-detect] FAILED run {run_dir}: {type(exc).__name__}: {exc}", flush=True)
         return None
     if not _handed_to_scheduler(result):

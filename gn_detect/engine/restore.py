@@ -29,12 +29,30 @@ def user_file(value: str, base: Path, key: str, fix: str) -> Path:
     return path
 
 
+def _plain_weights(state: Any) -> str | None:
+    """What a file of bare weights is ("a plain weights file: 102 tensors, e.g. conv1.weight"), None
+    for anything else (a gn-detect checkpoint included)."""
+    inner = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else None
+    if not isinstance(inner, dict) or not inner or {"description", "iteration", "optimizer"} & state.keys():
+        return None
+    tensors = [k for k, v in inner.items() if isinstance(v, torch.Tensor)]
+    if len(tensors) < len(inner) / 2:
+        return None
+    return (f"a plain weights file ({len(tensors)} tensors, e.g. {', '.join(map(str, tensors[:2]))}; "
+            "such as ImageNet backbone weights)")
+
+
 def read_described_checkpoint(cfg: DictConfig, base: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The checkpoint's path, content (read with weights_only) and description."""
     ckpt_path = user_file(cfg.checkpoint, base, "checkpoint",
                           f"give checkpoint={final_checkpoint_example('<run folder>')}")
     state = load_checkpoint(ckpt_path)
     description = state.get("description")
+    plain = _plain_weights(state)
+    if plain:
+        raise CheckpointError(f"checkpoint {ckpt_path} is {plain}, not a gn-detect checkpoint (it holds no model "
+                              "description); give checkpoint=<run folder>/checkpoints/model_final.pth, or train from "
+                              "such a file with model.backbone.weights=PATH (docs/weights.md)")
     if not isinstance(description, dict) or not {"config", "model"} <= description.keys():
         raise CheckpointError(
             f"checkpoint {ckpt_path} has no model description (written before gn-detect checkpoints carried one), "

@@ -311,7 +311,8 @@ def _build(run: _Run, base_dir: str | Path | None) -> Trainer:
     cfg = run.cfg
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     train_set, val_set = _datasets(run, base_dir)
-    description = describe_run(run.resolved, categories_of_dataset(train_set))
+    description = describe_run(run.resolved, categories_of_dataset(train_set),
+                               {"train": getattr(train_set, "ann_file", None), "val": getattr(val_set, "ann_file", None)})
     if run.resume is not None:
         check_resume(run.resume["description"], description, RunFolder(run.run_dir).last,
                      int(run.resume["iteration"]))

@@ -17,9 +17,10 @@ from typing import Callable, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gn_detect.config.errors import one_line
+from gn_detect.config.targets import foreign_targets
 
 from gn_detect.data.checks import ParsedFiles
 
@@ -139,7 +140,12 @@ def command_line_problems(config_dir: str, config_name: str, argv: Sequence[str]
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             for combo in _combinations(overrides, multirun):
                 cfg = compose(config_name=config_name, overrides=combo, return_hydra_config=True)
+                if foreign := foreign_targets(cfg):  # before anything else reads the config: nothing runs
+                    return foreign
                 world_size = planned_world_size(cfg)
+                if inspect is None:
+                    with open_dict(cfg):
+                        del cfg["hydra"]
                 validate(cfg, world_size)
                 if inspect is not None:
                     where = f"[{' '.join(combo)}] " if multirun and len(combo) else ""

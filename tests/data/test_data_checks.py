@@ -255,7 +255,7 @@ def test_file_names_leaving_the_image_folder_are_never_opened(make_coco, tmp_pat
     f.write_text(json.dumps(data))
     opened: list[str] = []
     real_open = image_io.Image.open
-    monkeypatch.setattr(image_io.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    monkeypatch.setattr(image_io.Image, "open", lambda fp, *a, **k: opened.append(str(getattr(fp, "name", fp))) or real_open(fp, *a, **k))
     ds = load(d, f)
     assert ds.image_ids == [1, 5, 6] and ds.skipped["outside_image_dir"] == 3
     assert [e["file_name"] for e in ds.skip_log.examples["outside_image_dir"]] == [

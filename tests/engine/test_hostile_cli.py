@@ -162,7 +162,47 @@ def _every_image_missing(tmp: Path) -> tuple[str, list[str], int, list[str]]:
                                                              "status.json"]
 
 
+def _config_values_out_of_range(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """Round four: an integer beyond int64 and a list item below its minimum are config errors naming
+    the key, exit 2 before the run folder exists (were exit 1 after it)."""
+    root = _coco(tmp / "coco")
+    return "train.py", _tiny(root, f"seed={2**70}"), 2, ["config error: seed", "64-bit"]
+
+
+def _list_item_below_minimum(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    root = _coco(tmp / "coco")
+    return "train.py", [*_tiny(root)[:1], f"data.root={root}", "data.min_size_train=[-128]"], 2, \
+        ["config error: data.min_size_train", "-128"]
+
+
+def _huge_integer_in_the_json(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """A 5000-digit integer passes Python's int-string limit: one line naming the file and the fix."""
+    root = _coco(tmp / "coco")
+    ann = root / "annotations" / "instances_train2017.json"
+    ann.write_text(ann.read_text().replace('"area": 400', '"area": ' + "9" * 5000, 1))
+    return "train.py", _tiny(root), 2, ["instances_train2017.json: a number in the JSON cannot be read", "Fix:"]
+
+
+def _code_from_a_preset(target: str, node: str) -> Callable[[Path], tuple[str, list[str], int, list[str]]]:
+    """A preset in --config-dir naming a callable that is not the project's own: refused in one
+    line, exit 2, before anything runs (numpy.savetxt would have written ``pwned.txt``)."""
+    def case(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+        root = _coco(tmp / "coco")
+        (tmp / "mine" / "data").mkdir(parents=True)
+        (tmp / "mine" / "data" / "mine.yaml").write_text(
+            f"# @package _global_\ndata:\n  name: coco\n  root: {root}\nhydra:\n  {node}:\n    evil:\n"
+            f"      _target_: {target}\n      fname: {tmp / 'pwned.txt'}\n      X: [1]\n")
+        args = ["--config-dir", str(tmp / "mine"), *[a for a in _tiny(root) if not a.startswith("data=")], "data=mine"]
+        return "train.py", args, 2, [f"config error: hydra.{node}.evil._target_: '{target}'", "Fix: remove"]
+    return case
+
+
 CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
+    "config_values_out_of_range": _config_values_out_of_range,
+    "list_item_below_minimum": _list_item_below_minimum,
+    "huge_integer_in_the_json": _huge_integer_in_the_json,
+    "callback_from_a_preset": _code_from_a_preset("numpy.savetxt", "callbacks"),
+    "blocklisted_callback_from_a_preset": _code_from_a_preset("os.system", "callbacks"),
     "config_error_before_unreadable_image": _config_error_before_unreadable_image,
     "every_problem_at_once": _every_problem_at_once,
     "truncated_and_empty_annotations": _truncated_and_empty_annotations,
@@ -187,6 +227,7 @@ def test_hostile_input_through_the_command_line(name: str, tmp_path: Path, shape
         assert any(needle in ln for ln in lines), (needle, lines)
     if tool == "train.py" and status == 2:  # refused before Hydra: no run folder, no generated data
         assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+        assert not (tmp_path / "pwned.txt").exists()
     if status == 1:
         state = json.loads((tmp_path / "run" / "status.json").read_text())
         assert state["state"] == "failed" and "none of the 3 images" in state["error"]
@@ -280,3 +321,152 @@ def test_unwritable_output_is_refused_before_any_work(tool: str, where: str, tmp
     assert len(lines) == 1 and f"{key}" in lines[0] and what in lines[0], proc.stdout[-3000:]
     assert str(bad) in lines[0] and ("choose another" in lines[0] or "Fix:" in lines[0]), lines
     assert taken.is_dir() if where == "existing_folder" else taken.read_text() == "x"
+
+
+def test_fifo_image_string_iscrowd_and_repeated_file_are_counted_skips(tmp_path: Path) -> None:
+    """Round four: an image path that is a FIFO is skipped, never opened (a regression blocks and the
+    timeout fails the test); ``"iscrowd": "0"`` (a string), ``2`` and null are ``invalid_iscrowd``
+    skips, not crowd boxes; one file under two ids keeps the first entry (``duplicate_image_file``).
+    The run completes (exit 0) and data_skipped.json counts each reason; nothing is written outside
+    the run folder."""
+    root = _coco(tmp_path / "coco", n=5)
+    os.mkfifo(root / "train2017" / "fifo.png")
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    data["images"] += [{"id": 6, "file_name": "fifo.png", "width": 40, "height": 32},
+                       {"id": 7, "file_name": "./2.png", "width": 40, "height": 32}]
+    data["annotations"][2]["iscrowd"] = "0"
+    data["annotations"][3]["iscrowd"] = 2
+    data["annotations"][4]["iscrowd"] = None
+    data["annotations"] += [{"id": 9, "image_id": 7, "category_id": 1, "bbox": [1, 1, 9, 9], "area": 81, "iscrowd": 0},
+                            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9], "area": 81,
+                             "iscrowd": True}]
+    ann.write_text(json.dumps(data))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, output, lines = _run("train.py", _tiny(root, "hydra.run.dir=run", "solver.max_iter=1"), tmp_path, timeout=300)
+    assert rc == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    counts = json.loads((tmp_path / "run" / "data_skipped.json").read_text())["datasets"][0]["counts"]
+    assert counts["not_a_regular_file"] == 1 and counts["invalid_iscrowd"] == 3, counts
+    assert counts["duplicate_image_file"] == 1 and counts["crowd"] == 1, counts
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
+
+
+def _images(folder: Path, n: int, size: tuple[int, int] = (40, 50)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((*size, 3), 10 * i % 255, np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_predict_never_reads_its_own_output_nor_blames_the_report_for_a_plain_weights_file(
+        tmp_path: Path, shapes_root: Path) -> None:  # noqa: F811
+    """Round four: output=input is refused (exit 2); an output inside the input is left out of the
+    input (a second run reads the same 2 images, not the drawn ones); a plain ImageNet-style .pth is
+    named as what it is (was: 'no report.json')."""
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    images = _images(tmp_path / "images", 2)
+    rc, output, lines = _run("predict.py", [f"checkpoint={ckpt}", f"input={images}", f"output={images}",
+                                            "score_thresh=0.5"], tmp_path)
+    assert rc == 2 and "Traceback" not in output and any("output: " in ln and "read back" in ln for ln in lines), output
+    assert sorted(p.name for p in images.iterdir()) == ["000.png", "001.png"]
+    for _ in range(2):
+        rc, output, lines = _run("predict.py", [f"checkpoint={ckpt}", f"input={images}", f"output={images / 'out'}",
+                                                "score_thresh=0.0"], tmp_path)
+        assert rc == 0, output[-3000:]
+        listed = json.loads((images / "out" / "images.json").read_text())["images"]
+        assert sorted(e["file_name"] for e in listed) == ["000.png", "001.png"], listed
+    import torch
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3), "bn1.weight": torch.ones(4)}, tmp_path / "resnet.pth")
+    rc, output, lines = _run("predict.py", [f"checkpoint={tmp_path / 'resnet.pth'}", f"input={images}",
+                                            f"output={tmp_path / 'o'}"], tmp_path)
+    assert rc == 2 and "Traceback" not in output, output[-3000:]
+    assert len(lines) == 1 and "plain weights file" in lines[0] and "report.json" not in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_to_predict_is_one_line_exit_143_and_no_half_written_result(tmp_path: Path,
+                                                                            shapes_root: Path) -> None:  # noqa: F811
+    """SIGTERM while predict draws: one line, exit 143 (as tools/evaluate.py), no detections.json and
+    no temporary or truncated drawn image left."""
+    import signal
+    import time
+
+    ckpt = make_run(tmp_path / "run", shapes_root)
+    images = _images(tmp_path / "images", 300, size=(64, 64))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "predict.py"), f"checkpoint={ckpt}",
+                             f"input={images}", f"output={out}", "score_thresh=0.0", "batch_size=1"], cwd=str(tmp_path),
+                            env=child_env(HYDRA_FULL_ERROR="0", PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "drawn").glob("*.png")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    lines = [ln for ln in output.splitlines() if ln.startswith("gn-detect:")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "SIGTERM" in lines[0], lines
+    assert not (out / "detections.json").exists() and not (out / "images.json").exists()
+    drawn = list((out / "drawn").iterdir())
+    assert drawn and not [p for p in drawn if p.suffix != ".png"]
+    for p in drawn:
+        Image.open(p).load()  # whole files only
+
+
+def test_a_sweep_whose_run_folder_another_command_holds_exits_1(tmp_path: Path) -> None:
+    """Round four: two sweeps on one sweep folder. The run this command could not take (another
+    process holds its folder: RunFolderInUse) is not done by this command, even when the other one
+    has finished it by the time this one ends: exit 1, the last line names it, no traceback (was: a
+    traceback and exit 0)."""
+    from gn_detect.engine.run_lock import RunLock
+
+    root = _coco(tmp_path / "coco")
+    held = RunLock(tmp_path / "sw" / "seed=0").acquire()
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), "-m", *_tiny(root, "solver.max_iter=1"),
+                             "seed=0,1", "hydra.sweep.dir=sw"], cwd=str(tmp_path),
+                            env=child_env(HYDRA_FULL_ERROR="0", PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            seen.append(line)
+            if "FAILED run" in line and "seed=0" in line:  # the other command finishes that run now
+                (tmp_path / "sw" / "seed=0" / "status.json").write_text(json.dumps({"state": "done"}))
+                held.release()
+                break
+        seen.append(proc.communicate(timeout=300)[0])
+    finally:
+        held.release()
+        proc.kill()
+    output = "".join(seen)
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    last = [ln for ln in output.splitlines() if ln.strip()][-1]
+    assert "sweep not complete" in last and "seed=0" in last and "RunFolderInUse" in last, last
+    assert json.loads((tmp_path / "sw" / "seed=1" / "status.json").read_text())["state"] == "done"
+
+
+def test_resume_over_a_changed_training_json_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """Round four: a run's training json rewritten in place (5 images to 4), then the run resumed (a
+    longer schedule, which a resume allows): refused in one line naming the file, exit 2 (was: it
+    resumed and trained on other data). The data file's fingerprint (size + BLAKE2b) is in the
+    checkpoint's description; the run folder keeps its checkpoint."""
+    root = _coco(tmp_path / "coco", n=5)
+    args = _tiny(root, "hydra.run.dir=run", "solver.lr_schedule=step", "solver.steps=[]", "solver.step_fractions=[]",
+                 "solver.warmup_iters=0", "eval.period=0")
+    rc, output, _ = _run("train.py", [*args, "solver.max_iter=1"], tmp_path, timeout=300)
+    assert rc == 0, output[-3000:]
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    data["images"] = data["images"][:4]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] <= 4]
+    ann.write_text(json.dumps(data))
+    last = (tmp_path / "run" / "checkpoints" / "last.pth").read_bytes()
+    rc, output, lines = _run("train.py", [*args, "solver.max_iter=2"], tmp_path, timeout=300)
+    assert rc == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert len(lines) == 1 and "data file train" in lines[0] and str(ann) in lines[0], lines
+    assert "restore the annotation file" in lines[0], lines
+    assert (tmp_path / "run" / "checkpoints" / "last.pth").read_bytes() == last
