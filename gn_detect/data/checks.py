@@ -195,13 +195,13 @@ def check_image(path: str | Path, decode: bool = True) -> ImageCheck:
     return ImageCheck(None, size, mode)
 
 
-def check_images(paths: Sequence[Path], decode: bool, num_threads: int | None = None) -> list[ImageCheck]:
+def check_images(paths: Sequence[str | Path], decode: bool, num_threads: int | None = None) -> list[ImageCheck]:
     # PIL releases the GIL while decoding, so a few threads help on big datasets
     if not paths:
         return []
     if not decode:
         # existence only (one stat per file): a wrong images dir is the most common mistake
-        return [ImageCheck(None, None, None) if p.is_file() else ImageCheck("missing_image", None, None, "not found")
+        return [ImageCheck(None, None, None) if os.path.isfile(p) else ImageCheck("missing_image", None, None, "not found")
                 for p in paths]
     rank, world = _dist_rank_world()
     if world > 1 and rank != 0:
@@ -288,11 +288,13 @@ class VerificationRecord:
         return cache_dir() / "verified" / f"{digest}.json"
 
     @classmethod
-    def load(cls, paths: Sequence[Path]) -> "VerificationRecord":
-        folder = Path(os.path.commonpath([str(Path(p).absolute().parent) for p in paths]))
+    def load(cls, paths: Sequence[str | Path]) -> "VerificationRecord":
+        absolute = [os.path.abspath(p) for p in paths]
+        folder = Path(os.path.commonpath([os.path.dirname(p) for p in absolute]))
+        cut = len(str(folder).rstrip(os.sep)) + 1
         names, keys = [], []
-        for p in paths:
-            names.append(os.path.relpath(Path(p).absolute(), folder))
+        for p in absolute:
+            names.append(p[cut:])
             try:
                 st = os.stat(p)
                 keys.append((st.st_size, st.st_mtime_ns))
@@ -519,7 +521,8 @@ def _check_image_entries(
 ) -> tuple[list[dict[str, Any]], set[Any]]:
     """(usable image entries with width/height filled in, every valid id listed); counts the rest."""
     entries, all_ids = _usable_entries(image_entries, skips)
-    paths = [image_dir / e["file_name"] for e in entries]
+    folder = os.fspath(image_dir)
+    paths = [os.path.join(folder, e["file_name"]) for e in entries]  # strings: 118k Path objects cost seconds
     checks = check_images(paths, decode=verify_images)
     images: list[dict[str, Any]] = []
     for e, p, chk in zip(entries, paths, checks):

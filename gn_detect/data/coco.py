@@ -118,12 +118,17 @@ class CocoDetection(torch.utils.data.Dataset):
         self.cat_id_to_label: dict[int, int] = {cid: i for i, cid in enumerate(self.label_to_cat_id)}
         self.class_names: list[str] = [str(c.get("name", c["id"])) for c in self.categories]
 
-        labels = [np.asarray([self.cat_id_to_label[c] for c in ids], dtype=np.int64) for ids in cat_ids]
-        # one serialized buffer (detectron2's DatasetFromList(serialize=True)): DataLoader workers
-        # read the records without touching Python objects' reference counts, so the pages stay shared
-        self._records = SerializedList((e, b, lab) for e, b, lab in zip(images, boxes, labels))
+        # flat arrays and one serialized buffer (detectron2's DatasetFromList(serialize=True)):
+        # DataLoader workers read them without touching Python objects' reference counts, so the
+        # pages stay shared instead of being copied into every worker
+        self._records = SerializedList(images)  # the image entries
+        counts = np.asarray([len(b) for b in boxes], dtype=np.int64)
+        self._box_ends = np.cumsum(counts)
+        self._boxes_flat = np.concatenate(boxes) if len(boxes) else np.zeros((0, 4), np.float32)
+        lut = self.cat_id_to_label
+        self._labels_flat = np.asarray([lut[int(c)] for ids in cat_ids for c in ids.tolist()], dtype=np.int64)
         self._ids = np.asarray([e["id"] for e in images], dtype=np.int64)
-        self._num_boxes = int(sum(len(b) for b in boxes))
+        self._num_boxes = int(counts.sum())
         # width / height from the json: grouping needs no image decoding
         self.aspect_ratios: np.ndarray = np.asarray([e["width"] / e["height"] for e in images], dtype=np.float64)
 
@@ -137,7 +142,7 @@ class CocoDetection(torch.utils.data.Dataset):
         clean["annotations"] = [a for a in checked.annotations if a["image_id"] in kept]
         self._coco_source: bytes | None = pickle.dumps(clean, protocol=pickle.HIGHEST_PROTOCOL)
         self._coco = None
-        del data, checked, clean, images, boxes, cat_ids, labels
+        del data, checked, clean, images, boxes, cat_ids
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
@@ -177,15 +182,17 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self._ids)
 
     def image_info(self, index: int) -> dict[str, Any]:
-        return self._records[index][0]
+        """The image's json entry (width / height filled in); a fresh copy."""
+        return self._records[index]
 
     def image_path(self, index: int) -> Path:
-        return self.image_dir / self._records[index][0]["file_name"]
+        return self.image_dir / self._records[index]["file_name"]
 
     def annotations(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(boxes xyxy in original pixels, contiguous labels) without loading the image."""
-        _, boxes, labels = self._records[index]
-        return boxes, labels
+        """(boxes xyxy in original pixels, contiguous labels) without loading the image; fresh arrays."""
+        index = range(len(self))[index]
+        start, end = int(self._box_ends[index - 1]) if index > 0 else 0, int(self._box_ends[index])
+        return self._boxes_flat[start:end].copy(), self._labels_flat[start:end].copy()
 
     # ------------------------------------------------------------------ loading
 
@@ -246,7 +253,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def _make_item(self, index: int, image: torch.Tensor,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Any]]:
         h, w = image.shape[-2:]
-        boxes, labels = (torch.from_numpy(a) for a in self.annotations(index))  # fresh arrays: unpickled
+        boxes, labels = (torch.from_numpy(a) for a in self.annotations(index))
         image, boxes, info = self.transform(image, boxes, generator)
         target = {
             "boxes": boxes,
