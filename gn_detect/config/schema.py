@@ -19,6 +19,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.loss.box_loss": ("smooth_l1", "giou"),
     "model.loss.normalizer": ("ema", "batch"),
     "data.name": ("shapes", "coco"),
+    "data.decode": ("tensor", "pil"),
     "solver.lr_schedule": ("step", "cosine"),
     "solver.amp": ("auto", "bf16", "fp16", "off"),
     "solver.channels_last": ("auto", "on", "off"),
@@ -178,6 +179,7 @@ class DataConfig:
     flip_prob: float = 0.5
     filter_empty: bool = True
     verify_images: bool = True
+    decode: str = "tensor"               # tensor: torchvision.io decode + uint8 resize; pil: PIL + float resize
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ims_per_device: int = 2
     aspect_grouping: bool = True

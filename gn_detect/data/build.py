@@ -73,8 +73,9 @@ def build_transform(cfg: Mapping[str, Any] | DictConfig, train: bool) -> Detecti
     c = data_config(cfg)
     if train:
         max_size = c.max_size if c.max_size_train is None else c.max_size_train
-        return DetectionTransform(list(c.min_size_train), max_size, flip_prob=c.flip_prob)
-    return DetectionTransform(c.min_size_test, c.max_size, flip_prob=0.0)
+        return DetectionTransform(list(c.min_size_train), max_size, flip_prob=c.flip_prob,
+                                  uint8_resize=c.decode == "tensor")
+    return DetectionTransform(c.min_size_test, c.max_size, flip_prob=0.0, uint8_resize=c.decode == "tensor")
 
 
 def split_paths(c: DictConfig, split: str) -> tuple[str, str]:
@@ -173,4 +174,5 @@ def build_dataset(
         verify_images=c.verify_images,
         name=f"{c.name}_{split}",
         parsed=parsed,
+        decode=c.decode,
     )

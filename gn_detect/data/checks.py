@@ -214,7 +214,7 @@ def check_image(path: str | Path, decode: bool = True) -> ImageCheck:
     return ImageCheck(None, size, mode)
 
 
-def check_images(paths: Sequence[Path], decode: bool, num_threads: int | None = None) -> list[ImageCheck]:
+def check_images(paths: Sequence[str | Path], decode: bool, num_threads: int | None = None) -> list[ImageCheck]:
     # PIL releases the GIL while decoding, so a few threads help on big datasets
     if not paths:
         return []
@@ -222,11 +222,136 @@ def check_images(paths: Sequence[Path], decode: bool, num_threads: int | None = 
         # existence only (one stat per file): a wrong images dir is the most common mistake
         return [ImageCheck(None, None, None) if (why := file_problem(p)) is None else ImageCheck(why, None, None)
                 for p in paths]
+    rank, world = _dist_rank_world()
+    if world > 1 and rank != 0:
+        _barrier()  # rank 0 verifies and records first; this rank then reads its records
+    record = VerificationRecord.load(paths)
+    todo = [i for i, key in enumerate(record.keys) if record.get(i) is None]
+    if todo:
+        done = _decode_all([paths[i] for i in todo], num_threads)
+        for i, chk in zip(todo, done):
+            record.put(i, chk)
+        record.save()
+    if world > 1 and rank == 0:
+        _barrier()
+    return [record.get(i) or check_image(p) for i, p in enumerate(paths)]
+
+
+def _decode_all(paths: Sequence[Path], num_threads: int | None) -> list[ImageCheck]:
+    """check_image on every path, in threads, with a progress bar when it takes a few seconds."""
+    from tqdm import tqdm
+
     n = num_threads or min(8, os.cpu_count() or 1)
-    if n <= 1 or len(paths) < 16:
-        return [check_image(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=n) as ex:
-        return list(ex.map(check_image, paths, chunksize=16))
+    bar = tqdm(total=len(paths), desc="verifying images", unit="img", delay=3, mininterval=1, leave=False)
+    try:
+        if n <= 1 or len(paths) < 16:
+            out = []
+            for p in paths:
+                out.append(check_image(p))
+                bar.update()
+            return out
+        with ThreadPoolExecutor(max_workers=n) as ex:
+            out = []
+            for chk in ex.map(check_image, paths, chunksize=16):
+                out.append(chk)
+                bar.update()
+            return out
+    finally:
+        bar.close()
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def cache_dir() -> Path:
+    """Where gn-detect keeps what it may reuse between runs: ``$GN_DETECT_CACHE``, else
+    ``$XDG_CACHE_HOME/gn_detect``, else ``~/.cache/gn_detect`` (the data folder may be read-only)."""
+    if os.environ.get("GN_DETECT_CACHE"):
+        return Path(os.environ["GN_DETECT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "gn_detect"
+
+
+class VerificationRecord:
+    """What ``verify_images`` found for each image of one folder, kept in
+    ``cache_dir()/verified/<hash of the folder>.json`` so a later start (another run of a
+    sweep, another rank, a resume) does not decode the images again.
+
+    An entry is keyed by the file's path (relative to the folder), size and mtime (ns); one whose
+    key does not match the file on disk now is not trusted (decoded again). Written atomically;
+    an unreadable or foreign record is ignored. A cache that cannot be written only costs time.
+    """
+
+    VERSION = 1
+
+    def __init__(self, folder: Path, names: list[str], keys: list[tuple[int, int] | None],
+                 entries: dict[str, list[Any]]) -> None:
+        self.folder, self.names, self.keys, self.entries = folder, names, keys, entries
+        self.changed = False
+
+    @staticmethod
+    def path_for(folder: Path) -> Path:
+        import hashlib
+
+        digest = hashlib.sha256(str(folder).encode()).hexdigest()[:24]
+        return cache_dir() / "verified" / f"{digest}.json"
+
+    @classmethod
+    def load(cls, paths: Sequence[str | Path]) -> "VerificationRecord":
+        absolute = [os.path.abspath(p) for p in paths]
+        folder = Path(os.path.commonpath([os.path.dirname(p) for p in absolute]))
+        cut = len(str(folder).rstrip(os.sep)) + 1
+        names, keys = [], []
+        for p in absolute:
+            names.append(p[cut:])
+            try:
+                st = os.stat(p)
+                keys.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                keys.append(None)
+        entries: dict[str, list[Any]] = {}
+        try:
+            raw = json.loads(cls.path_for(folder).read_text())
+            if raw.get("version") == cls.VERSION and raw.get("folder") == str(folder) \
+                    and isinstance(raw.get("entries"), dict):
+                entries = raw["entries"]
+        except (OSError, ValueError, AttributeError):
+            pass
+        return cls(folder, names, keys, entries)
+
+    def get(self, i: int) -> ImageCheck | None:
+        """The recorded check of image ``i``, None when there is none for the file as it is now."""
+        e, key = self.entries.get(self.names[i]), self.keys[i]
+        if key is None or not isinstance(e, list) or len(e) != 6 or tuple(e[:2]) != key:
+            return None
+        problem, size, mode, detail = e[2:]
+        return ImageCheck(problem, tuple(size) if size else None, mode, str(detail or ""))
+
+    def put(self, i: int, chk: ImageCheck) -> None:
+        if self.keys[i] is None or chk.problem == "missing_image":
+            return
+        self.entries[self.names[i]] = [*self.keys[i], chk.problem, list(chk.size) if chk.size else None, chk.mode,
+                                       chk.detail[:300]]
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            write_json_atomic(self.path_for(self.folder), {"version": self.VERSION, "folder": str(self.folder),
+                                                           "entries": self.entries}, indent=None)
+        except OSError as e:
+            logger.info("image verification record not written (%s); the next start verifies again", e)
 
 
 # ----------------------------------------------------------------------------- annotations
@@ -433,7 +558,8 @@ def _check_image_entries(
             if not (_is_int(e.get("width")) and _is_int(e.get("height")) and e["width"] > 0 and e["height"] > 0):
                 e["width"] = e["height"] = float("inf")
         return entries, all_ids
-    paths = [image_dir / e["file_name"] for e in entries]
+    folder = os.fspath(image_dir)
+    paths = [os.path.join(folder, e["file_name"]) for e in entries]  # strings: 118k Path objects cost seconds
     checks = check_images(paths, decode=verify_images)
     images: list[dict[str, Any]] = []
     for e, p, chk in zip(entries, paths, checks):
@@ -565,7 +691,7 @@ def skip_summary(dataset: Any) -> dict[str, Any]:
         "image_dir": str(getattr(dataset, "image_dir", "")),
         "ann_file": str(getattr(dataset, "ann_file", "")),
         "num_images": len(dataset),
-        "num_annotations": int(sum(len(b) for b in getattr(dataset, "_boxes", []))),
+        "num_annotations": int(getattr(dataset, "num_annotations", 0)),
         "counts": dict(log.counts),
         "examples": {k: v for k, v in log.examples.items() if v},
         "reasons": SKIP_REASONS,

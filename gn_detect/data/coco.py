@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pycocotools.coco import COCO
 
 from gn_detect.cocoapi import coco_from_dict
 
@@ -19,10 +22,36 @@ from .checks import (
     load_coco_json,
     validate_coco,
 )
-from gn_detect.image_io import problem_of, read_rgb
+from gn_detect.image_io import problem_of, read_rgb, read_rgb_tensor
 from .transforms import DetectionTransform
 
 logger = logging.getLogger(__name__)
+
+
+class SerializedList:
+    """A read-only list whose items are pickled into one uint8 array (plus an offsets array).
+
+    Forked DataLoader workers read it without writing to the pages (no per-item Python objects,
+    hence no reference counts to update), so its memory is shared instead of copied into each
+    worker (detectron2's ``DatasetFromList(serialize=True)``). Each read returns a fresh copy.
+    """
+
+    def __init__(self, items: Any) -> None:
+        blobs = [np.frombuffer(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for x in items]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._data = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> Any:
+        index = range(len(self._ends))[index]  # negative indices; IndexError past the end
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return pickle.loads(memoryview(self._data[start:int(self._ends[index])]))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes + self._ends.nbytes)
 
 # how many following items __getitem__ tries when an image fails to decode at run time
 # (only possible with verify_images=False, or if a file changes under a running job)
@@ -52,6 +81,7 @@ class CocoDetection(torch.utils.data.Dataset):
         verify_images: bool = True,
         name: str | None = None,
         parsed: ParsedFiles | None = None,
+        decode: str = "pil",
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -59,6 +89,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transform = transform or DetectionTransform(800, 1333, flip_prob=0.0)
         self.filter_empty = filter_empty
         self.verify_images = verify_images
+        if decode not in ("pil", "tensor"):
+            raise ValueError(f"decode={decode!r}: use 'tensor' (torchvision.io) or 'pil'")
+        self.decode = decode
 
         data = load_coco_json(self.ann_file, parsed)
         checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file))
@@ -87,25 +120,35 @@ class CocoDetection(torch.utils.data.Dataset):
         self.cat_id_to_label: dict[int, int] = {cid: i for i, cid in enumerate(self.label_to_cat_id)}
         self.class_names: list[str] = [str(c.get("name", c["id"])) for c in self.categories]
 
-        self._images = images
-        self.image_ids: list[int] = [e["id"] for e in images]
-        self._boxes = boxes
-        self._labels = [np.asarray([self.cat_id_to_label[c] for c in ids], dtype=np.int64) for ids in cat_ids]
+        # flat arrays and one serialized buffer (detectron2's DatasetFromList(serialize=True)):
+        # DataLoader workers read them without touching Python objects' reference counts, so the
+        # pages stay shared instead of being copied into every worker
+        self._records = SerializedList(images)  # the image entries
+        counts = np.asarray([len(b) for b in boxes], dtype=np.int64)
+        self._box_ends = np.cumsum(counts)
+        self._boxes_flat = np.concatenate(boxes) if len(boxes) else np.zeros((0, 4), np.float32)
+        lut = self.cat_id_to_label
+        self._labels_flat = np.asarray([lut[int(c)] for ids in cat_ids for c in ids.tolist()], dtype=np.int64)
+        self._ids = np.asarray([e["id"] for e in images], dtype=np.int64)
+        self._num_boxes = int(counts.sum())
         # width / height from the json: grouping needs no image decoding
         self.aspect_ratios: np.ndarray = np.asarray([e["width"] / e["height"] for e in images], dtype=np.float64)
 
         # .coco holds exactly the dataset's images and the checked annotations (crowd included,
-        # boxes clipped), so COCOeval sees the same ground truth the model was trained against
-        kept = set(self.image_ids)
+        # boxes clipped), so COCOeval sees the same ground truth the model was trained against.
+        # Built on first use only (evaluation); until then it is one pickled bytes object.
+        kept = set(self._ids.tolist())
         clean = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
         clean["categories"] = self.categories
         clean["images"] = images
         clean["annotations"] = [a for a in checked.annotations if a["image_id"] in kept]
-        self.coco = coco_from_dict(clean)
+        self._coco_source: bytes | None = pickle.dumps(clean, protocol=pickle.HIGHEST_PROTOCOL)
+        self._coco = None
+        del data, checked, clean, images, boxes, cat_ids
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
-                    sum(len(b) for b in boxes), self.num_classes, self.ann_file)
+                    self._num_boxes, self.num_classes, self.ann_file)
 
     # ------------------------------------------------------------------ info
 
@@ -118,30 +161,55 @@ class CocoDetection(torch.utils.data.Dataset):
         """reason -> count for every check (zeros included); see checks.SKIP_REASONS."""
         return dict(self.skip_log.counts)
 
+    @property
+    def image_ids(self) -> list[int]:
+        """The json ids of the dataset's images, in dataset order (a new list each call)."""
+        return self._ids.tolist()
+
+    @property
+    def coco(self) -> COCO:
+        """pycocotools ``COCO`` of exactly the dataset's images and checked annotations (crowd
+        included); built on first use, so training workers never hold one."""
+        if self._coco is None:
+            source, self._coco_source = self._coco_source, None
+            self._coco = coco_from_dict(pickle.loads(source))
+        return self._coco
+
+    @property
+    def num_annotations(self) -> int:
+        """Non-crowd training boxes over all images."""
+        return self._num_boxes
+
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self._ids)
 
     def image_info(self, index: int) -> dict[str, Any]:
-        return self._images[index]
+        """The image's json entry (width / height filled in); a fresh copy."""
+        return self._records[index]
 
     def image_path(self, index: int) -> Path:
-        return self.image_dir / self._images[index]["file_name"]
+        return self.image_dir / self._records[index]["file_name"]
 
     def annotations(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(boxes xyxy in original pixels, contiguous labels) without loading the image."""
-        return self._boxes[index], self._labels[index]
+        """(boxes xyxy in original pixels, contiguous labels) without loading the image; fresh arrays."""
+        index = range(len(self))[index]
+        start, end = int(self._box_ends[index - 1]) if index > 0 else 0, int(self._box_ends[index])
+        return self._boxes_flat[start:end].copy(), self._labels_flat[start:end].copy()
 
     # ------------------------------------------------------------------ loading
 
     def read_image(self, index: int) -> torch.Tensor:
         """Decode image `index` as uint8 3xHxW RGB; raises OSError with the path on failure."""
-        path = self.image_path(index)
-        info = self._images[index]
-        arr = np.asarray(read_rgb(path), dtype=np.uint8)
-        if arr.shape[:2] != (info["height"], info["width"]):
-            raise OSError(f"{path}: size {arr.shape[1]}x{arr.shape[0]} != json "
+        info = self.image_info(index)
+        path = self.image_dir / info["file_name"]
+        if self.decode == "tensor":
+            image = read_rgb_tensor(path)
+        else:
+            image = torch.from_numpy(np.asarray(read_rgb(path), dtype=np.uint8).copy()).permute(2, 0, 1)
+        if tuple(image.shape[-2:]) != (info["height"], info["width"]):
+            raise OSError(f"{path}: size {image.shape[-1]}x{image.shape[-2]} != json "
                           f"{info['width']}x{info['height']}")
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        return image
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
         if isinstance(key, tuple):
@@ -182,7 +250,8 @@ class CocoDetection(torch.utils.data.Dataset):
         """A stand-in for an image that cannot be read at evaluation time: a small blank image whose
         target says ``skipped`` (with the reason), so inference drops its output and the
         evaluation leaves the image out, counted (gn_detect/engine/inference.py)."""
-        h, w = min(self._images[index]["height"], 64), min(self._images[index]["width"], 64)
+        info = self.image_info(index)
+        h, w = min(info["height"], 64), min(info["width"], 64)
         image, target = self._make_item(index, torch.zeros(3, h, w, dtype=torch.uint8), None)
         target["skipped"] = problem_of(error)
         return image, target
@@ -190,13 +259,12 @@ class CocoDetection(torch.utils.data.Dataset):
     def _make_item(self, index: int, image: torch.Tensor,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Any]]:
         h, w = image.shape[-2:]
-        boxes = torch.from_numpy(self._boxes[index].copy())
-        labels = torch.from_numpy(self._labels[index].copy())
+        boxes, labels = (torch.from_numpy(a) for a in self.annotations(index))
         image, boxes, info = self.transform(image, boxes, generator)
         target = {
             "boxes": boxes,
             "labels": labels,
-            "image_id": int(self.image_ids[index]),
+            "image_id": int(self._ids[index]),
             "orig_size": (int(h), int(w)),
             "size": info.size,
             "scale": float(info.scale),

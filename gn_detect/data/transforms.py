@@ -27,15 +27,22 @@ def resize_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, i
     return new_h, new_w, scale
 
 
-def resize(image: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def resize(image: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], *,
+           uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Bilinear resize (antialiased when shrinking) of a 3xHxW image, boxes scaled per axis.
+
+    ``uint8``: a uint8 image is resized as uint8 (PyTorch's integer kernel, about 2x faster on
+    CPU than the float path; pixels within 1 of it); otherwise through float32, rounded.
 
     Boxes use the exact per-axis factors new/old, so they stay aligned with the resized pixels
     even though rounding makes new_w/w and new_h/h differ slightly.
     """
     h, w = image.shape[-2:]
     new_h, new_w = size
-    if (new_h, new_w) != (h, w):
+    if (new_h, new_w) != (h, w) and uint8 and image.dtype == torch.uint8:
+        image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                              antialias=new_h < h or new_w < w)[0]
+    elif (new_h, new_w) != (h, w):
         dtype = image.dtype
         x = image[None].float()
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False,
@@ -68,6 +75,7 @@ class DetectionTransform:
     """Resize shortest edge -> optional random horizontal flip (pixels keep their dtype and range).
 
     min_sizes: one short side (test) or several (train: one chosen uniformly per image).
+    uint8_resize: resize uint8 images as uint8 (``data.decode=tensor``), not through float.
     """
 
     def __init__(
@@ -75,12 +83,14 @@ class DetectionTransform:
         min_sizes: int | Sequence[int] = 800,
         max_size: int = 1333,
         flip_prob: float = 0.0,
+        uint8_resize: bool = False,
     ) -> None:
         self.min_sizes = (int(min_sizes),) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)
         if not self.min_sizes or min(self.min_sizes) <= 0:
             raise ValueError(f"min_sizes must be positive ints, got {min_sizes!r}")
         self.max_size = int(max_size)
         self.flip_prob = float(flip_prob)
+        self.uint8_resize = bool(uint8_resize)
 
     @property
     def is_random(self) -> bool:
@@ -94,7 +104,7 @@ class DetectionTransform:
         u = torch.rand(2, generator=generator) if self.is_random else torch.zeros(2)
         short = self.min_sizes[min(int(u[0] * len(self.min_sizes)), len(self.min_sizes) - 1)]
         new_h, new_w, scale = resize_shape(h, w, short, self.max_size)
-        image, boxes = resize(image, boxes, (new_h, new_w))
+        image, boxes = resize(image, boxes, (new_h, new_w), uint8=self.uint8_resize)
         flipped = bool(u[1] < self.flip_prob)
         if flipped:
             image, boxes = hflip(image, boxes)
@@ -102,7 +112,7 @@ class DetectionTransform:
 
     def __repr__(self) -> str:
         return (f"DetectionTransform(min_sizes={self.min_sizes}, max_size={self.max_size}, "
-                f"flip_prob={self.flip_prob})")
+                f"flip_prob={self.flip_prob}, uint8_resize={self.uint8_resize})")
 
 
 def boxes_to_original(boxes: torch.Tensor, size: Sequence[int], orig_size: Sequence[int]) -> torch.Tensor:

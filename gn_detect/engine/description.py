@@ -80,7 +80,8 @@ def package_version() -> str:
 
 def categories_of_dataset(dataset: Any) -> list[dict[str, Any]]:
     """``[{"id", "name"}]`` in the dataset's label order (``label_to_cat_id``)."""
-    cats = dataset.coco.cats
+    listed = getattr(dataset, "categories", None)  # a CocoDetection's: no need to build its lazy .coco
+    cats = {c["id"]: c for c in listed} if isinstance(listed, list) else dataset.coco.cats
     return [{"id": int(cid), "name": str(cats[cid].get("name", cid))} for cid in dataset.label_to_cat_id]
 
 

@@ -27,6 +27,12 @@ def _one_torch_thread() -> Any:
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own gn-detect cache (image verification records), so no test reads another's."""
+    monkeypatch.setenv("GN_DETECT_CACHE", str(tmp_path_factory.mktemp("gn_detect_cache")))
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("GN_DETECT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
