@@ -178,6 +178,7 @@ class DataConfig:
     flip_prob: float = 0.5
     filter_empty: bool = True
     verify_images: bool = True
+    classes: Optional[List[str]] = None  # category names to keep (others' boxes dropped, counted); null: all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ims_per_device: int = 2
     aspect_grouping: bool = True

@@ -16,7 +16,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from gn_detect.config.schema import CHOICES, DataConfig
 
-from .checks import categories_of, load_coco_json
+from .checks import categories_of, load_coco_json, select_categories
 from .coco import CocoDetection
 from .synthetic import META_FILE, SHAPES_LAYOUT, ensure_shapes_dataset
 from .transforms import DetectionTransform
@@ -138,7 +138,9 @@ def split_categories(cfg: Mapping[str, Any] | DictConfig, split: str, *,
     if c.name == "shapes":
         _ensure_shapes(c, root, base_dir)
     ann_file = resolve_path(ann, root)
-    return categories_of({"categories": load_coco_json(ann_file)["categories"]})
+    data, _ = select_categories({"categories": load_coco_json(ann_file)["categories"]}, c.get("classes"),
+                                str(ann_file))
+    return categories_of(data)
 
 
 def build_dataset(
@@ -170,4 +172,5 @@ def build_dataset(
         filter_empty=c.filter_empty and train,
         verify_images=c.verify_images,
         name=f"{c.name}_{split}",
+        classes=c.get("classes"),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from .checks import (
     EmptyDatasetError,
     SkipLog,
     load_coco_json,
+    select_categories,
     validate_coco,
 )
 from gn_detect.image_io import problem_of, read_rgb
@@ -50,6 +51,7 @@ class CocoDetection(torch.utils.data.Dataset):
         filter_empty: bool = False,
         verify_images: bool = True,
         name: str | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -58,9 +60,11 @@ class CocoDetection(torch.utils.data.Dataset):
         self.filter_empty = filter_empty
         self.verify_images = verify_images
 
-        data = load_coco_json(self.ann_file)
+        data, other = select_categories(load_coco_json(self.ann_file), classes, str(self.ann_file))  # data.classes
         checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file))
         self.skip_log: SkipLog = checked.skips
+        for ann_id in other:
+            self.skip_log.add("other_class", ann_id)
 
         images, boxes, cat_ids = checked.images, checked.boxes, checked.cat_ids
         if filter_empty:
