@@ -3,6 +3,7 @@
 
   convert_dataset.py voc  --ann-dir VOC2012/Annotations [--image-set ImageSets/Main/train.txt] --out train.json
   convert_dataset.py yolo --images data/images/train [--labels data/labels/train] --names classes.txt --out train.json
+  ... [--keep WBC RBC]   only these classes; the other classes' boxes are dropped and counted
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gn_detect.data.convert_dataset import ConversionError, read_names, read_text, voc_to_coco, write_coco, yolo_to_coco
+from gn_detect.data.convert_dataset import (ConversionError, read_names, read_text, select_classes, voc_to_coco, write_coco,
+                                    yolo_to_coco)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     y.add_argument("--names", required=True, help="classes.txt / obj.names, one class per line")
     for s in (v, y):
         s.add_argument("--out", required=True, help="output COCO json")
+        s.add_argument("--keep", nargs="+", metavar="NAME",
+                       help="only these classes (ids 1..k in this order); the others' boxes are dropped, counted")
     args = p.parse_args(argv)
 
     try:
@@ -46,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = voc_to_coco(files, class_names=names, image_dir=args.images, difficult=args.difficult)
         else:
             data = yolo_to_coco(args.images, args.labels, class_names=args.names)
+        data = select_classes(data, args.keep)
     except ConversionError as e:
         print(f"gn-detect: {e}", file=sys.stderr)
         return 2

@@ -180,6 +180,7 @@ class DataConfig:
     filter_empty: bool = True
     verify_images: bool = True
     decode: str = "tensor"               # tensor: torchvision.io decode + uint8 resize; pil: PIL + float resize
+    classes: Optional[List[str]] = None  # category names to keep (others' boxes dropped, counted); null: all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ims_per_device: int = 2
     aspect_grouping: bool = True

@@ -16,7 +16,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from gn_detect.config.schema import CHOICES, DataConfig
 
-from .checks import ParsedFiles, categories_of, load_coco_json
+from .checks import ParsedFiles, categories_of, load_coco_json, select_categories
 from .coco import CocoDetection
 from .synthetic import META_FILE, SHAPES_LAYOUT, ensure_shapes_dataset
 from .transforms import DetectionTransform
@@ -139,7 +139,9 @@ def split_categories(cfg: Mapping[str, Any] | DictConfig, split: str, *,
     if c.name == "shapes":
         _ensure_shapes(c, root, base_dir)
     ann_file = resolve_path(ann, root)
-    return categories_of({"categories": load_coco_json(ann_file)["categories"]})
+    data, _ = select_categories({"categories": load_coco_json(ann_file)["categories"]}, c.get("classes"),
+                                str(ann_file))
+    return categories_of(data)
 
 
 def build_dataset(
@@ -175,4 +177,5 @@ def build_dataset(
         name=f"{c.name}_{split}",
         parsed=parsed,
         decode=c.decode,
+        classes=c.get("classes"),
     )

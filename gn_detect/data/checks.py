@@ -57,6 +57,7 @@ SKIP_REASONS: dict[str, str] = {
     "crowd": "iscrowd=1: excluded from training targets, kept in .coco so evaluation ignores it like COCO does",
     "empty_image": "image without any usable non-crowd annotation (counted; kept unless filter_empty)",
     "filtered_empty": "image without usable non-crowd annotation dropped because filter_empty=True",
+    "other_class": "annotation of a category not in data.classes: annotation skipped (the category is left out)",
 }
 
 # at most this many example ids per reason in the summary, so the file stays small
@@ -601,6 +602,23 @@ def _no_image_message(listed: int, image_dir: Path, skips: SkipLog, source: str)
     }.get(worst, f"check the split's 'images' folder in the data config (now {image_dir})")
     return (f"{source}: none of the {listed} images listed could be used ({why}). Fix: {fix}; "
             f"e.g. {skips.examples[worst][:3]}")
+
+
+def select_categories(data: dict[str, Any], classes: Sequence[str] | None, source: str) -> tuple[dict[str, Any], list]:
+    """(``data`` with only the categories named in ``classes`` and their annotations, the ids of
+    the annotations left out); ``classes`` None: unchanged. A name not in the json: DataError."""
+    if classes is None:
+        return data, []
+    cats = [c for c in data.get("categories") or [] if isinstance(c, Mapping)]
+    names = {str(c.get("name")): c.get("id") for c in cats}
+    if unknown := [n for n in classes if n not in names]:
+        raise DataError(f"{source}: data.classes names {unknown} are not categories of the json "
+                        f"({sorted(names)[:20]}); check their spelling")
+    keep = {names[n] for n in classes}
+    anns = data.get("annotations") or []
+    kept = [a for a in anns if not isinstance(a, Mapping) or a.get("category_id") in keep]
+    other = [a.get("id") for a in anns if isinstance(a, Mapping) and a.get("category_id") not in keep]
+    return {**data, "categories": [c for c in cats if c.get("id") in keep], "annotations": kept}, other
 
 
 def validate_coco(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from .checks import (
     SkipLog,
     ParsedFiles,
     load_coco_json,
+    select_categories,
     validate_coco,
 )
 from gn_detect.image_io import problem_of, read_rgb, read_rgb_tensor
@@ -82,6 +83,7 @@ class CocoDetection(torch.utils.data.Dataset):
         name: str | None = None,
         parsed: ParsedFiles | None = None,
         decode: str = "pil",
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -93,9 +95,11 @@ class CocoDetection(torch.utils.data.Dataset):
             raise ValueError(f"decode={decode!r}: use 'tensor' (torchvision.io) or 'pil'")
         self.decode = decode
 
-        data = load_coco_json(self.ann_file, parsed)
+        data, other = select_categories(load_coco_json(self.ann_file, parsed), classes, str(self.ann_file))  # data.classes
         checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file))
         self.skip_log: SkipLog = checked.skips
+        for ann_id in other:
+            self.skip_log.add("other_class", ann_id)
 
         images, boxes, cat_ids = checked.images, checked.boxes, checked.cat_ids
         if filter_empty:

@@ -13,7 +13,12 @@ Conventions (see docs/data.md):
 * Nothing is written that training would refuse: a box that is not finite, empty or entirely
   outside its image is dropped, one partly outside is clipped, an image that cannot be read
   (gn_detect/image_io.py) is left out with its labels; each is counted in the output's
-  ``info.dropped`` (reason -> count; ``clipped_box`` boxes are kept).
+  ``info.dropped`` (reason -> count; ``clipped_box`` boxes are kept). A VOC box with
+  xmax == xmin or ymax == ymin (a point or a line: its annotator gave no extent) is
+  ``degenerate_box`` too, although the inclusive convention would make it 1 px wide.
+* ``keep`` (``--keep`` of tools/convert_dataset.py) selects classes: only those categories
+  are written (ids 1..k in the order given), the other classes' boxes are dropped and counted
+  as ``other_class``; images stay (as background where all their boxes went).
 """
 
 from __future__ import annotations
@@ -46,6 +51,30 @@ def _coco_dict(images: list[dict[str, Any]], annotations: list[dict[str, Any]], 
         "images": images,
         "annotations": annotations,
     }
+
+
+def select_classes(data: dict[str, Any], keep: Sequence[str] | None) -> dict[str, Any]:
+    """``data`` with only the categories named in ``keep`` (ids 1..k in that order) and their
+    annotations; the others' boxes counted in ``info.dropped["other_class"]``. None: unchanged."""
+    if keep is None:
+        return data
+    by_name = {c["name"]: c["id"] for c in data["categories"]}
+    if unknown := [n for n in keep if n not in by_name]:
+        raise ConversionError(f"--keep names {unknown} are not classes of the dataset {sorted(by_name)}; "
+                              "check their spelling")
+    if len(set(keep)) != len(keep):
+        raise ConversionError(f"--keep lists a class more than once: {list(keep)}")
+    new_id = {by_name[n]: i + 1 for i, n in enumerate(keep)}
+    anns = [dict(a, category_id=new_id[a["category_id"]]) for a in data["annotations"] if a["category_id"] in new_id]
+    for i, a in enumerate(anns, start=1):
+        a["id"] = i
+    dropped = Counter(data["info"]["dropped"])
+    if n_other := len(data["annotations"]) - len(anns):
+        dropped["other_class"] += n_other
+    cats = {c["id"]: c for c in data["categories"]}
+    out = _coco_dict(data["images"], anns, list(keep), data["info"]["description"], dropped)
+    out["categories"] = [dict(cats[by_name[n]], id=new_id[by_name[n]]) for n in keep]
+    return out
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -163,7 +192,8 @@ def voc_to_coco(
         for obj in root.iter("object"):
             name = _text(obj, "name", f)
             if name not in name_to_id:
-                raise ConversionError(f"{f}: class {name!r} not in class_names {list(class_names)}")
+                raise ConversionError(f"{f}: class {name!r} not in class_names {list(class_names)}; to train on a "
+                                      "subset of the classes, list every class in --names and the subset in --keep")
             diff_node = obj.find("difficult")
             is_difficult = diff_node is not None and (diff_node.text or "0").strip() not in ("0", "")
             if is_difficult and difficult == "skip":
@@ -175,6 +205,9 @@ def voc_to_coco(
                 xmin, ymin, xmax, ymax = (float(_text(bnd, k, f)) for k in ("xmin", "ymin", "xmax", "ymax"))
             except ValueError as e:
                 raise ConversionError(f"{f}: non-numeric <bndbox> for {name!r}: {e}") from e
+            if xmax <= xmin or ymax <= ymin:  # a point or a line (also reversed): no extent
+                dropped["degenerate_box"] += 1
+                continue
             # 1-based inclusive -> 0-based pixel edges
             box = _xywh(xmin - 1.0, ymin - 1.0, xmax, ymax, w, h, dropped)
             if box is None:

@@ -2,7 +2,8 @@
 
 ``format_results(metrics, run_dir=..., report_path=...)`` turns the headline dict that
 ``evaluate_model`` / ``evaluate_detections`` return into about ten aligned plain-text lines:
-COCO AP/AP50/AP75, label and box precision/recall/F1 at the tuned thresholds, which images each
+COCO AP/AP50/AP75, label and box precision/recall/F1 at the tuned thresholds, the label baseline
+(every class in every image; the label row says DEGENERATE when it does not beat it), which images each
 row covers (report.json's ``coverage``, read next to ``report_path``), the "predict everything"
 warning (report.json's ``thresholds.predict_everything``), the run folder and the report path.
 """
@@ -83,7 +84,7 @@ def _warning_lines(report: dict[str, Any] | None) -> list[str]:
 def format_results(metrics: Mapping[str, Any], *, run_dir: str | Path | None,
                    report_path: str | Path | None) -> str:
     """The end-of-run results table (no colours, no trailing newline). ``metrics``: the headline
-    dict (``AP``, ``AP50``, ``AP75``, ``label_*``, ``box_*``; missing or None -> n/a; other
+    dict (``AP``, ``AP50``, ``AP75``, ``label_*``, ``label_baseline_*``, ``label_degenerate``, ``box_*``; missing or None -> n/a; other
     keys are ignored; ``skipped_images``, when not 0, gets a line). ``report_path``: the report.md written with it (None: not written);
     report.json beside it supplies the coverage and the warnings."""
     report = _read_report(report_path)
@@ -94,7 +95,11 @@ def format_results(metrics: Mapping[str, Any], *, run_dir: str | Path | None,
         _header(("AP", "AP50", "AP75"), "images"),
         _row("COCO", [m.get("AP"), m.get("AP50"), m.get("AP75")], ap_note),
         _header(("precision", "recall", "F1"), "images"),
-        _row("label @ tuned thr", [m.get(f"label_{k}") for k in ("precision", "recall", "f1")], thr_note),
+        _row("label @ tuned thr", [m.get(f"label_{k}") for k in ("precision", "recall", "f1")],
+             ("DEGENERATE (not above its baseline: read box level and AP); " if m.get("label_degenerate") else "")
+             + thr_note),
+        _row("label baseline", [m.get(f"label_baseline_{k}") for k in ("precision", "recall", "f1")],
+             "every class in every image, the same images"),
         _row("box @ tuned thr", [m.get(f"box_{k}") for k in ("precision", "recall", "f1")], "the same images"),
         *_warning_lines(report),
         *([f"  {'skipped images'.ljust(_NAME_W)}{m['skipped_images']} could not be read and are left out of every "

@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 
 from gn_detect.evaluation.console import thresholded_images
 from gn_detect.evaluation.coco_eval import DEFAULT_BACKEND, STAT_NAMES, CocoResult, coco_metrics_arrays
-from gn_detect.evaluation.degenerate import predict_everything, predict_everything_warning
+from gn_detect.evaluation.degenerate import NOISE_SE, baseline, predict_everything, predict_everything_warning
 from gn_detect.evaluation.events import Counts, Events, nan_to_none
 from gn_detect.evaluation.figures import plot_examples, plot_pr_curves
 from gn_detect.evaluation.labels import label_pairs
@@ -41,6 +41,7 @@ HEADLINE_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
     "label_precision", "label_recall", "label_f1",
     "box_precision", "box_recall", "box_f1",
+    "label_baseline_precision", "label_baseline_recall", "label_baseline_f1", "label_degenerate",
 )  # fmt: skip
 
 
@@ -222,7 +223,9 @@ def build_report(
     n_dis = th.source.count("disabled")
     if n_dis:
         warnings.append(f"{n_dis} class(es) are never predicted at the tuned thresholds (no qualifying threshold)")
-    everything = predict_everything(lc, _label_pairs_per_class(parts.report), gt.names)
+    pairs = _label_pairs_per_class(parts.report)
+    everything = predict_everything(lc, pairs, gt.names)
+    label["baseline"] = everything["baseline"]
     if (w := predict_everything_warning(everything)) is not None:
         warnings.append(w)
 
@@ -230,6 +233,9 @@ def build_report(
     for lvl, st in (("label", label), ("box", box)):
         for m in ("precision", "recall", "f1"):
             headline[f"{lvl}_{m}"] = st["micro"][m]
+    for m in ("precision", "recall", "f1"):
+        headline[f"label_baseline_{m}"] = everything["baseline"][m]
+    headline["label_degenerate"] = everything["degenerate"]
 
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -255,7 +261,7 @@ def build_report(
         },
         "box": box,
         "label": label,
-        "per_class": _per_class_rows(parts.report, th, coco, bc, lc),
+        "per_class": _per_class_rows(parts.report, th, coco, bc, lc, pairs, everything),
         "warnings": warnings,
     }
     return report, parts, th, coco
@@ -269,7 +275,8 @@ def _label_pairs_per_class(prep: Prepared) -> np.ndarray:
     return prep.gt.num_images - np.bincount(ignored % max(K, 1), minlength=K)[:K]
 
 
-def _per_class_rows(ev: Prepared, th: Thresholds, coco: CocoResult, bc: Counts, lc: Counts) -> list[dict[str, Any]]:
+def _per_class_rows(ev: Prepared, th: Thresholds, coco: CocoResult, bc: Counts, lc: Counts, pairs: np.ndarray,
+                    everything: dict[str, Any]) -> list[dict[str, Any]]:
     """The report's ``per_class`` entries (docs/report_schema.md)."""
     d = ev.dets
     K = ev.gt.num_classes
@@ -311,6 +318,8 @@ def _per_class_rows(ev: Prepared, th: Thresholds, coco: CocoResult, bc: Counts, 
                     "fp": int(lc.fp[k]),
                     "num_pos": int(lc.num_pos[k]),
                     "num_pred": int(lc.num_pred[k]),
+                    "baseline": baseline(int(lc.num_pos[k]), int(pairs[k])),
+                    "no_better_than_baseline": ev.gt.names[k] in everything["classes_no_better_than_baseline"],
                 },
             }
         )
@@ -379,22 +388,37 @@ def render_markdown(report: dict[str, Any]) -> str:
                           ("all_detections", "micro, every detection")):
             s = r[lvl][avg]
             out.append(f"| {lvl} | {name} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} |")
+        if lvl == "label" and "baseline" in r["label"]:
+            b = r["label"]["baseline"]
+            out.append(f"| label | baseline: every class in every image | {_fmt(b['precision'])} | "
+                       f"{_fmt(b['recall'])} | {_fmt(b['f1'])} |")
+    pe = t.get("predict_everything", {})
+    if pe.get("degenerate"):
+        out += ["", "**Label level is degenerate**: the tuned label precision does not beat the baseline above "
+                f"by more than {NOISE_SE:g} standard errors (or a class is predicted in every image); read box level "
+                "and AP instead (docs/metrics.md, \"Label metrics against their baseline\")."]
     out += [
         "",
         "## Per class",
         "",
         "thr: score threshold (`*` global fallback: no positives to tune on; `off`: never predicted). "
-        "n/a: undefined (no GT for recall, no predictions for precision).",
+        "n/a: undefined (no GT for recall, no predictions for precision). base P/F1: label precision/F1 of "
+        f"predicting the class in every image (recall 1); `~` after label P: within {NOISE_SE:g} standard errors "
+        "of base P (degenerate for that class).",
         "",
-        "| class | AP | AP50 | thr | box P | box R | box F1 | #gt | #det | label P | label R | label F1 | #img+ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| class | AP | AP50 | thr | box P | box R | box F1 | #gt | #det | label P | label R | label F1 | base P | "
+        "base F1 | #img+ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in r["per_class"]:
         b, lab = c["box"], c["label"]
+        base = lab.get("baseline", {})
+        mark = " ~" if lab.get("no_better_than_baseline") else ""
         out.append(
             f"| {c['name']} | {_fmt(c['AP'])} | {_fmt(c['AP50'])} | {_thr_str(c)} | {_fmt(b['precision'])} | "
-            f"{_fmt(b['recall'])} | {_fmt(b['f1'])} | {b['num_gt']} | {b['num_det']} | {_fmt(lab['precision'])} | "
-            f"{_fmt(lab['recall'])} | {_fmt(lab['f1'])} | {lab['num_pos']} |"
+            f"{_fmt(b['recall'])} | {_fmt(b['f1'])} | {b['num_gt']} | {b['num_det']} | {_fmt(lab['precision'])}{mark} | "
+            f"{_fmt(lab['recall'])} | {_fmt(lab['f1'])} | {_fmt(base.get('precision'))} | {_fmt(base.get('f1'))} | "
+            f"{lab['num_pos']} |"
         )
     for avg in ("micro", "macro"):
         b, lab = r["box"][avg], r["label"][avg]
@@ -403,7 +427,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(
             f"| **{avg}** | {_fmt(ap) if ap is not None else ''} | {_fmt(ap50) if ap50 is not None else ''} | | "
             f"{_fmt(b['precision'])} | {_fmt(b['recall'])} | {_fmt(b['f1'])} | | | {_fmt(lab['precision'])} | "
-            f"{_fmt(lab['recall'])} | {_fmt(lab['f1'])} | |"
+            f"{_fmt(lab['recall'])} | {_fmt(lab['f1'])} | | | |"
         )
     out += ["", "## COCOeval summary", "", "```", r["coco_summary"].rstrip(), "```", ""]
     if r.get("figures"):
@@ -415,6 +439,7 @@ CSV_COLUMNS = [
     "name", "cat_id", "AP", "AP50", "threshold", "threshold_source",
     "box_precision", "box_recall", "box_f1", "box_tp", "box_fp", "box_num_gt", "box_num_det",
     "label_precision", "label_recall", "label_f1", "label_tp", "label_fp", "label_num_pos", "label_num_pred",
+    "label_baseline_precision", "label_baseline_f1", "label_no_better_than_baseline",
 ]  # fmt: skip
 
 
@@ -427,6 +452,8 @@ def write_csv(path: Path, report: dict[str, Any]) -> None:
             for lvl in ("box", "label"):
                 for k, v in c[lvl].items():
                     row[f"{lvl}_{k}"] = v
+            for k, v in c["label"].get("baseline", {}).items():
+                row[f"label_baseline_{k}"] = v
             # undefined -> empty cell (what pandas reads as NaN)
             w.writerow(["" if row.get(col) is None else row[col] for col in CSV_COLUMNS])
 

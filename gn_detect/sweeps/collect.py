@@ -41,6 +41,7 @@ METRICS = (
     "AP50",
     "label_recall",
     "label_precision",
+    "label_baseline_precision",  # every class in every image (docs/metrics.md)
     "box_recall",
     "box_precision",
     "ims_per_sec",

@@ -20,6 +20,7 @@ METRIC_TITLES = {
     "AP50": "AP50",
     "label_recall": "label R",
     "label_precision": "label P",
+    "label_baseline_precision": "label P base",
     "box_recall": "box R",
     "box_precision": "box P",
     "ims_per_sec": "img/s",
@@ -106,6 +107,8 @@ def aggregate(done_runs: list[Run]) -> list[dict[str, Any]]:
             notes.append(f"config differs between seeds in: {shown}")
         kinds = sorted({str(r.final.get("peak_mem_kind")) for r in runs if r.final.get("peak_mem_kind")})
         row["peak_mem_kind"] = "/".join(kinds) if kinds else None
+        # runs whose label P/R does not beat the baseline (report.json's predict_everything)
+        row["label_degenerate_n"] = sum(bool(r.final.get("label_degenerate")) for r in runs)
         row["notes"] = notes
         rows.append(row)
     return rows
@@ -134,7 +137,8 @@ def fmt(v: Any) -> str:
 
 
 # Metrics that evaluation writes as fractions in [0, 1]; the tables show them in percent.
-PERCENT_METRICS = ("AP", "AP50", "label_recall", "label_precision", "box_recall", "box_precision")
+PERCENT_METRICS = ("AP", "AP50", "label_recall", "label_precision", "label_baseline_precision", "box_recall",
+                   "box_precision")
 # Decimals of the other metrics in the tables (img/s, MB).
 DECIMALS = {"ims_per_sec": 1, "peak_mem_mb": 0}
 PAPER_METRICS = ("AP", "AP50", "label_precision", "label_recall")
@@ -342,6 +346,8 @@ def settings_table_md(rows: list[dict]) -> str:
             cell = fmt_row_metric(row, m, scales[m])
             if 0 < row[f"{m}_n"] < row["n"]:
                 cell += f" (n={row[f'{m}_n']})"
+            if m == "label_precision" and row.get("label_degenerate_n"):
+                cell += f" (degenerate {row['label_degenerate_n']}/{row['n']})"
             line.append(cell)
         body.append(line)
     return md_table(header, body)

@@ -68,7 +68,10 @@ def _summary_md(sweep_dir: Path, runs: list[Run], parts: dict, rows: list[dict],
               "across processes: images per device × world size); *any* for a reference, a setting whose "
               "norms use no batch statistics (GN, LN, affine...), compared at every group size with the "
               "settings of its optimizer batch (*img/step*) and schedule. *emulated*: one process computes "
-              "norm statistics over sub-groups of its batch; *real processes*: world size > 1.", ""]
+              "norm statistics over sub-groups of its batch; *real processes*: world size > 1. *label P base*: the "
+              "label precision of predicting every class in every image (recall 1); *(degenerate k/n)* after label P: "
+              "in k of the n runs label P/R does not beat it by the stated margin (docs/metrics.md, \"Label metrics "
+              "against their baseline\"): read AP and box level there.", ""]
     lines.append(settings_table_md(rows) if rows else "No finished runs.")
     lines += ["", "## Failed runs", ""]
     lines.append(problem_table_md(parts["failed"], with_progress=True) if parts["failed"] else "None.")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from gn_detect.evaluation import evaluate_detections
-from gn_detect.evaluation.degenerate import MIN_COVERAGE, NOISE_SE, predict_everything, predict_everything_warning
+from gn_detect.evaluation.console import format_results
+from gn_detect.evaluation.degenerate import NOISE_SE, predict_everything, predict_everything_warning
 from gn_detect.evaluation.events import Counts
 from gn_detect.evaluation.report import build_report
 
@@ -82,32 +83,84 @@ def test_rule_edges() -> None:
     # nothing predicted: precision undefined, no rule applies
     none = predict_everything(Counts(np.array([0, 0]), np.array([0, 0]), np.array([3, 1])), np.array([10, 10]), names)
     assert not none["degenerate"] and none["label_precision"] is None and none["margin"] is None
-    # every pair positive (baseline 1): predicting everywhere is right, not degenerate
+    # every pair positive (baseline 1): predicting everywhere is perfect, so nothing is learnt
     full = predict_everything(Counts(np.array([10, 10]), np.array([0, 0]), np.array([10, 10])), np.array([10, 10]),
                               names)
-    assert not full["degenerate"]
-    # the boundary: p0 = 0.5, n = 80 of 100 pairs (coverage exactly MIN_COVERAGE = 0.8), so the
-    # rule fires up to P = 0.5 + 2 sqrt(0.25 / 80) = 0.6118: P = 48 / 80 = 0.6 fires, 49 / 80 does not
-    assert NOISE_SE == 2.0 and MIN_COVERAGE == 0.8
+    assert full["degenerate"] and full["classes_no_better_than_baseline"] == ["a", "b"]
+    assert "already perfect at label level" in predict_everything_warning(full)
+    # the boundary: p0 = 0.5, n = 80 of 100 pairs, so the rule fires up to
+    # P = 0.5 + 2 sqrt(0.25 / 80) = 0.6118: P = 48 / 80 = 0.6 fires, 49 / 80 does not
+    assert NOISE_SE == 2.0
     pairs, npos = np.array([50, 50]), np.array([25, 25])
     at = predict_everything(Counts(np.array([24, 24]), np.array([16, 16]), npos), pairs, names)
     above = predict_everything(Counts(np.array([25, 24]), np.array([15, 16]), npos), pairs, names)
     assert at["coverage"] == 0.8 and at["margin"] == pytest.approx(2 * math.sqrt(0.25 / 80))
     assert at["precision_no_better_than_baseline"] and not above["precision_no_better_than_baseline"]
     assert predict_everything_warning(above) is None
-    # a precision as low on fewer than 80% of the pairs is chance, not "predict everything"
+    # per class: a = 25 / 40 = 0.625 > 0.5 + 2 sqrt(0.25 / 40) = 0.658? no: within, flagged; b = 24 / 40 too
+    assert above["classes_no_better_than_baseline"] == ["a", "b"]
+    # the same precision on fewer pairs (79 of 100) fires too: the rule does not depend on coverage
     few = predict_everything(Counts(np.array([24, 24]), np.array([15, 16]), npos), pairs, names)
-    assert few["label_precision"] < 0.61 and few["coverage"] < 0.8 and not few["degenerate"]
+    assert few["coverage"] < 0.8 and few["precision_no_better_than_baseline"] and few["degenerate"]
     assert predict_everything_warning(at, short=True) == (
         "tuned thresholds degenerate to 'predict everything' (label precision 0.600 vs 0.500 for every class "
         "in every image); see report.md")
+    assert at["baseline"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 * 0.5 / 1.5)}
 
 
-def test_the_worked_example_is_not_degenerate() -> None:
-    # docs/metrics.md: 5 counted pairs ((3, dog) is crowd-only), 3 positive; at the tuned
-    # thresholds 3 predicted, all TP: coverage 0.6 < 0.8, and no class predicted everywhere
+def test_every_class_in_most_images(tmp_path: Path) -> None:
+    # The case, fabricated: 3 classes, 30 images, each image holds 2 of them (so every
+    # class is in 20 of 30 images; baseline P = 60 / 90 = 2/3, R = 1, F1 = 0.8). The detector
+    # predicts the right classes in the first 10 images only (score 0.9) and, for the rest, the
+    # wrong one at 0.9 and the right ones at 0.5: tuned on F1, it keeps a third of the pairs
+    # with label P near the baseline, so it is flagged; a second detector that is right
+    # everywhere is not.
+    anns, bad, good = [], [], []
+    for i in range(1, 31):
+        present = [(i + k) % 3 + 1 for k in (0, 1)]
+        absent = ({1, 2, 3} - set(present)).pop()
+        anns += [(i, c, BOX) for c in present]
+        good += [det(i, c, BOX, 0.9) for c in present] + [det(i, absent, BOX, 0.1)]
+        if i <= 10:
+            bad += [det(i, c, BOX, 0.9) for c in present]
+        else:
+            bad += [det(i, absent, BOX, 0.9)] + [det(i, c, BOX, 0.5) for c in present]
+    gt = make_gt(anns, num_images=30, cats=("WBC", "RBC", "Platelets"))
+    # numpy reference for the baseline: positive pairs / all pairs
+    pos = np.zeros((30, 3), bool)
+    for i, c, _ in anns:
+        pos[i - 1, c - 1] = True
+    rep = _report(tmp_path / "bad", gt, bad)
+    block = rep["thresholds"]["predict_everything"]
+    assert rep["label"]["baseline"]["precision"] == pytest.approx(pos.mean())
+    assert rep["label"]["baseline"]["f1"] == pytest.approx(2 * pos.mean() / (1 + pos.mean()))
+    for c, row in enumerate(rep["per_class"]):
+        assert row["label"]["baseline"]["precision"] == pytest.approx(pos[:, c].mean())
+    p, n = block["label_precision"], block["num_pred"]
+    assert p <= pos.mean() + 2 * math.sqrt(pos.mean() * (1 - pos.mean()) / n)
+    assert block["degenerate"] and rep["headline"]["label_degenerate"]
+    md = (tmp_path / "bad" / "report.md").read_text()
+    assert "| label | baseline: every class in every image | 0.667 | 1.000 | 0.800 |" in md
+    assert "**Label level is degenerate**" in md
+    text = format_results(rep["headline"], run_dir=tmp_path, report_path=tmp_path / "bad" / "report.md")
+    (lab,) = [ln for ln in text.splitlines() if "label @ tuned thr" in ln]
+    (base,) = [ln for ln in text.splitlines() if "label baseline" in ln]
+    assert "DEGENERATE" in lab and base.split()[2:5] == ["0.667", "1.000", "0.800"]
+
+    rep = _report(tmp_path / "good", gt, good)
+    assert rep["label"]["micro"]["precision"] == 1.0 and not rep["thresholds"]["predict_everything"]["degenerate"]
+    assert not any(row["label"]["no_better_than_baseline"] for row in rep["per_class"])
+    text = format_results(rep["headline"], run_dir=tmp_path, report_path=tmp_path / "good" / "report.md")
+    assert "DEGENERATE" not in text and "label baseline" in text
+
+
+def test_the_worked_example_is_within_noise_of_its_baseline() -> None:
+    # docs/metrics.md: 5 counted pairs ((3, dog) is crowd-only), 3 positive (p0 = 0.6); at the
+    # tuned thresholds 3 predicted, all TP: P = 1.0 is not above 0.6 + 2 sqrt(0.24 / 3) = 1.166,
+    # so three predictions cannot show the model beats "every class everywhere"
     gt, dets = example()
     rep = build_report(gt, dets, tune="same")[0]
     block = rep["thresholds"]["predict_everything"]
     assert block["coverage"] == pytest.approx(3 / 5) and block["baseline_precision"] == pytest.approx(3 / 5)
-    assert block["label_precision"] == 1.0 and not block["degenerate"]
+    assert block["margin"] == pytest.approx(2 * math.sqrt(0.24 / 3))
+    assert block["label_precision"] == 1.0 and block["degenerate"] and block["classes_predicted_everywhere"] == []

@@ -240,3 +240,22 @@ def test_single_seed_has_no_pm_and_latex_escapes(tmp_path):
     assert "gn\\_ws & any & 1 & $49.6$ & $70.0$ & $50.0$ & $25.0$ \\\\" in tex
     assert "label P (\\%)" in tex
     assert "speed_memory.png" in md
+
+
+def test_label_baseline_beside_label_p_and_degenerate_marked(tmp_path: Path) -> None:
+    # two seeds of one setting; seed 1's run flagged its label P/R as not above the baseline
+    sweep = tmp_path / "multirun" / "s"
+    finals = [{"AP": 0.01, "label_precision": 0.83, "label_recall": 0.5, "label_baseline_precision": 0.82,
+               "label_degenerate": s == 1} for s in (0, 1)]
+    for s, fin in enumerate(finals):
+        write_run(sweep / str(s), make_config("gn", s, IMS_PER_DEVICE), final=fin)
+    res = write_sweep_report(sweep, tmp_path / "out", quiet=True)
+    (row,) = res["rows"]
+    assert row["label_baseline_precision_mean"] == pytest.approx(0.82) and row["label_degenerate_n"] == 1
+    md = (tmp_path / "out" / "summary.md").read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("| setting |") and "label P base" in ln)
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    line = next(ln for ln in md.splitlines() if ln.startswith("| gn ") and "degenerate" in ln)
+    values = [c.strip() for c in line.strip("|").split("|")]
+    assert values[cells.index("label P base (%)")] == "82.0 ± 0.0"
+    assert values[cells.index("label P (%)")].endswith("(degenerate 1/2)")
