@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gn_detect.data.convert_dataset import (ConversionError, read_names, read_text, select_classes, voc_to_coco, write_coco,
-                                    yolo_to_coco)
+                                            yolo_to_coco)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
