@@ -136,6 +136,16 @@ def _xywh(x1: float, y1: float, x2: float, y2: float, w: int, h: int,
     return [c[0], c[1], c[2] - c[0], c[3] - c[1]]
 
 
+def _voc_box(xmin: float, ymin: float, xmax: float, ymax: float, w: int, h: int,
+             dropped: Counter[str]) -> list[float] | None:
+    """A VOC box (1-based inclusive) as COCO [x, y, w, h] (``_xywh``); a point or a line
+    (xmax <= xmin or ymax <= ymin: no extent) is a counted ``degenerate_box``."""
+    if xmax <= xmin or ymax <= ymin:
+        dropped["degenerate_box"] += 1
+        return None
+    return _xywh(xmin - 1.0, ymin - 1.0, xmax, ymax, w, h, dropped)  # -> 0-based pixel edges
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     try:
         return read_header(path)[0]
@@ -205,11 +215,7 @@ def voc_to_coco(
                 xmin, ymin, xmax, ymax = (float(_text(bnd, k, f)) for k in ("xmin", "ymin", "xmax", "ymax"))
             except ValueError as e:
                 raise ConversionError(f"{f}: non-numeric <bndbox> for {name!r}: {e}") from e
-            if xmax <= xmin or ymax <= ymin:  # a point or a line (also reversed): no extent
-                dropped["degenerate_box"] += 1
-                continue
-            # 1-based inclusive -> 0-based pixel edges
-            box = _xywh(xmin - 1.0, ymin - 1.0, xmax, ymax, w, h, dropped)
+            box = _voc_box(xmin, ymin, xmax, ymax, w, h, dropped)
             if box is None:
                 continue
             x, y, bw, bh = box

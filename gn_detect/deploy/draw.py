@@ -50,11 +50,11 @@ def draw_detections(image: Image.Image, detections: list[dict[str, Any]], names:
     side = min(out.size)
     width, font = max(1, round(side / 250)), _font(max(10, round(side / 40)))
     label_of = {cid: k for k, cid in enumerate(label_to_cat_id)}
-    for det in sorted(detections, key=lambda d: d["score"]):
+    for det in sorted(detections, key=lambda d: d.get("score", 0.0)):  # ground truth: no score
         x, y, w, h = det["bbox"]
         color = class_color(label_of.get(det["category_id"], 0))
         draw.rectangle([x, y, x + w, y + h], outline=color, width=width)
-        text = f"{names.get(det['category_id'], det['category_id'])} {det['score']:.2f}"
+        text = f"{names.get(det['category_id'], det['category_id'])}" + (f" {det['score']:.2f}" if "score" in det else "")
         _, top, _, bottom = draw.textbbox((x, y), text, font=font)
         ty = y - (bottom - top) - 2 if y - (bottom - top) - 2 >= 0 else y
         box = draw.textbbox((x, ty), text, font=font)

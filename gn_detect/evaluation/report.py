@@ -352,6 +352,34 @@ def _coverage_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _per_class_md(r: dict[str, Any]) -> list[str]:
+    """report.md's per-class table header and one row per class (the averages follow)."""
+    out = [
+        "",
+        "## Per class",
+        "",
+        "thr: score threshold (`*` global fallback: no positives to tune on; `off`: never predicted). "
+        "n/a: undefined (no GT for recall, no predictions for precision). base P/F1: label precision/F1 of "
+        f"predicting the class in every image (recall 1); `~` after label P: within {NOISE_SE:g} standard errors "
+        "of base P (degenerate for that class).",
+        "",
+        "| class | AP | AP50 | thr | box P | box R | box F1 | #gt | #det | label P | label R | label F1 | base P | "
+        "base F1 | #img+ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in r["per_class"]:
+        b, lab = c["box"], c["label"]
+        base = lab.get("baseline", {})
+        mark = " ~" if lab.get("no_better_than_baseline") else ""
+        out.append(
+            f"| {c['name']} | {_fmt(c['AP'])} | {_fmt(c['AP50'])} | {_thr_str(c)} | {_fmt(b['precision'])} | "
+            f"{_fmt(b['recall'])} | {_fmt(b['f1'])} | {b['num_gt']} | {b['num_det']} | {_fmt(lab['precision'])}{mark} | "
+            f"{_fmt(lab['recall'])} | {_fmt(lab['f1'])} | {_fmt(base.get('precision'))} | {_fmt(base.get('f1'))} | "
+            f"{lab['num_pos']} |"
+        )
+    return out
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     r, t, p = report, report["thresholds"], report["params"]
     out = ["# Detection evaluation report", ""]
@@ -397,29 +425,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "**Label level is degenerate**: the tuned label precision does not beat the baseline above "
                 f"by more than {NOISE_SE:g} standard errors (or a class is predicted in every image); read box level "
                 "and AP instead (docs/metrics.md, \"Label metrics against their baseline\")."]
-    out += [
-        "",
-        "## Per class",
-        "",
-        "thr: score threshold (`*` global fallback: no positives to tune on; `off`: never predicted). "
-        "n/a: undefined (no GT for recall, no predictions for precision). base P/F1: label precision/F1 of "
-        f"predicting the class in every image (recall 1); `~` after label P: within {NOISE_SE:g} standard errors "
-        "of base P (degenerate for that class).",
-        "",
-        "| class | AP | AP50 | thr | box P | box R | box F1 | #gt | #det | label P | label R | label F1 | base P | "
-        "base F1 | #img+ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in r["per_class"]:
-        b, lab = c["box"], c["label"]
-        base = lab.get("baseline", {})
-        mark = " ~" if lab.get("no_better_than_baseline") else ""
-        out.append(
-            f"| {c['name']} | {_fmt(c['AP'])} | {_fmt(c['AP50'])} | {_thr_str(c)} | {_fmt(b['precision'])} | "
-            f"{_fmt(b['recall'])} | {_fmt(b['f1'])} | {b['num_gt']} | {b['num_det']} | {_fmt(lab['precision'])}{mark} | "
-            f"{_fmt(lab['recall'])} | {_fmt(lab['f1'])} | {_fmt(base.get('precision'))} | {_fmt(base.get('f1'))} | "
-            f"{lab['num_pos']} |"
-        )
+    out += _per_class_md(r)
     for avg in ("micro", "macro"):
         b, lab = r["box"][avg], r["label"][avg]
         ap = r["coco"]["AP"] if avg == "macro" else None
