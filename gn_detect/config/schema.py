@@ -16,6 +16,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head.act": ("relu", "none", "pn_relu"),
     "model.input.format": ("RGB", "BGR"),
     "model.fpn.top_block_in": ("p5", "c5"),
+    "model.anchors.style": ("exact", "torchvision"),
+    "model.test.clip": ("before_nms", "after_nms"),
     "model.loss.box_loss": ("smooth_l1", "giou"),
     "model.loss.normalizer": ("ema", "batch"),
     "data.name": ("shapes", "coco"),
@@ -74,7 +76,8 @@ class FPNConfig:
     out_channels: int = 256
     norm: str = "none"
     ws: bool = False
-    top_block_in: str = "p5"             # P6 from P5 (RetinaNet paper: C5)
+    top_block_in: str = "p5"             # P6 from P5 (torchvision v1); c5: paper, detectron2, torchvision v2, Detectron
+    relu_before_p7: bool = True          # P7 = conv(relu(P6)) as every source does; false: conv(P6)
     norm_opts: NormOverrides = field(default_factory=NormOverrides)
 
 
@@ -96,6 +99,8 @@ class AnchorsConfig:
     scales: List[float] = field(default_factory=lambda: [1.0, 2 ** (1 / 3), 2 ** (2 / 3)])
     ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     offset: float = 0.0                  # anchor centres at (i + offset) * stride; 0.0 as torchvision/detectron2
+    style: str = "exact"                 # exact: sizes as given; torchvision: its integer sizes, rounded
+                                         # corners, stride = padded size // grid (modeling/anchors.py)
 
 
 @dataclass
@@ -118,6 +123,8 @@ class TestConfig:
     topk_candidates: int = 1000
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    score_thresh_per_level: List[float] = field(default_factory=list)  # one per level; []: score_thresh
+    clip: str = "before_nms"             # boxes clipped to the image before NMS (torchvision) or after (detectron2)
 
 
 @dataclass
@@ -141,6 +148,7 @@ class ModelConfig:
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    size_divisibility: Optional[int] = None  # input padding multiple; null: the deepest anchor stride
 
 
 @dataclass

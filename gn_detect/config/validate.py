@@ -81,6 +81,12 @@ def _check_integers(cfg: DictConfig) -> None:
             raise ConfigError(key, f"{shown} does not fit a 64-bit integer", "give a value in [-2**63, 2**63)")
 
 
+def _frozen(spec: Any) -> bool:
+    """A norm with fixed statistics (a per-channel affine: AffineChannel, torchvision's FrozenBN),
+    where eps 0 is meaningful (torchvision's COCO detectors fold with 0)."""
+    return spec.foldable and not spec.normalizes
+
+
 def _check_ranges(cfg: DictConfig) -> None:
     _check_integers(cfg)
     for key, low in _MINIMA:
@@ -102,10 +108,14 @@ def _check_ranges(cfg: DictConfig) -> None:
             raise ConfigError(key, f"{value} is outside [{low}, {high}]")
     if not (cfg.solver.base_lr > 0 and math.isfinite(cfg.solver.base_lr)):
         raise ConfigError("solver.base_lr", f"{cfg.solver.base_lr} must be a positive finite number")
-    for key in ("model.norm_opts.eps", *(f"model.{part}.norm_opts.eps" for part in PARTS)):
-        eps = _get(cfg, key)
-        if eps is not None and not (eps > 0 and math.isfinite(eps)):
-            raise ConfigError(key, f"{eps} must be a positive finite number", "e.g. 1e-5")
+    for part in PARTS:  # eps 0 only where nothing is normalized (frozen statistics: affine, torchvision's FrozenBN)
+        own = _get(cfg, f"model.{part}.norm_opts.eps")
+        key = f"model.{part}.norm_opts.eps" if own is not None else "model.norm_opts.eps"
+        eps, low = _get(cfg, key), 0.0 if _frozen(norm_spec(cfg.model[part].norm)) else None
+        if eps is not None and not (math.isfinite(eps) and (eps > 0 or (low is not None and eps >= low))):
+            raise ConfigError(key, f"{eps} must be a positive finite number"
+                              + ("" if low is None else " (0 is allowed only with a frozen norm such as affine)"),
+                              "e.g. 1e-5")
     if not 0 < cfg.solver.warmup_factor <= 1:
         raise ConfigError("solver.warmup_factor", f"{cfg.solver.warmup_factor} must be in (0, 1]")
     if not cfg.data.min_size_train:

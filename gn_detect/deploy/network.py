@@ -44,7 +44,7 @@ def detect_from_head(
     outputs computed elsewhere (e.g. by onnxruntime): per image ``{"boxes", "scores", "labels"}``
     in resized-image pixels, as ``model(images, image_sizes)`` returns in eval mode."""
     shapes = feature_shapes(padded_hw, model.anchor_generator.strides)
-    anchors = [a.to(logits.device) for a in model.anchor_generator(shapes)]
+    anchors = [a.to(logits.device) for a in model.anchor_generator(shapes, tuple(padded_hw))]
     expected = sum(len(a) for a in anchors)
     if logits.shape[1] != expected or deltas.shape[1] != expected:
         raise ValueError(f"head outputs have {logits.shape[1]} anchors but a {padded_hw[0]}x{padded_hw[1]} input "

@@ -7,6 +7,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from gn_detect.config.schema import CHOICES
+
+
+ANCHOR_STYLES: tuple[str, ...] = CHOICES["model.anchors.style"]
+
 
 class AnchorGenerator(nn.Module):
     """Anchors in (level, y, x, anchor) order, the order the head flattens its outputs in.
@@ -14,6 +19,12 @@ class AnchorGenerator(nn.Module):
     Anchor centres sit at ``(i + offset) * stride`` for feature cell ``i``. ``offset=0.0`` (the
     default) is what torchvision's AnchorGenerator and detectron2's DefaultAnchorGenerator use;
     0.5 centres each anchor on its cell's receptive field instead.
+
+    ``style="exact"`` (default) uses the sizes, scales and strides as given. ``"torchvision"``
+    reproduces torchvision's AnchorGenerator as its RetinaNets configure it: each size x scale
+    truncated to an integer (``int(32 * 2 ** (1/3)) = 40``), cell corners rounded, and each
+    level's stride taken as padded input size // grid size per axis (so at 480x640 P6/P7 have
+    vertical strides 60 and 120); ``forward`` then needs ``image_size``.
     """
 
     def __init__(
@@ -23,16 +34,21 @@ class AnchorGenerator(nn.Module):
         scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
         ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.0,
+        style: str = "exact",
     ) -> None:
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(
                 f"anchors: {len(sizes)} sizes for {len(strides)} pyramid levels; give one base size per level"
             )
+        if style not in ANCHOR_STYLES:
+            raise ValueError(f"model.anchors.style={style!r}: use one of {', '.join(ANCHOR_STYLES)}")
         self.strides = list(strides)
         self.offset = offset
+        self.style = style
         self.num_anchors = len(scales) * len(ratios)
-        cells = [self._cell(s, scales, ratios) for s in sizes]
+        cell = self._cell if style == "exact" else self._torchvision_cell
+        cells = [cell(s, scales, ratios) for s in sizes]
         for i, c in enumerate(cells):
             self.register_buffer(f"cell{i}", c, persistent=False)
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -49,20 +65,43 @@ class AnchorGenerator(nn.Module):
                 out.append([-w / 2, -h / 2, w / 2, h / 2])
         return torch.tensor(out, dtype=torch.float32)
 
+    @staticmethod
+    def _torchvision_cell(size: float, scales: Sequence[float], ratios: Sequence[float]) -> torch.Tensor:
+        # torchvision.models.detection.anchor_utils.AnchorGenerator.generate_anchors, in its float32
+        sizes = torch.as_tensor([int(size * s) for s in scales], dtype=torch.float32)
+        h_ratios = torch.sqrt(torch.as_tensor(list(ratios), dtype=torch.float32))
+        w_ratios = 1 / h_ratios
+        ws = (w_ratios[:, None] * sizes[None, :]).view(-1)
+        hs = (h_ratios[:, None] * sizes[None, :]).view(-1)
+        return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+    def level_strides(self, feature_shapes: Sequence[tuple[int, int]],
+                      image_size: tuple[int, int] | None) -> list[tuple[float, float]]:
+        """(stride_y, stride_x) per level: the configured strides, or torchvision's padded size //
+        grid size."""
+        if self.style == "exact":
+            return [(s, s) for s in self.strides]
+        if image_size is None:
+            raise ValueError("anchors with style='torchvision' need the padded input size (image_size=)")
+        return [(image_size[0] // h, image_size[1] // w) for h, w in feature_shapes]
+
     def cell_anchors(self) -> list[torch.Tensor]:
         return [getattr(self, f"cell{i}") for i in range(len(self.strides))]
 
-    def forward(self, feature_shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
-        """Returns one (H*W*A, 4) tensor per level; cached per shape and device."""
+    def forward(self, feature_shapes: Sequence[tuple[int, int]],
+                image_size: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Returns one (H*W*A, 4) tensor per level; cached per shape and device. ``image_size``:
+        the padded input's (H, W) (used by style='torchvision' only)."""
         device = self.cell0.device
-        key = (tuple(feature_shapes), str(device))
+        strides = self.level_strides(feature_shapes, image_size)
+        key = (tuple(feature_shapes), tuple(strides), str(device))
         hit = self._cache.get(key)
         if hit is not None:
             return list(hit)
         per_level = []
-        for (h, w), stride, cell in zip(feature_shapes, self.strides, self.cell_anchors()):
-            ys = (torch.arange(h, device=device, dtype=torch.float32) + self.offset) * stride
-            xs = (torch.arange(w, device=device, dtype=torch.float32) + self.offset) * stride
+        for (h, w), (sy, sx), cell in zip(feature_shapes, strides, self.cell_anchors()):
+            ys = (torch.arange(h, device=device, dtype=torch.float32) + self.offset) * sy
+            xs = (torch.arange(w, device=device, dtype=torch.float32) + self.offset) * sx
             cy, cx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
             per_level.append((shifts + cell.view(1, -1, 4)).reshape(-1, 4))

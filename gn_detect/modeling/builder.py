@@ -49,7 +49,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
         log.info("loaded backbone weights from %s (%s; skipped: %s)", bb.weights, weights.describe(), report)
         backbone.freeze(backbone.freeze_at)  # loading replaces nothing, but keeps the rule in one place
     fpn = FPN(backbone.output_shape(), fp.out_channels, norm=fp.norm, ws=fp.ws,
-              norm_opts=norms["fpn"].opts, top_block_in=fp.top_block_in)
+              norm_opts=norms["fpn"].opts, top_block_in=fp.top_block_in, relu_before_p7=fp.relu_before_p7)
     anchor_generator = AnchorGenerator(**OmegaConf.to_container(cfg.anchors))
     head = RetinaNetHead(fpn.out_channels, anchor_generator.num_anchors, num_classes,
                          num_convs=hd.num_convs, num_levels=len(anchor_generator.strides), norm=hd.norm,
@@ -62,8 +62,8 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
     model.norms = norms  # each component's resolved norm, for whoever asks what was built
     model.size_divisibility = size_divisibility(cfg)  # modeling/contract.py: loaders ask the same
     if model.size_divisibility % backbone.size_divisibility:
-        raise ValueError(f"model.anchors.strides: the deepest stride {model.size_divisibility} is not a multiple of "
-                         f"the backbone's size_divisibility {backbone.size_divisibility}; fix the anchor strides")
+        raise ValueError(f"model.size_divisibility: the padding multiple {model.size_divisibility} is not a multiple "
+                         f"of the backbone's size_divisibility {backbone.size_divisibility}; use a multiple of it")
     return model
 
 

@@ -69,7 +69,10 @@ def check_backbone(module: Any, name: str) -> Backbone:
 
 
 def size_divisibility(model: Any) -> int:
-    """The padding multiple of a model config (the ``model`` section): the deepest pyramid
-    stride (P7 of ``model.anchors.strides``), so every level's feature map divides evenly.
-    build_model checks that it is a multiple of the backbone's own ``size_divisibility``."""
-    return int(max(model["anchors"]["strides"]))
+    """The padding multiple of a model config (the ``model`` section): ``model.size_divisibility``
+    when set (32: detectron2's, torchvision's and mmdetection's), else the deepest pyramid stride
+    (P7 of ``model.anchors.strides``, 128 by default), so every level's feature map divides evenly
+    and a padded image's anchors do not depend on how much padding its batch got. build_model
+    checks that it is a multiple of the backbone's own ``size_divisibility``."""
+    given = model.get("size_divisibility") if hasattr(model, "get") else None
+    return int(given) if given is not None else int(max(model["anchors"]["strides"]))

@@ -29,7 +29,8 @@ class FPN(nn.Module):
     are C3, C4, C5 (their names are the backbone's own).
 
     ``top_block_in="p5"`` feeds P6 from P5 (torchvision's v1 RetinaNet only); ``"c5"`` from C5,
-    as in the paper, detectron2, torchvision v2, Detectron and mmdetection.
+    as in the paper, detectron2, torchvision v2, Detectron and mmdetection. ``relu_before_p7``:
+    P7 = conv(relu(P6)) (every source); False feeds P6 itself.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class FPN(nn.Module):
         ws: bool = False,
         norm_opts: dict[str, Any] | None = None,
         top_block_in: str = "p5",
+        relu_before_p7: bool = True,
     ) -> None:
         super().__init__()
         if top_block_in not in ("p5", "c5"):
@@ -61,6 +63,7 @@ class FPN(nn.Module):
             for i in range(len(names))
         )
         self.top_block_in = top_block_in
+        self.relu_before_p7 = relu_before_p7
         p6_in = out_channels if top_block_in == "p5" else in_channels[names[-1]]
         self.p6 = nn.Conv2d(p6_in, out_channels, 3, stride=2, padding=1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
@@ -74,5 +77,5 @@ class FPN(nn.Module):
         lat3 = self.lateral[0](c3) + F.interpolate(lat4, size=c3.shape[-2:], mode="nearest")
         p3, p4, p5 = self.output[0](lat3), self.output[1](lat4), self.output[2](lat5)
         p6 = self.p6(p5 if self.top_block_in == "p5" else c5)
-        p7 = self.p7(F.relu(p6))
+        p7 = self.p7(F.relu(p6) if self.relu_before_p7 else p6)
         return [p3, p4, p5, p6, p7]

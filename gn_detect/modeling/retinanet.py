@@ -84,7 +84,7 @@ class RetinaNet(nn.Module):
         with ws_forward_cache():  # each WS weight standardized once, though the head runs per level
             feats = self.fpn(self.backbone(x))
             logits, deltas = self.head(feats)
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in feats])
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in feats], tuple(images.shape[-2:]))
         if self.training:
             if targets is None:
                 raise ValueError("RetinaNet in training mode needs targets; call model.eval() for inference")

@@ -84,7 +84,7 @@ def test_the_padding_multiple_must_fit_the_backbone_strides():
         return Deep()
 
     try:
-        with pytest.raises(ValueError, match=r"deepest stride 32 is not a multiple of the backbone's size_divisibility 64"):
+        with pytest.raises(ValueError, match=r"padding multiple 32 is not a multiple of the backbone's size_divisibility 64"):
             build_model({"backbone": {"name": "deep"}, "anchors": {"strides": [8, 16, 32], "sizes": [32, 64, 128]}},
                         num_classes=2)
     finally:
