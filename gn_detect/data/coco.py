@@ -103,13 +103,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
         images, boxes, cat_ids = checked.images, checked.boxes, checked.cat_ids
         if filter_empty:
-            keep = [i for i, b in enumerate(boxes) if len(b)]
-            for i, e in enumerate(images):
-                if not len(boxes[i]):
-                    self.skip_log.add("filtered_empty", e["id"])
-            images = [images[i] for i in keep]
-            boxes = [boxes[i] for i in keep]
-            cat_ids = [cat_ids[i] for i in keep]
+            images, boxes, cat_ids = self._drop_empty(images, boxes, cat_ids)
         if not images:
             raise EmptyDatasetError(
                 f"{self.ann_file}: no images left to load (listed: {len(data['images'])}, "
@@ -153,6 +147,14 @@ class CocoDetection(torch.utils.data.Dataset):
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
                     self._num_boxes, self.num_classes, self.ann_file)
+
+    def _drop_empty(self, images: list, boxes: list, cat_ids: list) -> tuple[list, list, list]:
+        """The images that hold a box (data.filter_empty); the others counted as ``filtered_empty``."""
+        keep = [i for i, b in enumerate(boxes) if len(b)]
+        for i, e in enumerate(images):
+            if not len(boxes[i]):
+                self.skip_log.add("filtered_empty", e["id"])
+        return [images[i] for i in keep], [boxes[i] for i in keep], [cat_ids[i] for i in keep]
 
     # ------------------------------------------------------------------ info
 
