@@ -16,6 +16,7 @@ from gn_detect.config import ConfigError, check_output_path
 from gn_detect.data.preflight import annotation_problems
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
 from gn_detect.engine.restore import run_subfolder
+from gn_detect.engine.run_lock import links_in_run_folder
 from gn_detect.io import unwritable_folder
 from gn_detect.modeling import build_model
 
@@ -39,7 +40,10 @@ def _run_folder_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     except Exception:  # noqa: BLE001 - an interpolation only Hydra's job can resolve: Hydra checks it
         return []
     problem = _folder_problem(key, raw) if raw else None
-    return [problem] if problem else []
+    links = [] if problem or not raw else links_in_run_folder(str(raw), sweep=multirun)
+    return [problem] if problem else [f"run folder error: {p} is a symbolic link (to {os.readlink(p)}): a run never "
+                                      "writes through a link it did not create. Fix: remove the link, or give another "
+                                      f"folder ({key}=outputs/my_run)" for p in links]
 
 
 def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:

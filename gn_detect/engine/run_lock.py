@@ -27,9 +27,34 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_NAME", "RunFolderInUse", "RunLock", "pid_alive"]
+__all__ = ["LOCK_NAME", "RUN_FILES", "RunFolderInUse", "RunLock", "links_in_run_folder", "no_follow", "pid_alive"]
 
 LOCK_NAME = ".lock"
+
+
+# What a run writes in its folder (a sweep folder's runs are its subfolders): none may be a symlink
+RUN_FILES = (LOCK_NAME, "status.json", "config.yaml", "env.json", "metrics.jsonl", "data_skipped.json", "launch.log",
+             "checkpoints", "tb", ".hydra", "multirun.yaml")
+
+
+def no_follow(path: str, flags: int) -> int:
+    """An ``opener`` for ``open``: the file is never opened through a symlink (ELOOP instead)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+
+
+def links_in_run_folder(folder: str | os.PathLike, sweep: bool = False) -> list[Path]:
+    """The symlinks among the files a run writes in ``folder`` (with ``sweep``: in the folder and each
+    run subfolder; checkpoints/ included): writing through one would write outside the folder."""
+    root = Path(folder)
+    folders = [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())] if sweep and root.is_dir() \
+        else [root]
+    found = []
+    for d in folders:
+        found += [d / n for n in RUN_FILES if (d / n).is_symlink()]
+        ckpts = d / "checkpoints"
+        if ckpts.is_dir() and not ckpts.is_symlink():
+            found += [p for p in ckpts.iterdir() if p.is_symlink()]
+    return found
 
 
 class RunFolderInUse(RuntimeError):
@@ -84,7 +109,7 @@ class RunLock:
             log.warning("no fcntl on this platform: %s is not locked against a second process", self.path.parent)
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+        f = open(self.path, "a+", encoding="utf-8", opener=no_follow)  # noqa: SIM115 - held open for the whole run
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
