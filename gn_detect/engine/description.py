@@ -8,7 +8,8 @@ A checkpoint's ``description`` (gn_detect/engine/checkpoint.py) is plain data::
                "fpn": {"out_channels", "norm", "ws", "num_groups", "eps"},
                "head": {"num_convs", "norm", "ws", "num_groups", "eps", "per_level_norm", "act"},
                "num_classes": int, "categories": [{"id", "name"}, ...] in label order},
-     "version": the gn-detect package version that wrote it}
+     "version": the gn-detect package version that wrote it,
+     "data": {"train"|"val": {"file", "size", "mtime_ns", "blake2b"}} (the annotation files' fingerprints)}
 
 ``per_level_norm`` is resolved (null -> per level for bn/syncbn); ``ws`` is true for ``gn_ws``
 too; the categories are the training dataset's.
@@ -27,7 +28,8 @@ Only these keys may change when a run is resumed (``RESUME_MAY_CHANGE``, gn_dete
   already trained does not depend on it (``step_fractions`` and ``cosine`` move with it).
 
 Everything else (model, solver, data, seed, eval split and tuning, ``init_weights``, ``device``...)
-and the model description itself (e.g. the categories of the training data) must match.
+and the model description itself (e.g. the categories of the training data) must match, and so must
+the content (size and hash) of each annotation file (a json rewritten in place is other data).
 An evaluation (:func:`check_same_model`) refuses a ``run_config`` whose ``model`` section
 differs from the checkpoint's (``model.backbone.weights`` and ``weights_strict`` aside: they only
 say where a run's initial weights came from).

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gn_detect.runs import RunFolder
+from gn_detect.runs.links import no_follow
 
 try:
     import fcntl  # POSIX only
@@ -66,7 +67,7 @@ class RunLock:
             log.warning("no fcntl on this platform: %s is not locked against a second process", self.path.parent)
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+        f = open(self.path, "a+", encoding="utf-8", opener=no_follow)  # noqa: SIM115 - held open for the whole run
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from gn_detect.engine import dist as gdist
 from gn_detect.io import to_jsonable, write_json_atomic  # re-exported: one writer for all packages
 from gn_detect.runs import RunFolder
+from gn_detect.runs.links import no_follow
 from gn_detect.runs.keys import flatten
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class MetricWriter:
         self.progress = progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Append: a resumed run continues the same file (readers dedupe by iter if needed).
-        self._file = open(RunFolder(self.run_dir).metrics, "a", encoding="utf-8")
+        self._file = open(RunFolder(self.run_dir).metrics, "a", encoding="utf-8", opener=no_follow)
         if use_tensorboard:
             try:  # imported here: a missing or broken TensorBoard must not stop training
                 from torch.utils.tensorboard import SummaryWriter

@@ -15,6 +15,7 @@ from gn_detect.config import ConfigError, check_output_path, resolve_batch
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
 from gn_detect.runs import run_subfolder
 from gn_detect.runs.layout import EVALUATE
+from gn_detect.runs.links import links_in_run_folder
 from gn_detect.io import unwritable_folder
 from gn_detect.modeling import build_model
 
@@ -40,7 +41,10 @@ def _run_folder_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     except Exception:  # noqa: BLE001 - an interpolation only Hydra's job can resolve: Hydra checks it
         return []
     problem = _folder_problem(key, raw) if raw else None
-    return [problem] if problem else []
+    links = [] if problem or not raw else links_in_run_folder(str(raw), sweep=multirun)
+    return [problem] if problem else [f"run folder error: {p} is a symbolic link (to {os.readlink(p)}): a run never "
+                                      "writes through a link it did not create. Fix: remove the link, or give another "
+                                      f"folder ({key}=outputs/my_run)" for p in links]
 
 
 def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:

@@ -470,3 +470,20 @@ def test_resume_over_a_changed_training_json_is_refused_naming_the_file(tmp_path
     assert len(lines) == 1 and "data file train" in lines[0] and str(ann) in lines[0], lines
     assert "restore the annotation file" in lines[0], lines
     assert (tmp_path / "run" / "checkpoints" / "last.pth").read_bytes() == last
+
+
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "launch.log", "status.json", "checkpoints/last.pth"])
+def test_a_run_folder_file_that_is_a_symlink_is_refused_and_its_target_untouched(name: str, tmp_path: Path) -> None:
+    """Round four: a run folder whose files are symlinks to files outside it: refused in one line
+    naming the link, exit 2, before Hydra starts; the outside file is neither emptied nor appended to."""
+    root = _coco(tmp_path / "coco")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    link = tmp_path / "run" / name
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    rc, output, lines = _run("train.py", _tiny(root, "hydra.run.dir=run"), tmp_path)
+    assert rc == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert len(lines) == 1 and str(Path("run") / name) in lines[0] and "symbolic link" in lines[0], lines
+    assert outside.read_text() == "keep me\n"
