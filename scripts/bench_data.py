@@ -346,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         res.update(pycocotools_load_s=a["load_s"], pycocotools_rss_mb=a["rss_mb"])
         print(f"(a) pycocotools COCO(): {a['load_s']:.2f} s, peak RSS {a['rss_mb']:.0f} MB")
     if "b" not in skip:
-        shutil.rmtree(Path.home() / ".cache" / "gn_detect" / "verified", ignore_errors=True)
         _clear_verification(cache)
         run_dir = cache / "run"
         timeout = 60 + args.images * 0.05
@@ -387,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _clear_verification(folder: Path) -> None:
-    """Remove the verification records of the generated data, so the next start is a first start."""
-    shutil.rmtree(folder / "images" / ".gn_detect_cache", ignore_errors=True)
-    shutil.rmtree(folder / ".gn_detect_cache", ignore_errors=True)
+    """Remove the image verification record of the generated data: the next start is a first start."""
+    from gn_detect.data.checks import VerificationRecord
+
+    VerificationRecord.path_for(Path(os.path.abspath(folder / "images"))).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

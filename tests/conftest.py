@@ -9,6 +9,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# image verification records go to a cache of the test session, never to the user's ~/.cache
+# (subprocesses inherit it; tests/data/conftest.py gives each data test its own)
+if "GN_DETECT_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["GN_DETECT_CACHE"] = tempfile.mkdtemp(prefix="gn_detect_test_cache_")
 
 
 def shared_data_dir() -> Path:
