@@ -171,6 +171,16 @@ def _split(override: str) -> tuple[str, Any]:
     return key.split("@")[0], value if isinstance(value, (bool, int, float, str)) else text
 
 
+def _hparams_of(run_dir: Path) -> dict[str, Any]:
+    """:func:`swept_values`, or {} with a warning when Hydra's records cannot be read: the HParams
+    row is a view, never a reason for a run not to train."""
+    try:
+        return swept_values(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a hand-edited or foreign multirun.yaml
+        log.warning("TensorBoard HParams of %s not written (%s: %s)", run_dir, type(exc).__name__, exc)
+        return {}
+
+
 def swept_values(run_dir: str | os.PathLike) -> dict[str, Any]:
     """{swept key: this run's value} of a run of a Hydra multirun (numbers and booleans typed,
     anything else as written), for its row in TensorBoard's HParams view (the trainer hands them to
@@ -371,7 +381,7 @@ def run_job(cfg: DictConfig, parsed: ParsedFiles | None = None) -> Any:
         return None
     record_run(run_dir)
     try:
-        result = train(cfg, run_dir, base_dir, hparams=swept_values(run_dir))
+        result = train(cfg, run_dir, base_dir, hparams=_hparams_of(run_dir))
     except Exception as exc:  # noqa: BLE001 - recorded in status.json, sweep goes on
         known = isinstance(exc, _NOT_OURS) or is_disk_full(exc)  # one-line causes: no traceback
         log.error("FAILED run %s: %s: %s%s", run_dir, type(exc).__name__, exc,

@@ -12,7 +12,7 @@ builds, which then do not parse them again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from gn_detect.data.build import _read, check_shapes_root, data_config, resolve_path, split_paths
 from gn_detect.data.checks import DataError, FileKey, ParsedFiles, check_same_categories, file_key, load_coco_json, \
-    validate_coco
+    select_categories, validate_coco
 from gn_detect.data.synthetic import META_FILE
 
 __all__ = ["Parsed", "SplitSummary", "annotation_problems", "read_split"]
@@ -32,8 +32,10 @@ class SplitSummary:
     alone): its categories, the image entries a dataset can use, and how many of them hold a
     usable non-crowd box (and how many boxes)."""
 
-    def __init__(self, ann_file: Path, image_dir: Path, data: Mapping[str, Any]) -> None:
+    def __init__(self, ann_file: Path, image_dir: Path, data: Mapping[str, Any],
+                 classes: Sequence[str] | None = None) -> None:
         self.ann_file = ann_file
+        data, _ = select_categories(dict(data), classes, str(ann_file))  # data.classes, as the dataset does
         checked = validate_coco(data, image_dir, verify_images=False, source=str(ann_file), open_images=False)
         self.categories = checked.categories
         self.images = len(checked.images)
@@ -47,7 +49,7 @@ class Parsed:
     """What one pre-flight parsed: a summary per file (shared by the runs of a sweep) and, for a
     single run (``files`` not None), the parsed files for that run's dataset builds."""
 
-    summaries: dict[FileKey, SplitSummary] = field(default_factory=dict)
+    summaries: dict[tuple[FileKey, tuple[str, ...] | None], SplitSummary] = field(default_factory=dict)
     files: ParsedFiles | None = None
 
 
@@ -65,16 +67,17 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
         if not (root / META_FILE).is_file():
             return None
     ann_file = resolve_path(ann, root)
+    classes = None if c.classes is None else tuple(str(n) for n in c.classes)
     key = file_key(ann_file)  # None: load_coco_json says what is wrong
-    if key is None or key not in parsed.summaries:
+    if key is None or (key, classes) not in parsed.summaries:
         data = load_coco_json(ann_file)
-        summary = SplitSummary(ann_file, resolve_path(images, root), data)
+        summary = SplitSummary(ann_file, resolve_path(images, root), data, classes)
         if parsed.files is not None:
             parsed.files.put(ann_file, data)
         if key is not None:
-            parsed.summaries[key] = summary
+            parsed.summaries[(key, classes)] = summary
         return summary
-    return parsed.summaries[key]
+    return parsed.summaries[(key, classes)]
 
 
 def annotation_problems(cfg: DictConfig | Mapping[str, Any], *, train_split: str | None, eval_split: str | None,

@@ -59,16 +59,16 @@ Validate = Callable[[DictConfig, int], object]
 Inspect = Callable[[DictConfig, bool, int, Parsed], list[str]]
 
 
-def planned_world_size(cfg: DictConfig) -> int:
+def planned_world_size(cfg: DictConfig, multirun: bool = True) -> int:
     """The number of processes a run of ``cfg`` will have: ``WORLD_SIZE`` under torchrun (or an
-    srun step that sets it), else the tasks a submitit Slurm launcher starts per job
-    (``hydra.launcher.nodes`` x ``tasks_per_node``), else 1."""
+    srun step that sets it), else for a multirun the tasks a submitit launcher starts per job
+    (``hydra.launcher.nodes`` x ``tasks_per_node``; a single run ignores the launcher), else 1."""
     if os.environ.get("WORLD_SIZE"):
         try:
             return max(1, int(os.environ["WORLD_SIZE"]))
         except ValueError:
             return 1
-    launcher = OmegaConf.select(cfg, "hydra.launcher", default=None) if isinstance(cfg, DictConfig) else None
+    launcher = OmegaConf.select(cfg, "hydra.launcher", default=None) if multirun and isinstance(cfg, DictConfig) else None
     if launcher is not None and "tasks_per_node" in launcher:
         try:
             return max(1, int(launcher.get("nodes") or 1) * int(launcher.tasks_per_node or 1))
@@ -142,7 +142,7 @@ def command_line_problems(config_dir: str, config_name: str, argv: Sequence[str]
                 cfg = compose(config_name=config_name, overrides=combo, return_hydra_config=True)
                 if foreign := foreign_targets(cfg):  # before anything else reads the config: nothing runs
                     return foreign
-                world_size = planned_world_size(cfg)
+                world_size = planned_world_size(cfg, multirun)
                 if inspect is None:
                     with open_dict(cfg):
                         del cfg["hydra"]

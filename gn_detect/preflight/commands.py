@@ -5,6 +5,7 @@ the model is built on PyTorch's ``meta`` device (shapes only), so a GroupNorm wh
 does not divide a layer's channels is found in milliseconds, named with its key."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 

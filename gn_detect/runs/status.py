@@ -38,7 +38,7 @@ def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The status of ``run_dir``; {} when there is none or it cannot be read."""
     try:
         return load_status(run_dir) or {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return {}
 
 
@@ -86,7 +86,7 @@ def owner_gone(status: dict[str, Any]) -> bool:
     try:
         if int(status["pid"]) <= 0:
             return False
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a pid of Infinity
         return False
     return not pid_alive(status["pid"])
 

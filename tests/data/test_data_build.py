@@ -209,3 +209,22 @@ def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, ti
     annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, parsed=sweep)
     annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, parsed=sweep)
     assert len(parsed) == 6 and sweep.files is None
+
+
+def test_the_preflight_selects_data_classes_as_the_dataset_does(coco128: Path) -> None:
+    """data.classes: the pre-flight's summary holds the classes (and boxes) the dataset will train on,
+    so the model's class count and the split checks are the run's."""
+    from gn_detect.preflight import Parsed, annotation_problems
+
+    cfg = {"name": "coco", "root": str(coco128.parent), "verify_images": False, "filter_empty": False,
+           "train": {"images": "coco128/train2017", "ann": "coco128/annotations/instances_train2017.json"},
+           "val": {"images": "coco128/train2017", "ann": "coco128/annotations/instances_train2017.json"},
+           "classes": ["person"]}
+    parsed = Parsed()
+    problems, summary = annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, parsed=parsed)
+    dataset = build_dataset(cfg, "train")
+    assert problems == [] and [c["name"] for c in summary.categories] == ["person"] == dataset.class_names
+    assert summary.boxes == dataset.num_annotations
+    _, everything = annotation_problems({**cfg, "classes": None}, train_split="train", eval_split=None,
+                                        base_dir=None, parsed=parsed)
+    assert len(everything.categories) > 1 and everything.boxes > summary.boxes  # another key: not the cached one
