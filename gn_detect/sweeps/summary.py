@@ -93,7 +93,7 @@ def aggregate(done_runs: list[Run]) -> list[dict[str, Any]]:
             row[f"{m}_mean"] = mean
             row[f"{m}_std"] = std
             row[f"{m}_n"] = k
-            if k < len(runs):
+            if k < len(runs) and not (k == 0 and m in ADDED_METRICS):  # runs from before a metric existed
                 notes.append(f"{m} missing for {len(runs) - k} of {len(runs)} runs")
         seeds = [r.seed for r in runs]
         dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
@@ -137,6 +137,8 @@ def fmt(v: Any) -> str:
 
 
 # Metrics that evaluation writes as fractions in [0, 1]; the tables show them in percent.
+# Metrics newer than some run folders a report may read: absent from every run of a row is no news.
+ADDED_METRICS = ("label_baseline_precision",)
 PERCENT_METRICS = ("AP", "AP50", "label_recall", "label_precision", "label_baseline_precision", "box_recall",
                    "box_precision")
 # Decimals of the other metrics in the tables (img/s, MB).
