@@ -197,12 +197,24 @@ def _code_from_a_preset(target: str, node: str) -> Callable[[Path], tuple[str, l
     return case
 
 
+def _log_file_from_a_preset(tmp: Path) -> tuple[str, list[str], int, list[str]]:
+    """A preset whose logging config writes a file outside the run folder: refused like a _target_."""
+    root = _coco(tmp / "coco")
+    (tmp / "mine" / "data").mkdir(parents=True)
+    (tmp / "mine" / "data" / "mine.yaml").write_text(
+        f"# @package _global_\ndata:\n  name: coco\n  root: {root}\nhydra:\n  job_logging:\n    handlers:\n"
+        f"      file:\n        filename: {tmp / 'elsewhere.log'}\n")
+    args = ["--config-dir", str(tmp / "mine"), *[a for a in _tiny(root) if not a.startswith("data=")], "data=mine"]
+    return "train.py", args, 2, ["config error: hydra.job_logging.handlers.file.filename:", "Fix: log files go in"]
+
+
 CASES: dict[str, Callable[..., tuple[str, list[str], int, list[str]]]] = {
     "config_values_out_of_range": _config_values_out_of_range,
     "list_item_below_minimum": _list_item_below_minimum,
     "huge_integer_in_the_json": _huge_integer_in_the_json,
     "callback_from_a_preset": _code_from_a_preset("numpy.savetxt", "callbacks"),
     "blocklisted_callback_from_a_preset": _code_from_a_preset("os.system", "callbacks"),
+    "log_file_from_a_preset": _log_file_from_a_preset,
     "config_error_before_unreadable_image": _config_error_before_unreadable_image,
     "every_problem_at_once": _every_problem_at_once,
     "truncated_and_empty_annotations": _truncated_and_empty_annotations,
