@@ -169,6 +169,8 @@ def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock
         logging.getLogger("gn_detect").setLevel(logging.WARNING)
     device = resolve_device(cfg.device, info.device)
     batch = validate_train_config(cfg, info.world_size)
+    log.info("batch: %d images per step (%d per device x %d process(es)); a BN statistics group sees %s",
+             batch.ims_per_batch, batch.ims_per_device, batch.world_size, batch.images_per_group)
     resolve_conventions(cfg.model)  # null model.input / stride_in_1x1 from the weights file; norm fit checked
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["solver"]["ims_per_batch"] = batch.ims_per_batch  # record the derived value

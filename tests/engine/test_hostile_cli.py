@@ -183,28 +183,29 @@ def _huge_integer_in_the_json(tmp: Path) -> tuple[str, list[str], int, list[str]
     return "train.py", _tiny(root), 2, ["instances_train2017.json: a number in the JSON cannot be read", "Fix:"]
 
 
+def _preset_train(tmp: Path, hydra_node: str) -> list[str]:
+    """train.py's arguments with a preset in --config-dir: data from a tiny coco, plus ``hydra_node``
+    (YAML lines under ``hydra:``, indented two spaces)."""
+    root = _coco(tmp / "coco")
+    (tmp / "mine" / "data").mkdir(parents=True)
+    (tmp / "mine" / "data" / "mine.yaml").write_text(
+        f"# @package _global_\ndata:\n  name: coco\n  root: {root}\nhydra:\n{hydra_node}")
+    return ["--config-dir", str(tmp / "mine"), *[a for a in _tiny(root) if not a.startswith("data=")], "data=mine"]
+
+
 def _code_from_a_preset(target: str, node: str) -> Callable[[Path], tuple[str, list[str], int, list[str]]]:
     """A preset in --config-dir naming a callable that is not the project's own: refused in one
     line, exit 2, before anything runs (numpy.savetxt would have written ``pwned.txt``)."""
     def case(tmp: Path) -> tuple[str, list[str], int, list[str]]:
-        root = _coco(tmp / "coco")
-        (tmp / "mine" / "data").mkdir(parents=True)
-        (tmp / "mine" / "data" / "mine.yaml").write_text(
-            f"# @package _global_\ndata:\n  name: coco\n  root: {root}\nhydra:\n  {node}:\n    evil:\n"
-            f"      _target_: {target}\n      fname: {tmp / 'pwned.txt'}\n      X: [1]\n")
-        args = ["--config-dir", str(tmp / "mine"), *[a for a in _tiny(root) if not a.startswith("data=")], "data=mine"]
+        args = _preset_train(tmp, f"  {node}:\n    evil:\n      _target_: {target}\n      fname: {tmp / 'pwned.txt'}\n"
+                                  "      X: [1]\n")
         return "train.py", args, 2, [f"config error: hydra.{node}.evil._target_: '{target}'", "Fix: remove"]
     return case
 
 
 def _log_file_from_a_preset(tmp: Path) -> tuple[str, list[str], int, list[str]]:
     """A preset whose logging config writes a file outside the run folder: refused like a _target_."""
-    root = _coco(tmp / "coco")
-    (tmp / "mine" / "data").mkdir(parents=True)
-    (tmp / "mine" / "data" / "mine.yaml").write_text(
-        f"# @package _global_\ndata:\n  name: coco\n  root: {root}\nhydra:\n  job_logging:\n    handlers:\n"
-        f"      file:\n        filename: {tmp / 'elsewhere.log'}\n")
-    args = ["--config-dir", str(tmp / "mine"), *[a for a in _tiny(root) if not a.startswith("data=")], "data=mine"]
+    args = _preset_train(tmp, f"  job_logging:\n    handlers:\n      file:\n        filename: {tmp / 'elsewhere.log'}\n")
     return "train.py", args, 2, ["config error: hydra.job_logging.handlers.file.filename:", "Fix: log files go in"]
 
 
