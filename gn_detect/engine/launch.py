@@ -53,6 +53,7 @@ from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, hand_over_preemption, preempt_signal
 from gn_detect.engine.evaluate import NothingEvaluated, evaluate_checkpoint
+from gn_detect.engine.hydra_writes import disk_full_in_one_line
 from gn_detect.engine.train_loop import BatchTooLargeError, NonFiniteLossError
 from gn_detect.engine.trainer import ResumeRefusedError, RunFolderInUse, train
 from gn_detect.io import DiskFullError, is_disk_full, write_text_atomic
@@ -434,8 +435,9 @@ def main() -> Any:
     """tools/train.py: one-line config errors before Hydra starts, then the run or sweep, then
     the exit status (module docstring)."""
     parsed = preflight(CONFIG_DIR, "config", validate_train_config, train_problems).files
-    result = hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(
-        lambda cfg: run_job(cfg, parsed))()
+    with disk_full_in_one_line():  # Hydra's own multirun.yaml and .hydra/ writes
+        result = hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(
+            lambda cfg: run_job(cfg, parsed))()
     if _OUTCOME.exit_code:
         if _OUTCOME.exit_code != 2:  # a refusal has printed its line; otherwise say what happened last
             print(f"gn-detect: {_OUTCOME.reason}", file=sys.stderr, flush=True)
@@ -448,5 +450,6 @@ def main() -> Any:
 def evaluate_main() -> Any:
     """tools/evaluate.py."""
     parsed = preflight(CONFIG_DIR, "evaluate", validate_evaluate_config, evaluate_problems).files
-    return hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")(
-        lambda cfg: _evaluate(cfg, parsed))()
+    with disk_full_in_one_line():
+        return hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")(
+            lambda cfg: _evaluate(cfg, parsed))()

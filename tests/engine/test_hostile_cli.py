@@ -500,3 +500,40 @@ def test_a_run_folder_file_that_is_a_symlink_is_refused_and_its_target_untouched
     assert "Traceback" not in output, output[-3000:]
     assert len(lines) == 1 and str(Path("run") / name) in lines[0] and "symbolic link" in lines[0], lines
     assert outside.read_text() == "keep me\n"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Callable[[str], Path]:
+    """A real full disk: a tmpfs of the given size mounted under tmp_path (needs the right to
+    mount, as root on the CI machine; skipped elsewhere), unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"disk_{size}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize("size", ["8k", "64k", "2m"])
+def test_a_sweep_on_a_full_disk_ends_in_one_line_exit_1(size: str, tmp_path: Path, small_disk) -> None:
+    """Round four: a sweep folder on a disk that fills up (a real tmpfs of 8k: Hydra's multirun.yaml;
+    64k: a job's .hydra/ record; 2m: a checkpoint). Whoever wrote, the command exits 1, its last line
+    names the full disk and a file, a one-line message gives the fix; no traceback (was: Hydra's stack)."""
+    root = _coco(tmp_path / "coco")
+    disk = small_disk(size)
+    rc, output, _ = _run("train.py", ["-m", *_tiny(root), "seed=0,1", f"hydra.sweep.dir={disk / 'sw'}"], tmp_path,
+                         timeout=300)
+    assert rc == 1, output[-3000:]
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output[-3000:]
+    said = [ln for ln in output.splitlines() if ln.startswith(("gn-detect:", "[gn-detect]"))]
+    assert "no space left on device" in said[-1] and str(disk) in said[-1], said  # the last line: the cause
+    assert any("no space left on device" in ln and "Fix: free space" in ln for ln in said), said  # and the fix
