@@ -27,7 +27,7 @@ _RATIOS, _NUM_SCALES = (0.5, 1.0, 2.0), 3
 _D2_CELL = [(r, s) for s in range(_NUM_SCALES) for r in (0.5, 1.0, 2.0)]   # DefaultAnchorGenerator: size-major
 _C2_CELL = [(r, s) for s in range(_NUM_SCALES) for r in (1.0, 2.0, 0.5)]   # octave-major, ASPECT_RATIOS (1, 2, 0.5)
 
-# Conventions both sources share with gn-detect's RetinaNet (model.-relative keys).
+# Conventions both sources built their RetinaNets with (model.-relative keys).
 _RETINANET = {"fpn.top_block_in": "c5", "fpn.relu_before_p7": True, "fpn.norm": "none", "head.norm": "none",
               "backbone.norm": norm_for("scale_shift"), "anchors.sizes": [32.0, 64.0, 128.0, 256.0, 512.0],
               "anchors.strides": [8, 16, 32, 64, 128], "anchors.scales": [2 ** (k / 3) for k in range(_NUM_SCALES)],

@@ -190,6 +190,13 @@ def test_conventions_are_schema_keys_with_allowed_values(source, d2_file, c2_fil
     assert {k: md.conventions[k] for k in expected} == expected
 
 
+def test_a_detectron2_pth_of_tensors_maps_as_its_pkl_of_arrays(shapes, d2_file):
+    tensors = map_detectron2(_file(shapes, _d2_name, numpy=False)).state_dict
+    arrays = map_detectron2(d2_file).state_dict
+    assert tensors.keys() == arrays.keys()
+    assert all(torch.equal(tensors[k], arrays[k]) for k in arrays)  # same seed, same values, same permutation
+
+
 def test_a_detectron2_file_states_its_pixel_mean(d2_file):
     file = dict(d2_file, pixel_mean=np.array([[[1.0]], [[2.0]], [[3.0]]], dtype=np.float32))
     assert map_detectron2(file).conventions["input.pixel_mean"] == [1.0, 2.0, 3.0]
