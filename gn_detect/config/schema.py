@@ -16,7 +16,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head.act": ("relu", "none", "pn_relu"),
     "model.input.format": ("RGB", "BGR"),
     "model.fpn.top_block_in": ("p5", "c5"),
-    "model.anchors.style": ("exact", "torchvision"),
+    "model.anchors.style": ("exact", "torchvision", "detectron"),
     "model.test.clip": ("before_nms", "after_nms"),
     "model.loss.box_loss": ("smooth_l1", "giou"),
     "model.loss.normalizer": ("ema", "batch"),
@@ -100,7 +100,8 @@ class AnchorsConfig:
     ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     offset: float = 0.0                  # anchor centres at (i + offset) * stride; 0.0 as torchvision/detectron2
     style: str = "exact"                 # exact: sizes as given; torchvision: its integer sizes, rounded
-                                         # corners, stride = padded size // grid (modeling/anchors.py)
+                                         # corners, stride = padded size // grid; detectron: Detectron's
+                                         # generate_anchors, rounded (modeling/anchors.py)
 
 
 @dataclass

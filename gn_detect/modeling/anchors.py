@@ -24,7 +24,15 @@ class AnchorGenerator(nn.Module):
     reproduces torchvision's AnchorGenerator as its RetinaNets configure it: each size x scale
     truncated to an integer (``int(32 * 2 ** (1/3)) = 40``), cell corners rounded, and each
     level's stride taken as padded input size // grid size per axis (so at 480x640 P6/P7 have
-    vertical strides 60 and 120); ``forward`` then needs ``image_size``.
+    vertical strides 60 and 120); ``forward`` then needs ``image_size``. ``"detectron"`` is
+    Detectron's ``generate_anchors`` (its RetinaNet's cell anchors): a ``stride x stride`` base box
+    ``[0, 0, stride-1, stride-1]``, its width and height for each ratio rounded at that base size
+    (``round(sqrt(stride**2 / ratio))``, then ``round(w * ratio)``, half to even as ``np.round``),
+    scaled by ``size * scale / stride`` about the base box's centre ``(stride-1)/2``. Detectron's
+    corners are inclusive (its width is ``x2 - x1 + 1``); they are returned as continuous corners
+    ``(x1, y1, x2 + 1, y2 + 1)``, which gn-detect's box coder (width ``x2 - x1``) decodes exactly as
+    Detectron's ``+1`` coder does, giving Detectron's boxes as its COCO results write them
+    (docs/weights.md "Detector parity switches").
     """
 
     def __init__(
@@ -47,8 +55,9 @@ class AnchorGenerator(nn.Module):
         self.offset = offset
         self.style = style
         self.num_anchors = len(scales) * len(ratios)
-        cell = self._cell if style == "exact" else self._torchvision_cell
-        cells = [cell(s, scales, ratios) for s in sizes]
+        cells = [self._detectron_cell(size, stride, scales, ratios) if style == "detectron"
+                 else (self._cell if style == "exact" else self._torchvision_cell)(size, scales, ratios)
+                 for size, stride in zip(sizes, strides)]
         for i, c in enumerate(cells):
             self.register_buffer(f"cell{i}", c, persistent=False)
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -75,11 +84,26 @@ class AnchorGenerator(nn.Module):
         hs = (h_ratios[:, None] * sizes[None, :]).view(-1)
         return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
+    @staticmethod
+    def _detectron_cell(size: float, stride: int, scales: Sequence[float],
+                        ratios: Sequence[float]) -> torch.Tensor:
+        # Detectron's generate_anchors(stride, sizes=(size * scale,), aspect_ratios=(ratio,)), in float64
+        ctr = (stride - 1) / 2
+        out = []
+        for r in ratios:
+            w0 = round(math.sqrt(stride * stride / r))  # Python's round is half to even, as np.round
+            h0 = round(w0 * r)
+            for s in scales:
+                k = size * s / stride
+                hw, hh = 0.5 * (w0 * k - 1), 0.5 * (h0 * k - 1)
+                out.append([ctr - hw, ctr - hh, ctr + hw + 1, ctr + hh + 1])  # inclusive -> continuous
+        return torch.tensor(out, dtype=torch.float64).float()
+
     def level_strides(self, feature_shapes: Sequence[tuple[int, int]],
                       image_size: tuple[int, int] | None) -> list[tuple[float, float]]:
         """(stride_y, stride_x) per level: the configured strides, or torchvision's padded size //
         grid size."""
-        if self.style == "exact":
+        if self.style != "torchvision":
             return [(s, s) for s in self.strides]
         if image_size is None:
             raise ValueError("anchors with style='torchvision' need the padded input size (image_size=)")
