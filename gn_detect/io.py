@@ -1,6 +1,6 @@
 """Strict JSON out: ``to_jsonable`` and the one atomic writer every package uses (``atomic_open``
-for text, ``write_json_atomic`` for JSON); and :class:`DiskFullError`, what every atomic writer
-(these, checkpoints) raises on ENOSPC.
+for text, ``write_json_atomic`` for JSON); :class:`DiskFullError`, what every atomic writer
+(these, checkpoints) raises on ENOSPC; and ``parse_json``, the fast reader of large jsons.
 
 Lives at the package root so that data, evaluation, sweeps and engine share it without data
 or evaluation depending on engine. No torch import: tensors and NumPy values are recognised
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import hashlib
 import json
 import math
@@ -20,8 +21,44 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["DiskFullError", "atomic_open", "is_disk_full", "to_jsonable", "unwritable_file", "unwritable_folder",
-           "write_json_atomic", "write_text_atomic"]
+__all__ = ["DiskFullError", "atomic_open", "is_disk_full", "parse_json", "to_jsonable", "unwritable_file",
+           "unwritable_folder", "write_json_atomic", "write_text_atomic"]
+
+try:  # C parser: a 448 MB COCO train json in about half of json's time
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - an install without it reads the same values, slower
+    _orjson = None
+
+
+_DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digits to b"0", all else to b" "
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off within (on again after, if it was on): building millions
+    of small objects (a COCO json's dicts) otherwise triggers full collections over all of them,
+    which costs more than the building itself. Nothing built there forms reference cycles."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """``json.loads(raw)``'s value, with orjson's speed when it is installed. What orjson reads
+    differently or refuses goes to ``json.loads`` (a run of 19+ digits: orjson reads some as a
+    float where json reads an int or fails; syntax errors, NaN, ...), so the value or the exception
+    (and its message) is always json's."""
+    with paused_gc():
+        if _orjson is not None and isinstance(raw, bytes) and b"0" * 19 not in raw.translate(_DIGITS):
+            try:
+                return _orjson.loads(raw)
+            except _orjson.JSONDecodeError:
+                pass
+        return json.loads(raw)
 
 
 class DiskFullError(OSError):

@@ -80,3 +80,42 @@ def test_unwritable_folder_and_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # the probe files are gone, nothing made
     if Path("/proc/self").is_dir():  # no file can be created there, not even by root
         assert "/proc is not writable" in unwritable_folder("/proc/gn_detect_run")
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"images": [{"id": 1, "width": 640.0}], "x": [1.5, -0.0, 1e-7, 0.1, 123456789.123456789]}',
+    b'[' + b'9' * 19 + b', -' + b'9' * 19 + b']',         # 64-bit range: orjson's ints
+    b'[' + b'1' * 25 + b']',                                # beyond: json's int, not orjson's float
+    b'[' + b'1' * 5000 + b']',                              # beyond Python's int-string limit: json's error
+    b'{"a": NaN, "b": Infinity, "c": 1e400}',               # json's extensions
+    b'{"a": 1, "a": 2}', b'"\\ud800"', '{"\u00e9": "\u4e2d"}'.encode(), b'\xef\xbb\xbf{}',
+    b'{"a": 1', b'', b'[1,]', '{"a": 1}'.encode("utf-16"),
+])
+def test_parse_json_is_json_loads(raw: bytes) -> None:
+    """parse_json (orjson when installed) gives json.loads' value, or raises its exception with its
+    message, on what orjson reads differently or refuses."""
+    from gn_detect.io import parse_json
+
+    try:
+        want: object = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        with pytest.raises(type(e)) as info:
+            parse_json(raw)
+        assert str(info.value) == str(e)
+        return
+    got = parse_json(raw)
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+    assert type(got) is type(want)
+
+
+def test_parse_json_reads_real_coco_files_as_json_does() -> None:
+    """Every value of coco128's and tiny_coco's instances files (floats, unicode) is json's."""
+    from gn_detect.io import parse_json
+    from tests.data.conftest import shared_data_dir
+
+    files = sorted(shared_data_dir().glob("*/annotations/instances_*.json"))
+    if not files:
+        pytest.skip("no shared COCO files")
+    for f in files:
+        raw = f.read_bytes()
+        assert parse_json(raw) == json.loads(raw), f

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from gn_detect.config.schema import CHOICES, DataConfig
+from gn_detect.io import paused_gc
 
 from .checks import ParsedFiles, categories_of, load_coco_json, select_categories
 from .coco import CocoDetection
@@ -168,14 +169,15 @@ def build_dataset(
     images, ann = split_paths(c, split)
     if c.name == "shapes":
         _ensure_shapes(c, root, base_dir)
-    return CocoDetection(
-        resolve_path(images, root),
-        resolve_path(ann, root),
-        transform=build_transform(c, train),
-        filter_empty=c.filter_empty and train,
-        verify_images=c.verify_images,
-        name=f"{c.name}_{split}",
-        parsed=parsed,
-        decode=c.decode,
-        classes=c.get("classes"),
-    )
+    with paused_gc():  # the dataset's records: hundreds of thousands of new objects, no cycles
+        return CocoDetection(
+            resolve_path(images, root),
+            resolve_path(ann, root),
+            transform=build_transform(c, train),
+            filter_empty=c.filter_empty and train,
+            verify_images=c.verify_images,
+            name=f"{c.name}_{split}",
+            parsed=parsed,
+            decode=c.decode,
+            classes=c.get("classes"),
+        )

@@ -60,6 +60,23 @@ _MAX_FALLBACKS = 8
 
 
 
+class _AnnotationColumns:
+    """Checked annotations (data/checks.py: the fields box evaluation reads) as flat arrays;
+    ``records()`` gives the dicts back, equal in value (an int area below 2**53 stays an int)."""
+
+    def __init__(self, annotations: list[dict[str, Any]]) -> None:
+        self._ints = np.asarray([(a["id"], a["image_id"], a["category_id"], a["iscrowd"]) for a in annotations],
+                                dtype=np.int64).reshape(-1, 4)
+        self._bbox = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+        self._area = np.asarray([a["area"] for a in annotations], dtype=np.float64)
+        self._area_is_int = np.asarray([type(a["area"]) is int for a in annotations], dtype=bool)
+
+    def records(self) -> list[dict[str, Any]]:
+        areas = [int(v) if i else v for v, i in zip(self._area.tolist(), self._area_is_int.tolist())]
+        return [{"id": i, "image_id": im, "category_id": c, "bbox": b, "area": ar, "iscrowd": cr}
+                for (i, im, c, cr), b, ar in zip(self._ints.tolist(), self._bbox.tolist(), areas)]
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Detection dataset over an images folder and a COCO instances json.
 
@@ -96,7 +113,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.decode = decode
 
         data, other = select_categories(load_coco_json(self.ann_file, parsed), classes, str(self.ann_file))  # data.classes
-        checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file))
+        checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file),
+                                json_checked=None if parsed is None else parsed.take_checked(self.ann_file, classes))
         self.skip_log: SkipLog = checked.skips
         for ann_id in other:
             self.skip_log.add("other_class", ann_id)
@@ -134,15 +152,14 @@ class CocoDetection(torch.utils.data.Dataset):
 
         # .coco holds exactly the dataset's images and the checked annotations (crowd included,
         # boxes clipped), so COCOeval sees the same ground truth the model was trained against.
-        # Built on first use only (evaluation); until then it is one pickled bytes object.
+        # Built on first use only (evaluation); until then the images are the records above and
+        # the annotations flat arrays (no per-annotation objects: cheap to build, shared pages).
         kept = set(self._ids.tolist())
-        clean = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
-        clean["categories"] = self.categories
-        clean["images"] = images
-        clean["annotations"] = [a for a in checked.annotations if a["image_id"] in kept]
-        self._coco_source: bytes | None = pickle.dumps(clean, protocol=pickle.HIGHEST_PROTOCOL)
+        other = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+        self._coco_other: bytes | None = pickle.dumps(other, protocol=pickle.HIGHEST_PROTOCOL)  # info, licenses
+        self._gt = _AnnotationColumns([a for a in checked.annotations if a["image_id"] in kept])
         self._coco = None
-        del data, checked, clean, images, boxes, cat_ids
+        del data, checked, other, images, boxes, cat_ids
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
@@ -177,8 +194,10 @@ class CocoDetection(torch.utils.data.Dataset):
         """pycocotools ``COCO`` of exactly the dataset's images and checked annotations (crowd
         included); built on first use, so training workers never hold one."""
         if self._coco is None:
-            source, self._coco_source = self._coco_source, None
-            self._coco = coco_from_dict(pickle.loads(source))
+            dataset = pickle.loads(self._coco_other)
+            dataset.update(categories=self.categories, images=list(self._records), annotations=self._gt.records())
+            self._coco_other = self._gt = None
+            self._coco = coco_from_dict(dataset)
         return self._coco
 
     @property

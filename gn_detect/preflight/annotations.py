@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gn_detect.data.build import _read, check_shapes_root, data_config, resolve_path, split_paths
-from gn_detect.data.checks import DataError, FileKey, ParsedFiles, check_same_categories, file_key, load_coco_json, \
+from gn_detect.data.checks import CheckedCoco, DataError, FileKey, ParsedFiles, check_same_categories, file_key, load_coco_json, \
     select_categories, validate_coco
 from gn_detect.data.synthetic import META_FILE
 
@@ -37,6 +37,7 @@ class SplitSummary:
         self.ann_file = ann_file
         data, _ = select_categories(dict(data), classes, str(ann_file))  # data.classes, as the dataset does
         checked = validate_coco(data, image_dir, verify_images=False, source=str(ann_file), open_images=False)
+        self.checked: CheckedCoco | None = checked  # handed to a single run's dataset build, then dropped
         self.categories = checked.categories
         self.images = len(checked.images)
         self.images_with_boxes = sum(1 for b in checked.boxes if len(b))
@@ -73,7 +74,8 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
         data = load_coco_json(ann_file)
         summary = SplitSummary(ann_file, resolve_path(images, root), data, classes)
         if parsed.files is not None:
-            parsed.files.put(ann_file, data)
+            parsed.files.put(ann_file, data, summary.checked, classes)
+        summary.checked = None  # a sweep's summaries are kept for its runs: not the whole json's checks
         if key is not None:
             parsed.summaries[(key, classes)] = summary
         return summary

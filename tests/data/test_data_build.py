@@ -181,7 +181,7 @@ def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, ti
     from gn_detect.preflight import Parsed, annotation_problems
 
     parsed: list[int] = []
-    loads = checks.json.loads
+    loads = checks.parse_json
 
     def counting(raw, *a, **k):
         out = loads(raw, *a, **k)
@@ -189,7 +189,7 @@ def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, ti
             parsed.append(len(raw))
         return out
 
-    monkeypatch.setattr(checks.json, "loads", counting)
+    monkeypatch.setattr(checks, "parse_json", counting)
     val_ann = tmp_path / "instances_val2017.json"
     val_ann.write_bytes((tiny_coco / "annotations" / "instances_val2017.json").read_bytes())
     cfg = {"name": "coco", "root": str(coco128.parent), "verify_images": False, "filter_empty": False,
@@ -228,3 +228,42 @@ def test_the_preflight_selects_data_classes_as_the_dataset_does(coco128: Path) -
     _, everything = annotation_problems({**cfg, "classes": None}, train_split="train", eval_split=None,
                                         base_dir=None, parsed=parsed)
     assert len(everything.categories) > 1 and everything.boxes > summary.boxes  # another key: not the cached one
+
+
+@pytest.mark.parametrize("break_it", [False, True])
+def test_a_handed_over_json_check_gives_the_dataset_a_fresh_build_gives(break_it: bool, coco128: Path,
+                                                                        tmp_path: Path, monkeypatch) -> None:
+    """The pre-flight's json-only checks are handed to the build with the parsed file: when the image
+    checks keep the same images, the annotation pass is taken, not repeated; when they drop one (a
+    missing file), it runs again. Either way the dataset (items' boxes, .coco, skip counts) equals
+    one built without a hand-over."""
+    from gn_detect.data import checks
+    from gn_detect.data.build import build_dataset
+    from gn_detect.preflight import Parsed, annotation_problems
+
+    images = tmp_path / "train2017"
+    images.mkdir()
+    for p in sorted((coco128 / "train2017").iterdir())[:40]:
+        (images / p.name).symlink_to(p)
+    data = json.loads((coco128 / "annotations" / "instances_train2017.json").read_text())
+    kept = {p.name for p in images.iterdir()}
+    data["images"] = [e for e in data["images"] if e["file_name"] in kept]
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    if break_it:
+        (images / data["images"][3]["file_name"]).unlink()
+    cfg = {"name": "coco", "root": str(tmp_path), "verify_images": False, "filter_empty": True,
+           "train": {"images": "train2017", "ann": "ann.json"}, "min_size_train": [64], "max_size": 96}
+    passes = []
+    real = checks._check_annotations
+    monkeypatch.setattr(checks, "_check_annotations", lambda *a: passes.append(1) or real(*a))
+    single = Parsed(files=checks.ParsedFiles())
+    problems, _ = annotation_problems(cfg, train_split="train", eval_split=None, base_dir=None, parsed=single)
+    assert problems == [] and len(passes) == 1
+    handed = build_dataset(cfg, "train", parsed=single.files)
+    assert len(passes) == (2 if break_it else 1)
+    fresh = build_dataset(cfg, "train")
+    assert handed.skipped == fresh.skipped and (handed.skipped["missing_image"] == 1) == break_it
+    assert handed.skip_log.examples == fresh.skip_log.examples
+    assert len(handed) == len(fresh) and all(
+        (handed.annotations(i)[0] == fresh.annotations(i)[0]).all() for i in range(len(fresh)))
+    assert handed.coco.dataset == fresh.coco.dataset
