@@ -94,7 +94,7 @@ class _Run:
     resume: dict[str, Any] | None  # content of checkpoints/last.pth when this start resumes it
     init_path: Path | None         # init_weights (resolved against base_dir) for a new run ...
     init: dict[str, Any] | None    # ... and its content
-    hparams: dict[str, Any] | None = None  # a sweep run's swept values, for TensorBoard's HParams view
+    hparams: dict[str, Any] | None = None  # its row in TensorBoard's HParams view (launch.py: run_hparams)
     parsed: ParsedFiles | None = None      # annotation files the pre-flight parsed for this run
 
 
@@ -385,7 +385,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     should exit with (128 + signal number after a signal)}`` after a stop.
 
     ``hooks`` are added to the standard ones, before MetricsWriter (which stays last); ``hparams``:
-    a sweep run's swept values, written with its final metrics for TensorBoard's HParams view;
+    its row in TensorBoard's HParams view (launch.py: run_hparams), written with its final metrics;
     ``parsed``: the annotation files the command's pre-flight parsed (gn_detect/preflight/). A
     :class:`StopRequested` raised before the loop (the launcher's signal handler) ends it
     'interrupted' (returned as after a stop). Any failure, start-up included (bad config,

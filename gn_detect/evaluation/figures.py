@@ -1,5 +1,6 @@
 """Figures of the evaluation report: PR curves, and example images with their GT and predicted
-boxes labelled without overlaps.
+boxes labelled without overlaps; the iteration axis and lines every curve over training shares
+(a run's curves.png, the sweep report's loss_curves.png).
 
 matplotlib through an Agg canvas of its own (works without a display; pyplot and the global
 backend are not touched, so importing this module changes nothing for the caller).
@@ -18,12 +19,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 from matplotlib.transforms import Bbox
 from gn_detect.image_io import read_rgb
 from gn_detect.evaluation.events import Counts, Events
 from gn_detect.evaluation.matching import FP, IGNORED, BoxMatches, GroundTruth
 
-__all__ = ["class_colors", "draw_examples", "label_extent", "plot_examples", "plot_pr_curves"]
+__all__ = ["class_colors", "draw_examples", "iteration_axis", "iteration_line", "label_extent", "plot_examples",
+           "plot_pr_curves"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,31 @@ def plot_pr_curves(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return ks
+
+
+MARKER_MAX_POINTS = 40  # a line of at most this many records gets a marker per record
+
+
+def iteration_line(ax, iters: Sequence[float], values: Sequence[float], **kwargs: Any) -> None:
+    """One curve over training iterations: a thin line, a marker per record when it has few
+    (at most MARKER_MAX_POINTS, so a run of a few records still shows its points)."""
+    kwargs.setdefault("linewidth", 1.0)
+    ax.plot(iters, values, marker="o" if len(iters) <= MARKER_MAX_POINTS else None, markersize=4, clip_on=False,
+            **kwargs)
+
+
+def iteration_axis(ax, iters: Sequence[int]) -> None:
+    """x from the first to the last recorded iteration (half a step either side of a single
+    one), integer ticks written as integers, no offset or scientific notation."""
+    lo, hi = int(min(iters)), int(max(iters))
+    if hi > lo:
+        ax.set_xlim(lo, hi)
+    else:
+        ax.set_xlim(lo - 0.5, lo + 0.5)
+    # a short span gets every iteration as a tick (MaxNLocator falls back to fractions there)
+    ax.xaxis.set_major_locator(FixedLocator(range(lo, hi + 1)) if hi - lo <= 10 else MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0f}"))
+    ax.yaxis.get_major_formatter().set_useOffset(False)
 
 
 EXAMPLE_DPI = 90

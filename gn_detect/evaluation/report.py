@@ -27,7 +27,7 @@ from gn_detect.evaluation.matching import IGNORED, BoxMatches, DetArrays, Ground
 from gn_detect.evaluation.split import split_image_ids
 from gn_detect.evaluation.thresholds import Thresholds, tune_thresholds
 from gn_detect.io import atomic_open, write_json_atomic, write_text_atomic
-from gn_detect.runs.layout import REPORT, REPORT_MD
+from gn_detect.runs.layout import PR_CURVES, REPORT, REPORT_MD
 
 __all__ = ["HEADLINE_KEYS", "SCHEMA_VERSION", "TUNE_MODES", "Parts", "Prepared", "prepare", "build_report",
            "evaluate_detections"]
@@ -525,11 +525,11 @@ def _write_figures(
     try:
         ap = [c["AP"] for c in report["per_class"]]
         points = (ev.box.counts_at(th.per_class), ev.label.counts_at(th.per_class))
-        plot_pr_curves(out / "pr_curves.png", full.gt.names, full.box, full.label, th.per_class, ap, points=points)
-        made.append("pr_curves.png")
+        plot_pr_curves(out / PR_CURVES, full.gt.names, full.box, full.label, th.per_class, ap, points=points)
+        made.append(PR_CURVES)
     except Exception as e:  # noqa: BLE001
-        log.warning("pr_curves.png failed: %s", e)
-        report["warnings"].append(f"pr_curves.png failed: {e}")
+        log.warning("%s failed: %s", PR_CURVES, e)
+        report["warnings"].append(f"{PR_CURVES} failed: {e}")
     if image_root is not None and num_vis_images > 0:
         try:
             names = {int(i): im.get("file_name", "") for i, im in coco_gt.imgs.items()}

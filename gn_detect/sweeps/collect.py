@@ -31,6 +31,7 @@ from gn_detect.config.validate import bn_group_size, images_per_group
 from gn_detect.runs import RunFolder, flatten, load_status, owner_gone
 from gn_detect.runs.keys import setting_neutral
 from gn_detect.runs.layout import CONFIG
+from gn_detect.runs.records import read_records
 from gn_detect.norms import NormSpec, canonical_name, norm_names, norm_spec, resolve_norm, split_norm_name
 
 COMPONENTS = ("backbone", "fpn", "head")
@@ -153,36 +154,20 @@ def _read_json(path: Path) -> dict | None:
 
 def read_metrics(path: Path) -> tuple[list[tuple[int, float]], list[dict], dict | None, int]:
     """(train [(iter, loss)], eval records, last final record, number of unreadable lines)."""
+    records, bad = read_records(path)
     train: list[tuple[int, float]] = []
     evals: list[dict] = []
     final: dict | None = None
-    bad = 0
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        return train, evals, final, 0
-    with f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1  # e.g. a half-written last line of a running job
-                continue
-            if not isinstance(rec, dict):
-                bad += 1
-                continue
-            kind = rec.get("type")
-            if kind == "train":
-                it = _as_int(rec.get("iter"))
-                if it is not None:
-                    train.append((it, _as_float(rec.get("loss"))))
-            elif kind == "eval":
-                evals.append(rec)
-            elif kind == "final":
-                final = rec
+    for rec in records:
+        kind = rec.get("type")
+        if kind == "train":
+            it = _as_int(rec.get("iter"))
+            if it is not None:
+                train.append((it, _as_float(rec.get("loss"))))
+        elif kind == "eval":
+            evals.append(rec)
+        elif kind == "final":
+            final = rec
     return train, evals, final, bad
 
 
