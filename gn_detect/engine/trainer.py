@@ -65,6 +65,7 @@ from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, scale_l
 from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFinitePolicy, Trainer
 from gn_detect.engine.writers import MetricWriter, write_json_atomic
 from gn_detect.evaluation import format_results
+from gn_detect.evaluation.thresholds import class_criteria_of
 from gn_detect.io import write_text_atomic
 from gn_detect.layers import SyncBatchNorm
 from gn_detect.modeling.weights import resolve_conventions
@@ -193,6 +194,8 @@ def _datasets(run: _Run, base_dir: str | Path | None) -> tuple[Any, Any]:
     if run.parsed is not None:
         run.parsed.clear()  # what neither build took
     check_same_categories(train_set, val_set)
+    class_criteria_of(OmegaConf.to_container(run.cfg.eval.class_criteria),  # a misspelt class: before training
+                      [c["name"] for c in categories_of_dataset(train_set)])
     return train_set, val_set
 
 
