@@ -23,6 +23,7 @@ STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SKIPPED = "data_skipped.json"
 LAUNCH_LOG = "launch.log"
+HYDRA = ".hydra"  # Hydra's records of a job (its config.yaml is the unresolved composition)
 REPORT = "report.json"
 REPORT_MD = "report.md"
 PR_CURVES = "pr_curves.png"
