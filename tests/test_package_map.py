@@ -106,7 +106,7 @@ def test_no_two_modules_share_a_file_name():
     assert not shared, f"modules sharing a file name: {shared}"
 
 
-RUN_FOLDER_NAMES = ("status.json", "last.pth", "model_final.pth", "metrics.jsonl")
+RUN_FOLDER_NAMES = ("status.json", "last.pth", "model_final.pth", "metrics.jsonl", "curves.png", "pr_curves.png")
 
 
 def test_run_folder_file_names_are_constants_of_runs_layout_only():

@@ -8,7 +8,7 @@ before any data is read. YAML files only state what differs from these defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 # Allowed values of the string-valued keys (checked by config.validate, listed in errors).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -27,7 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "solver.channels_last": ("auto", "on", "off"),
     "solver.nonfinite": ("stop", "skip"),
     "eval.tune": ("half", "same"),
-    "eval.criterion": ("f1", "precision"),
+    "eval.criterion": ("f1", "precision", "recall"),
     "eval.level": ("label", "box"),
     "eval.backend": ("faster_coco_eval", "pycocotools"),
     "log.progress": ("auto", "bar", "log"),
@@ -228,6 +228,15 @@ class SolverConfig:
 
 
 @dataclass
+class ClassCriterion:
+    """One class's threshold criterion, ``eval.class_criteria.<class name>`` (evaluation/thresholds.py)."""
+
+    criterion: str = "f1"                # f1 | precision (lowest thr with precision >= target) | recall
+    target_precision: Optional[float] = None
+    target_recall: Optional[float] = None  # recall: the most precise threshold with recall >= this floor
+
+
+@dataclass
 class EvalConfig:
     split: str = "val"
     period: int = 0                      # evaluate every N iterations (0: only at the end)
@@ -236,6 +245,9 @@ class EvalConfig:
     tune_seed: int = 0
     criterion: str = "f1"
     target_precision: Optional[float] = None
+    target_recall: Optional[float] = None
+    # {class name: {criterion, target_precision, target_recall}}: those classes' own criterion
+    class_criteria: Dict[str, ClassCriterion] = field(default_factory=dict)
     level: str = "label"
     iou_threshold: float = 0.5
     max_dets: int = 100
@@ -289,6 +301,8 @@ class EvalOverrides:
     tune_seed: Optional[int] = None
     criterion: Optional[str] = None
     target_precision: Optional[float] = None
+    target_recall: Optional[float] = None
+    class_criteria: Optional[Dict[str, ClassCriterion]] = None
     level: Optional[str] = None
     iou_threshold: Optional[float] = None
     max_dets: Optional[int] = None

@@ -120,12 +120,31 @@ def _check_ranges(cfg: DictConfig) -> None:
         raise ConfigError("solver.warmup_factor", f"{cfg.solver.warmup_factor} must be in (0, 1]")
     if not cfg.data.min_size_train:
         raise ConfigError("data.min_size_train", "is empty", "give at least one size, e.g. data.min_size_train=[800]")
-    if cfg.eval.criterion == "precision" and cfg.eval.target_precision is None:
-        raise ConfigError("eval.target_precision", "is required with eval.criterion=precision",
-                          "e.g. eval.target_precision=0.9")
+    _check_criteria(cfg.eval)
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError("data.root", "is required for this dataset",
                           "give data.root=/path/to/coco (or data=coco128 for the shared sample data)")
+
+
+def _check_criteria(section: DictConfig, targets_required: bool = True) -> None:
+    """``eval.criterion`` and each ``eval.class_criteria.<class>``: a known criterion with its
+    target in (0, 1] (precision: target_precision, recall: target_recall); a null criterion
+    (tools/evaluate.py: the run's own) is not checked, nor a null target without
+    ``targets_required`` (tools/evaluate.py: it may be the run's). Class names are checked against
+    the data by the pre-flight."""
+    entries = [("eval", section)] + [(f"eval.class_criteria.{name}", entry)
+                                     for name, entry in (section.class_criteria or {}).items()]
+    for where, entry in entries:
+        criterion = entry.criterion
+        if criterion is None:
+            continue
+        if criterion not in CHOICES["eval.criterion"]:
+            raise ConfigError(f"{where}.criterion", f"{criterion!r} is not one of {', '.join(CHOICES['eval.criterion'])}")
+        key = {"precision": "target_precision", "recall": "target_recall"}.get(criterion)
+        if key is not None and (entry[key] is None and targets_required or entry[key] is not None
+                                and not 0 < entry[key] <= 1):
+            raise ConfigError(f"{where}.{key}", f"{entry[key]} with {where}.criterion={criterion}: needs a value in (0, 1]",
+                              f"e.g. {where}.{key}=0.9")
 
 
 def lr_steps(solver: DictConfig) -> list[int]:
@@ -253,3 +272,4 @@ def validate_evaluate_config(cfg: DictConfig, world_size: int = 1) -> None:
         allowed = CHOICES.get(f"eval.{key}")
         if value is not None and allowed and value not in allowed:
             raise ConfigError(f"eval.{key}", f"{value!r} is not one of {', '.join(allowed)}")
+    _check_criteria(cfg.eval, targets_required=False)

@@ -248,8 +248,7 @@ def generate_split(out_dir: Path, split: str, num_images: int, *, image_size: in
     return {
         "info": {"description": f"gn_detect synthetic shapes ({split})", "version": str(GENERATOR_VERSION)},
         "licenses": [],
-        "categories": [{"id": k + 1, "name": SHAPE_CLASSES[k], "supercategory": "shape"}
-                       for k in range(num_classes)],
+        "categories": shapes_categories(num_classes),
         "images": images,
         "annotations": annotations,
     }
@@ -275,6 +274,11 @@ def _read_meta(root: Path) -> dict[str, Any] | None:
         return json.loads((root / META_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def shapes_categories(num_classes: int) -> list[dict[str, Any]]:
+    """The categories of a shapes dataset of ``num_classes`` classes, as its jsons list them."""
+    return [{"id": k + 1, "name": SHAPE_CLASSES[k], "supercategory": "shape"} for k in range(num_classes)]
 
 
 def ensure_shapes_dataset(

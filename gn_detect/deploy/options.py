@@ -40,6 +40,8 @@ class PredictConfig:
     output: Optional[str] = None         # folder for detections.json, images.json and drawn/ (required)
     score_thresh: Optional[float] = None  # one threshold for every class; null: the run's tuned thresholds
     report: Optional[str] = None         # report.json with the tuned thresholds; null: <run folder>/report.json
+    thresholds: Optional[str] = None     # a json {class name: threshold in [0, 1] or null (never)}: those classes'
+                                         # thresholds; the others' from score_thresh, else the report
     batch_size: int = 4                  # images per forward (grouped by size)
     device: str = "auto"                 # auto: cuda when available, else cpu
     draw: bool = True                    # write one drawn image per input under <output>/drawn/
@@ -91,6 +93,9 @@ def validate_predict_config(cfg: DictConfig, world_size: int = 1) -> None:
     if cfg.score_thresh is not None and not 0.0 <= cfg.score_thresh <= 1.0:
         raise ConfigError("score_thresh", f"{cfg.score_thresh} is not a probability",
                           "use a value in [0, 1], or null for the run's tuned thresholds")
+    if cfg.thresholds and not Path(cfg.thresholds).expanduser().is_file():
+        raise ConfigError("thresholds", f"{cfg.thresholds} is not a file",
+                          'give a json {"class name": threshold in [0, 1] or null}, or a run\'s report.json')
     if cfg.batch_size < 1:
         raise ConfigError("batch_size", f"{cfg.batch_size} must be at least 1", "use batch_size=4")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

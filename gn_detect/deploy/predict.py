@@ -1,5 +1,6 @@
 """tools/predict.py: detections on an image file or a folder of images, at the per-class
-thresholds tuned in a run's report.json (or one ``score_thresh``), written as COCO results.
+thresholds tuned in a run's report.json (or one ``score_thresh``), those of a user's threshold file
+(``thresholds``: {class name: threshold} replacing the listed classes'), written as COCO results.
 
 Output folder::
 
@@ -90,22 +91,63 @@ def list_images(path: Path, exclude: Path | None = None) -> tuple[list[tuple[Pat
 
 
 def _report_path(cfg: DictConfig, base: Path, ckpt_path: Path) -> Path | None:
-    """The report.json to read thresholds from (None with ``score_thresh``); checked to exist."""
+    """The report.json to read thresholds from (None with ``score_thresh``, or with a threshold
+    file when the run has no report: the file must then list every class); checked to exist."""
     if cfg.score_thresh is not None:
         return None
     path = _resolve(cfg.report, base) if cfg.report else RunFolder(run_folder_of(ckpt_path)).report
     if not path.is_file():
+        if cfg.thresholds and not cfg.report:
+            return None
         raise FileNotFoundError(f"no report.json with tuned thresholds at {path}; give score_thresh=<0..1> for one "
-                                "threshold, or report=<run>/evaluate/<time>/report.json")
+                                "threshold, thresholds=<json {class: threshold}>, or "
+                                "report=<run>/evaluate/<time>/report.json")
     return path
 
 
-def class_thresholds(report_path: Path | None, score_thresh: float | None,
-                     categories: list[dict[str, Any]]) -> tuple[dict[int, float], dict[str, Any]]:
+def read_threshold_file(path: Path) -> dict[str, float]:
+    """{class name: threshold} of a threshold file: a json object {name: number in [0, 1] or null
+    (never predicted: ``inf``)}, or a report.json (its per_class thresholds); anything else is one
+    ValueError line naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"thresholds={path}: not a readable json ({type(e).__name__}: {e}); give a json object "
+                         '{"class name": threshold in [0, 1] or null}') from None
+    if not isinstance(data, dict):
+        raise ValueError(f"thresholds={path}: a json {type(data).__name__}, not an object "
+                         '{"class name": threshold in [0, 1] or null}')
+    if isinstance(data.get("per_class"), list):  # a report.json: its tuned thresholds, by class name
+        data = {c.get("name"): c.get("threshold") for c in data["per_class"] if isinstance(c, dict)}
+    return {str(name): _threshold(value, f"thresholds={path}: the threshold of class {name!r}",
+                                  "give a number in [0, 1], or null to never predict the class")
+            for name, value in data.items()}
+
+
+def class_thresholds(report_path: Path | None, score_thresh: float | None, categories: list[dict[str, Any]],
+                     own: dict[str, float] | None = None) -> tuple[dict[int, float], dict[str, Any]]:
     """category id -> threshold (``inf``: the class is never predicted), and a record of it.
 
-    From ``report.json``'s ``per_class[].threshold`` (null = disabled) when ``report_path`` is
-    given; the report must list every category of the model, by id and name."""
+    ``own`` ({class name: threshold}, :func:`read_threshold_file`) sets the classes it lists (a name
+    that is not a class of the model: ValueError); the others come from ``score_thresh`` or, without
+    it, from ``report.json``'s ``per_class[].threshold`` (null = disabled), which must list every
+    category of the model, by id and name."""
+    if own:
+        names = {str(c["name"]): int(c["id"]) for c in categories}
+        if unknown := [n for n in own if n not in names]:
+            raise ValueError(f"thresholds file: {unknown} are not classes of the model ({list(names)[:20]}); check "
+                             "their spelling")
+        rest = [c for c in categories if str(c["name"]) not in own]
+        thr, record = class_thresholds(report_path, score_thresh, rest) if rest else ({}, {})
+        thr = {int(c["id"]): thr[int(c["id"])] if str(c["name"]) not in own else own[str(c["name"])]
+               for c in categories}
+        record = {**record, "source": "file" + (f"+{record['source']}" if rest else ""),
+                  "file_classes": sorted(own),
+                  "per_class": [{"id": cid, "threshold": None if math.isinf(t) else t} for cid, t in thr.items()]}
+        return thr, record
+    if report_path is None and score_thresh is None:
+        raise ValueError(f"classes {[str(c['name']) for c in categories][:20]} have no threshold: the threshold file "
+                         "does not list them and the run has no report.json; list them, or give score_thresh=<0..1>")
     if report_path is None:
         return ({int(c["id"]): float(score_thresh) for c in categories},
                 {"source": "score_thresh", "score_thresh": float(score_thresh)})
@@ -119,22 +161,23 @@ def class_thresholds(report_path: Path | None, score_thresh: float | None,
     if wrong:
         raise ValueError(f"report {report_path} does not list the model's categories {', '.join(wrong[:5])}: it "
                          "belongs to another model; give that run's report=..., or score_thresh=<0..1>")
-    thr = {int(c["id"]): _threshold(per_class[int(c["id"])].get("threshold"), report_path, c) for c in categories}
+    thr = {int(c["id"]): _threshold(per_class[int(c["id"])].get("threshold"),
+                                    f"report {report_path}: per_class threshold of class {c['id']} ({c['name']})",
+                                    "the file was edited or damaged: re-run tools/evaluate.py to rewrite it, or give "
+                                    "score_thresh=<0..1>") for c in categories}
     record = {"source": "report", "report": str(report_path),
               "per_class": [{"id": cid, "threshold": None if math.isinf(t) else t} for cid, t in thr.items()]}
     return thr, record
 
 
-def _threshold(value: Any, report_path: Path, category: dict[str, Any]) -> float:
-    """A class's tuned threshold from report.json: null disables the class (``inf``); anything but
-    a finite number in [0, 1] (NaN, a list, a string, true) is refused in one line."""
+def _threshold(value: Any, what: str, fix: str) -> float:
+    """A class's threshold from a file: null disables the class (``inf``); anything but a finite
+    number in [0, 1] (NaN, a list, a string, true) is refused in one line, ``what`` and ``fix`` in it."""
     if value is None:
         return math.inf
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
     if not ok:
-        raise ValueError(f"report {report_path}: per_class threshold of class {category['id']} ({category['name']}) "
-                         f"is {value!r}, not a number in [0, 1] or null; the file was edited or damaged: re-run "
-                         "tools/evaluate.py to rewrite it, or give score_thresh=<0..1>")
+        raise ValueError(f"{what} is {value!r}, not a number in [0, 1] or null; {fix}")
     return float(value)
 
 
@@ -224,9 +267,10 @@ def predict_run(cfg: DictConfig, base_dir: str | Path | None = None) -> dict[str
     except FileNotFoundError:
         load_for_inference(cfg, base)  # a file that is no gn-detect checkpoint says so, not the report
         raise
+    own = read_threshold_file(_resolve(cfg.thresholds, base)) if cfg.thresholds else None
     out = _resolve(cfg.output, base)
     loaded, ckpt_path = load_for_inference(cfg, base)
-    thresholds, record = class_thresholds(report_path, cfg.score_thresh, loaded.categories)
+    thresholds, record = class_thresholds(report_path, cfg.score_thresh, loaded.categories, own)
     out.mkdir(parents=True, exist_ok=True)
     results, done = _run(cfg, found, names, loaded, thresholds, out)
     skipped += [{"file": names[i], "reason": "unreadable_image"} for i in range(len(found)) if i + 1 not in done]

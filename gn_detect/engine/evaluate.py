@@ -58,7 +58,8 @@ def evaluate_model(
     kwargs: dict[str, Any] = dict(
         tune=eval_cfg.tune, tune_seed=eval_cfg.tune_seed,
         iou_threshold=eval_cfg.iou_threshold, criterion=eval_cfg.criterion,
-        target_precision=eval_cfg.target_precision, level=eval_cfg.level, max_dets=eval_cfg.max_dets,
+        target_precision=eval_cfg.target_precision, target_recall=eval_cfg.target_recall,
+        class_criteria=OmegaConf.to_container(eval_cfg.class_criteria), level=eval_cfg.level, max_dets=eval_cfg.max_dets,
         backend=eval_cfg.backend,
     )
     if full_report:

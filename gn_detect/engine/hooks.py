@@ -31,6 +31,7 @@ from gn_detect.engine.precise_bn import bn_layers, update_bn_stats
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, preempt_signal
 from gn_detect.engine.train_loop import HookBase
 from gn_detect.engine.writers import MetricWriter
+from gn_detect.runs import RunFolder
 from gn_detect.runs.layout import FINAL, LAST
 
 try:
@@ -232,9 +233,10 @@ class MetricsWriter(HookBase):
 
     Per step: a train record of ``storage.losses``, lr, grad_norm and data_time (not for
     skipped steps; peak memory on logging iterations), then ``storage.eval`` if an evaluation
-    ran. At the end of a finished run: the final record = ``trainer.results`` plus
-    skipped_steps, world_size and, under DDP, whether all ranks hold the same norm statistics.
-    Closes the writer whatever the outcome."""
+    ran, with its report's per-class AP and PR figure where it wrote one. At the end of a finished
+    run: the final record = ``trainer.results`` plus skipped_steps, world_size and, under DDP,
+    whether all ranks hold the same norm statistics. Closes the writer and writes the run's
+    curves figure whatever the outcome (done, interrupted, failed)."""
 
     def __init__(self, writer: MetricWriter, device: torch.device) -> None:
         self.writer, self.device = writer, device
@@ -250,6 +252,7 @@ class MetricsWriter(HookBase):
             self.writer.train(t.iter, t.max_iter, {k: v for k, v in scalars.items() if v is not None})
         if s.eval is not None:
             self.writer.eval(t.iter, s.eval)
+            self.writer.report(RunFolder(self.writer.run_dir).eval_folder(t.iter), t.iter)
 
     def after_train(self) -> None:
         t = self.trainer
@@ -260,6 +263,8 @@ class MetricsWriter(HookBase):
                                   "norm_buffers_agree": buffers_agree(t.bare_model) if world > 1 else None})
                 if t.storage.eval is not None:
                     self.writer.eval(t.iter, t.storage.eval)
+                    self.writer.report(self.writer.run_dir, t.iter)
                 self.writer.final(t.results, iter=t.iter)
         finally:
             self.writer.close()
+            self.writer.write_curves()

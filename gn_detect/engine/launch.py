@@ -173,13 +173,36 @@ def _split(override: str) -> tuple[str, Any]:
 
 
 def _hparams_of(run_dir: Path) -> dict[str, Any]:
-    """:func:`swept_values`, or {} with a warning when Hydra's records cannot be read: the HParams
+    """:func:`run_hparams`, or {} with a warning when Hydra's records cannot be read: the HParams
     row is a view, never a reason for a run not to train."""
     try:
-        return swept_values(run_dir)
+        return run_hparams(run_dir)
     except Exception as exc:  # noqa: BLE001 - a hand-edited or foreign multirun.yaml
         log.warning("TensorBoard HParams of %s not written (%s: %s)", run_dir, type(exc).__name__, exc)
         return {}
+
+
+def _job_record(run_dir: Path) -> dict[str, Any]:
+    """The ``hydra`` section Hydra wrote for a job into ``<run>/.hydra/hydra.yaml`` ({} without one)."""
+    job_file = run_dir / ".hydra" / "hydra.yaml"
+    if not job_file.is_file():
+        return {}
+    return (yaml.safe_load(job_file.read_text(encoding="utf-8")) or {}).get("hydra") or {}
+
+
+def run_hparams(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's row in TensorBoard's HParams view: a sweep run's :func:`swept_values`; a single run's
+    command-line overrides (``hydra.overrides.task``, less the keys folder names leave out:
+    ``hydra.job.config.override_dirname.exclude_keys``), so single runs side by side under one
+    ``--logdir`` differ in the columns their commands set; {} without Hydra's records."""
+    run_dir = Path(run_dir)
+    job = _job_record(run_dir)
+    if job.get("mode") == "MULTIRUN":
+        return swept_values(run_dir)
+    if not job:
+        return {}
+    excluded = set(job["job"]["config"]["override_dirname"]["exclude_keys"])
+    return {key: value for key, value in map(_split, job["overrides"]["task"]) if key not in excluded}
 
 
 def swept_values(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -190,12 +213,9 @@ def swept_values(run_dir: str | os.PathLike) -> dict[str, Any]:
     that trains a run of a sweep finds them; the keys are :func:`swept_keys`, the words of the
     folder names."""
     run_dir = Path(run_dir)
-    job_file = run_dir / ".hydra" / "hydra.yaml"
+    job = _job_record(run_dir)
     record = next((p / "multirun.yaml" for p in run_dir.parents if (p / "multirun.yaml").is_file()), None)
-    if not job_file.is_file() or record is None:
-        return {}
-    job = (yaml.safe_load(job_file.read_text(encoding="utf-8")) or {}).get("hydra") or {}
-    if job.get("mode") != "MULTIRUN":
+    if not job or record is None or job.get("mode") != "MULTIRUN":
         return {}
     sweep = (yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("hydra") or {}
     excluded = set(job["job"]["config"]["override_dirname"]["exclude_keys"])
@@ -303,7 +323,8 @@ def _single_run(cfg: DictConfig, run_dir: Path, base_dir: Path, parsed: ParsedFi
     stopped, and the last output line says what is kept."""
     try:
         with _stop_signals_raise():
-            result = train(cfg, _rank0_run_dir(cfg, run_dir), base_dir, parsed=parsed)
+            run_dir = _rank0_run_dir(cfg, run_dir)
+            result = train(cfg, run_dir, base_dir, parsed=parsed, hparams=_hparams_of(run_dir))
     except _START_REFUSALS as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -65,6 +65,7 @@ from gn_detect.engine.solver import build_lr_scheduler, build_optimizer, scale_l
 from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFinitePolicy, Trainer
 from gn_detect.engine.writers import MetricWriter, write_json_atomic
 from gn_detect.evaluation import format_results
+from gn_detect.evaluation.thresholds import class_criteria_of
 from gn_detect.io import write_text_atomic
 from gn_detect.layers import SyncBatchNorm
 from gn_detect.modeling.weights import resolve_conventions
@@ -94,7 +95,7 @@ class _Run:
     resume: dict[str, Any] | None  # content of checkpoints/last.pth when this start resumes it
     init_path: Path | None         # init_weights (resolved against base_dir) for a new run ...
     init: dict[str, Any] | None    # ... and its content
-    hparams: dict[str, Any] | None = None  # a sweep run's swept values, for TensorBoard's HParams view
+    hparams: dict[str, Any] | None = None  # its row in TensorBoard's HParams view (launch.py: run_hparams)
     parsed: ParsedFiles | None = None      # annotation files the pre-flight parsed for this run
 
 
@@ -193,6 +194,8 @@ def _datasets(run: _Run, base_dir: str | Path | None) -> tuple[Any, Any]:
     if run.parsed is not None:
         run.parsed.clear()  # what neither build took
     check_same_categories(train_set, val_set)
+    class_criteria_of(OmegaConf.to_container(run.cfg.eval.class_criteria),  # a misspelt class: before training
+                      [c["name"] for c in categories_of_dataset(train_set)])
     return train_set, val_set
 
 
@@ -385,7 +388,7 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     should exit with (128 + signal number after a signal)}`` after a stop.
 
     ``hooks`` are added to the standard ones, before MetricsWriter (which stays last); ``hparams``:
-    a sweep run's swept values, written with its final metrics for TensorBoard's HParams view;
+    its row in TensorBoard's HParams view (launch.py: run_hparams), written with its final metrics;
     ``parsed``: the annotation files the command's pre-flight parsed (gn_detect/preflight/). A
     :class:`StopRequested` raised before the loop (the launcher's signal handler) ends it
     'interrupted' (returned as after a stop). Any failure, start-up included (bad config,

@@ -1,4 +1,5 @@
-"""Run-folder writers: metrics.jsonl, TensorBoard (HParams included), progress display.
+"""Run-folder writers: metrics.jsonl, TensorBoard (HParams, per-class AP and the PR figure included),
+progress display, and the run's curves figure from its records.
 
 ``MetricWriter`` writes on rank 0 only (on other ranks its methods do nothing), so the trainer
 calls the same methods on every rank without ``if is_main_process()`` around each call;
@@ -18,14 +19,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from gn_detect.engine import dist as gdist
 from gn_detect.io import to_jsonable, write_json_atomic  # re-exported: one writer for all packages
+from gn_detect.image_io import read_rgb
 from gn_detect.runs import RunFolder
 from gn_detect.runs.links import no_follow
 from gn_detect.runs.keys import flatten
+from gn_detect.runs.records import read_records
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ class MetricWriter:
         hparams: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.hparams = dict(hparams or {})  # a sweep run's swept values (gn_detect/engine/launch.py)
+        self.hparams = dict(hparams or {})  # gn_detect/engine/launch.py: run_hparams
         self.log_period = max(int(log_period), 1)
         self.ims_per_batch = ims_per_batch
         self.enabled = (gdist.get_rank() if rank is None else rank) == 0
@@ -221,9 +225,45 @@ class MetricWriter:
         if self.tb is not None:
             self._tb_hparams(metrics, it or 0)
 
+    def report(self, report_dir: str | os.PathLike, step: int) -> None:
+        """An evaluation's report files in TensorBoard at ``step``: each class's AP and AP50 from
+        report.json (``eval/per_class/AP/<class>``, ``eval/per_class/AP50/<class>``) and pr_curves.png
+        as the image ``eval/pr_curves``; what the folder does not hold is left out (a periodic
+        evaluation without eval.full_reports writes no report)."""
+        if not self.enabled or self.tb is None:
+            return
+        folder = RunFolder(report_dir)
+        try:
+            if folder.report.is_file():
+                report = json.loads(folder.report.read_text(encoding="utf-8"))
+                for c in report.get("per_class") or []:
+                    for key in ("AP", "AP50"):
+                        if isinstance(c.get(key), (int, float)) and math.isfinite(c[key]):
+                            self.tb.add_scalar(f"eval/per_class/{key}/{c['name']}", float(c[key]), step)
+            if folder.pr_curves.is_file():
+                self.tb.add_image("eval/pr_curves", np.asarray(read_rgb(folder.pr_curves)), step, dataformats="HWC")
+            self.tb.flush()
+        except Exception as exc:  # noqa: BLE001 - a view of the report; the report itself is written
+            warnings.warn(f"TensorBoard: the report in {report_dir} not shown ({type(exc).__name__}: {exc})",
+                          stacklevel=2)
+
+    def write_curves(self) -> None:
+        """The run's curves figure (``curves.png``: loss terms, LR, AP over the iterations) from its
+        metrics.jsonl, rewritten whole; a failure is a warning (the records are kept)."""
+        if not self.enabled:
+            return
+        from gn_detect.evaluation.curves import plot_run_curves  # imported late: matplotlib
+
+        folder = RunFolder(self.run_dir)
+        try:
+            plot_run_curves(folder.curves, read_records(folder.metrics)[0], title=str(self.run_dir))
+        except Exception as exc:  # noqa: BLE001 - a figure must not turn a run's outcome into a failure
+            warnings.warn(f"{folder.curves} not written ({type(exc).__name__}: {exc})", stacklevel=2)
+
     def _tb_hparams(self, metrics: dict[str, Any], step: int) -> None:
-        """The swept values handed over (``hparams``) and the sweep report's headline metrics for
-        TensorBoard's HParams view, in ``tb/hparams/``; nothing without swept values."""
+        """The run's hparams handed over (``hparams``: a sweep run's swept values, a single run's
+        command-line overrides) and the sweep report's headline metrics for TensorBoard's HParams
+        view, in ``tb/hparams/``; nothing without hparams."""
         if not self.hparams:
             return
         from gn_detect.sweeps.summary import PAPER_METRICS  # imported late: the report pulls matplotlib

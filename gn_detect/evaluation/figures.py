@@ -1,5 +1,6 @@
 """Figures of the evaluation report: PR curves, and example images with their GT and predicted
-boxes labelled without overlaps.
+boxes labelled without overlaps; the iteration axis and lines every curve over training shares
+(a run's curves.png, the sweep report's loss_curves.png).
 
 matplotlib through an Agg canvas of its own (works without a display; pyplot and the global
 backend are not touched, so importing this module changes nothing for the caller).
@@ -16,14 +17,18 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 from matplotlib.transforms import Bbox
 from gn_detect.image_io import read_rgb
 from gn_detect.evaluation.events import Counts, Events
+from gn_detect.evaluation.label_places import free_spot
 from gn_detect.evaluation.matching import FP, IGNORED, BoxMatches, GroundTruth
 
-__all__ = ["class_colors", "draw_examples", "label_extent", "plot_examples", "plot_pr_curves"]
+__all__ = ["class_colors", "draw_examples", "iteration_axis", "iteration_line", "label_extent", "plot_examples",
+           "plot_pr_curves", "pr_curves_figure"]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +39,14 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def plot_pr_curves(
-    path: Path,
+def plot_pr_curves(path: Path, *args: Any, **kwargs: Any) -> list[int]:
+    """``pr_curves_figure`` saved to ``path``; returns the class indices drawn."""
+    fig, ks = pr_curves_figure(*args, **kwargs)
+    fig.savefig(path, dpi=90)
+    return ks
+
+
+def pr_curves_figure(
     names: Sequence[str],
     box: Events,
     label: Events,
@@ -43,11 +54,13 @@ def plot_pr_curves(
     ap: Sequence[float],
     max_classes: int = 20,
     points: tuple[Counts, Counts] | None = None,
-) -> list[int]:
+) -> tuple[Figure, list[int]]:
     """Box- and label-level PR curves of the classes with most GT boxes (at most
     ``max_classes``), with the operating point at each class's threshold: counted on the same
     events, or given as ``points`` = (box counts, label counts), e.g. counted on other images
-    than the curves. Returns the class indices drawn."""
+    than the curves. One legend for the figure whatever is drawn (box solid, label dashed, the
+    operating point), saying when no class has a box or label curve. Returns the figure and the
+    class indices drawn."""
     order = np.argsort(-box.num_pos, kind="stable")
     ks = [int(k) for k in order if box.num_pos[k] > 0][:max_classes]
     if not ks:
@@ -55,11 +68,15 @@ def plot_pr_curves(
     n = max(len(ks), 1)
     ncols = min(5, n)
     nrows = math.ceil(n / ncols)
-    fig = _new_figure(3.2 * ncols, 3.0 * nrows)
+    legend_cols = 3 if ncols >= 3 else 1  # a narrow figure stacks the legend's entries
+    legend_h = 0.15 + 0.17 * (3 // legend_cols)  # inches under the panels for the legend
+    height = 3.0 * nrows + legend_h + 0.25
+    fig = _new_figure(3.2 * ncols, height)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     bc, lc = points if points is not None else (box.counts_at(thresholds), label.counts_at(thresholds))
     for ax in axes.ravel()[len(ks):]:
         ax.axis("off")
+    drawn = {"box": 0, "label": 0}
     for ax, k in zip(axes.ravel(), ks):
         for ev, counts, style, col, lab in (
             (box, bc, "-", "tab:blue", "box"),
@@ -68,6 +85,7 @@ def plot_pr_curves(
             c = ev.curve(k)
             if len(c.thresholds) and c.num_pos:
                 ax.plot(c.recall, c.precision, style, color=col, lw=1.2, label=lab)
+                drawn[lab] += 1
             p, r = counts.precision[k], counts.recall[k]
             if not (np.isnan(p) or np.isnan(r)):
                 ax.plot([r], [p], "o", ms=5, color=col)
@@ -80,13 +98,41 @@ def plot_pr_curves(
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    if axes[0, 0].get_legend_handles_labels()[0]:
-        axes[0, 0].legend(fontsize=7, loc="lower left")
-    fig.supxlabel("recall")
+    handles = [Line2D([], [], ls="-", color="tab:blue", lw=1.2), Line2D([], [], ls="--", color="tab:orange", lw=1.2),
+               Line2D([], [], ls="", marker="o", ms=5, color="0.3")]
+    texts = [f"box level{'' if drawn['box'] else ': no box curves (no detections)'}",
+             f"label level{'' if drawn['label'] else ': no label curves (no detections)'}",
+             "operating point at the class threshold"]
+    fig.legend(handles, texts, loc="lower center", ncol=legend_cols, fontsize=7, frameon=False)
+    fig.supxlabel("recall", y=legend_h / height, va="bottom")
     fig.supylabel("precision")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return ks
+    fig.tight_layout(rect=(0, (legend_h + 0.2) / height, 1, 1))
+    return fig, ks
+
+
+MARKER_MAX_POINTS = 40  # a line of at most this many records gets a marker per record
+
+
+def iteration_line(ax, iters: Sequence[float], values: Sequence[float], **kwargs: Any) -> None:
+    """One curve over training iterations: a thin line, a marker per record when it has few
+    (at most MARKER_MAX_POINTS, so a run of a few records still shows its points)."""
+    kwargs.setdefault("linewidth", 1.0)
+    ax.plot(iters, values, marker="o" if len(iters) <= MARKER_MAX_POINTS else None, markersize=4, clip_on=False,
+            **kwargs)
+
+
+def iteration_axis(ax, iters: Sequence[int]) -> None:
+    """x from the first to the last recorded iteration (half a step either side of a single
+    one), integer ticks written as integers, no offset or scientific notation."""
+    lo, hi = int(min(iters)), int(max(iters))
+    if hi > lo:
+        ax.set_xlim(lo, hi)
+    else:
+        ax.set_xlim(lo - 0.5, lo + 0.5)
+    # a short span gets every iteration as a tick (MaxNLocator falls back to fractions there)
+    ax.xaxis.set_major_locator(FixedLocator(range(lo, hi + 1)) if hi - lo <= 10 else MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0f}"))
+    ax.yaxis.get_major_formatter().set_useOffset(False)
 
 
 EXAMPLE_DPI = 90
@@ -124,40 +170,28 @@ def label_extent(text: Text, renderer) -> Bbox:
 
 def _place_labels(ax, renderer, labels: list[tuple[str, dict, float, float, bool]]) -> int:
     """Adds ``labels`` = (text, text kwargs, x, y of the box corner in data coords, above) to
-    ``ax`` so that no two overlap: each label starts above its box (``above``) or just inside
-    its top edge, and moves down (then up) in steps of its own height until it is clear of every
-    label placed before it, inside the axes. A label with no free place is left out; returns
-    how many were."""
+    ``ax`` so that no two overlap, each where gn_detect/evaluation/label_places.py's rule puts it
+    (display coordinates flipped to its y-down image coordinates). A label with no free place is
+    left out; returns how many were."""
     area = ax.get_window_extent(renderer)
-    taken: list[Bbox] = []
+    flipped = (area.x0, -area.y1, area.x1, -area.y0)
+    taken: list[tuple[float, float, float, float]] = []
     hidden = 0
     for s, kw, x, y, above in labels:
         t = ax.text(0, 0, s, ha="left", va="top", fontsize=LABEL_FONTSIZE, clip_on=False, **kw)
         t.set_position((x, y))
         ext = label_extent(t, renderer)
-        w, h = ext.width, ext.height
         px, py = ax.transData.transform((x, y))
-        left = min(max(px, area.x0), area.x1 - w)
-        top = py + h if above else py
-        steps = int(area.height // (h + LABEL_GAP_PX)) + 1
-        tops = [top - k * (h + LABEL_GAP_PX) for k in range(steps)] + [top + k * (h + LABEL_GAP_PX)
-                                                                       for k in range(1, steps)]
-        spot = None
-        for cand in tops:
-            box = Bbox.from_extents(left, cand - h, left + w, cand)
-            if box.y0 < area.y0 or box.y1 > area.y1:
-                continue
-            if not any(box.expanded(1, 1).padded(LABEL_GAP_PX).overlaps(o) for o in taken):
-                spot = box
-                break
+        spot = free_spot(ext.width, ext.height, px, -py, above, flipped, taken, LABEL_GAP_PX)
         if spot is None:
             t.remove()
             hidden += 1
             continue
         # move the label by the offset between its measured extent and the free spot
         tx, ty = ax.transData.transform(t.get_position())
-        t.set_position(ax.transData.inverted().transform((tx + spot.x0 - ext.x0, ty + spot.y0 - ext.y0)))
-        taken.append(label_extent(t, renderer))
+        t.set_position(ax.transData.inverted().transform((tx + spot[0] - ext.x0, ty - spot[3] - ext.y0)))
+        placed = label_extent(t, renderer)
+        taken.append((placed.x0, -placed.y1, placed.x1, -placed.y0))
     return hidden
 
 

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -25,9 +25,9 @@ from gn_detect.evaluation.figures import plot_examples, plot_pr_curves
 from gn_detect.evaluation.labels import label_pairs
 from gn_detect.evaluation.matching import IGNORED, BoxMatches, DetArrays, GroundTruth, cap_per_image, match_boxes
 from gn_detect.evaluation.split import split_image_ids
-from gn_detect.evaluation.thresholds import Thresholds, tune_thresholds
+from gn_detect.evaluation.thresholds import Criterion, Thresholds, class_criteria_of, tune_thresholds
 from gn_detect.io import atomic_open, write_json_atomic, write_text_atomic
-from gn_detect.runs.layout import REPORT, REPORT_MD
+from gn_detect.runs.layout import PR_CURVES, REPORT, REPORT_MD
 
 __all__ = ["HEADLINE_KEYS", "SCHEMA_VERSION", "TUNE_MODES", "Parts", "Prepared", "prepare", "build_report",
            "evaluate_detections"]
@@ -200,18 +200,24 @@ def build_report(
     iou_threshold: float = 0.5,
     criterion: str = "f1",
     target_precision: float | None = None,
+    target_recall: float | None = None,
+    class_criteria: Mapping[str, Mapping[str, Any]] | None = None,
     level: str = "label",
     max_dets: int | None = 100,
     backend: str = DEFAULT_BACKEND,
 ) -> tuple[dict[str, Any], Parts, Thresholds, CocoResult]:
     """Everything ``evaluate_detections`` writes, without writing: (report, the image sets
-    each number covers, thresholds, COCO result). Arguments: see ``evaluate_detections``."""
+    each number covers, thresholds, COCO result). Arguments: see ``evaluate_detections``;
+    ``class_criteria``: {class name: {criterion, target_precision, target_recall}}
+    (gn_detect/evaluation/thresholds.py)."""
     _check_args(level, iou_threshold, tune, tune_gt, tune_detections)
     full = prepare(coco_gt, detections, iou_threshold, max_dets)
     d, gt = full.dets, full.gt
+    own = class_criteria_of(class_criteria, gt.names)  # a misspelt class: one line, before COCOeval
     coco = coco_metrics_arrays(coco_gt, gt.image_ids[d.img], gt.cat_ids[d.cls], d.boxes, d.scores, backend=backend)
     parts = _parts(full, tune, tune_seed, tune_gt, tune_detections, iou_threshold, max_dets)
-    th = tune_thresholds(parts.tune.events(level), criterion, target_precision, level)
+    th = tune_thresholds(parts.tune.events(level), criterion, target_precision, level, target_recall=target_recall,
+                         class_criteria=own)
     box, bc = _level_tables(parts, th, "box")
     label, lc = _level_tables(parts, th, "label")
 
@@ -247,24 +253,31 @@ def build_report(
         "headline": headline,
         "coco": {k: nan_to_none(v) for k, v in coco.stats.items()},
         "coco_summary": coco.summary,
-        "thresholds": {
-            "criterion": th.criterion,
-            "level": th.level,
-            "target_precision": th.target_precision,
-            "tuned_on_eval_split": parts.tuned_on_report,
-            "global_threshold": _thr_json(th.global_threshold),
-            "num_tune_images": parts.tune.gt.num_images,
-            "num_tune_detections": len(parts.tune.dets),
-            "overlap_images": parts.overlap,
-            "sources": {s: th.source.count(s) for s in ("tuned", "global", "disabled")},
-            "predict_everything": everything,
-        },
+        "thresholds": _thresholds_block(th, parts, gt.names, everything),
         "box": box,
         "label": label,
         "per_class": _per_class_rows(parts.report, th, coco, bc, lc, pairs, everything),
         "warnings": warnings,
     }
     return report, parts, th, coco
+
+
+def _thresholds_block(th: Thresholds, parts: Parts, names: Sequence[str], everything: dict[str, Any]) -> dict[str, Any]:
+    """report.json's ``thresholds`` (docs/report_schema.md)."""
+    return {
+        "criterion": th.criterion,
+        "level": th.level,
+        "target_precision": th.target_precision,
+        "target_recall": th.target_recall,
+        "class_criteria": {names[k]: c.record() for k, c in sorted(th.class_criteria.items())},
+        "tuned_on_eval_split": parts.tuned_on_report,
+        "global_threshold": _thr_json(th.global_threshold),
+        "num_tune_images": parts.tune.gt.num_images,
+        "num_tune_detections": len(parts.tune.dets),
+        "overlap_images": parts.overlap,
+        "sources": {s: th.source.count(s) for s in ("tuned", "global", "disabled")},
+        "predict_everything": everything,
+    }
 
 
 def _label_pairs_per_class(prep: Prepared) -> np.ndarray:
@@ -299,6 +312,7 @@ def _per_class_rows(ev: Prepared, th: Thresholds, coco: CocoResult, bc: Counts, 
                 "AP50": nan_to_none(coco.per_class_ap50.get(cid)),
                 "threshold": _thr_json(th.per_class[k]),
                 "threshold_source": th.source[k],
+                "criterion": th.class_criteria[k].record() if k in th.class_criteria else None,
                 "box": {
                     "precision": nan_to_none(bc.precision[k]),
                     "recall": nan_to_none(bc.recall[k]),
@@ -386,7 +400,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for w in r["warnings"]:
         out.append(f"> **Warning:** {w}")
         out.append("")
-    crit = "max F1" if t["criterion"] == "f1" else f"lowest threshold with precision >= {t['target_precision']}"
+    crit = Criterion(t["criterion"], t.get("target_precision") or t.get("target_recall")).text()
+    if t.get("class_criteria"):
+        crit += " (" + "; ".join(f"{name}: {Criterion.of(**c).text()}" for name, c in t["class_criteria"].items()) + ")"
     out += [
         f"- images: {r['num_images']}; detections: {r['num_detections']} "
         f"({r['num_detections_evaluated']} after keeping the top {p['max_dets']} per image)",
@@ -525,11 +541,11 @@ def _write_figures(
     try:
         ap = [c["AP"] for c in report["per_class"]]
         points = (ev.box.counts_at(th.per_class), ev.label.counts_at(th.per_class))
-        plot_pr_curves(out / "pr_curves.png", full.gt.names, full.box, full.label, th.per_class, ap, points=points)
-        made.append("pr_curves.png")
+        plot_pr_curves(out / PR_CURVES, full.gt.names, full.box, full.label, th.per_class, ap, points=points)
+        made.append(PR_CURVES)
     except Exception as e:  # noqa: BLE001
-        log.warning("pr_curves.png failed: %s", e)
-        report["warnings"].append(f"pr_curves.png failed: {e}")
+        log.warning("%s failed: %s", PR_CURVES, e)
+        report["warnings"].append(f"{PR_CURVES} failed: {e}")
     if image_root is not None and num_vis_images > 0:
         try:
             names = {int(i): im.get("file_name", "") for i, im in coco_gt.imgs.items()}

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from gn_detect.data.build import _read, check_shapes_root, data_config, resolve_path, split_paths
 from gn_detect.data.checks import CheckedCoco, DataError, FileKey, ParsedFiles, check_same_categories, file_key, load_coco_json, \
     select_categories, validate_coco
-from gn_detect.data.synthetic import META_FILE
+from gn_detect.data.synthetic import META_FILE, shapes_categories
 
 __all__ = ["Parsed", "SplitSummary", "annotation_problems", "read_split"]
 
@@ -58,17 +58,20 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
                parsed: Parsed | None = None) -> SplitSummary | None:
     """The split's :class:`SplitSummary` (from ``parsed.summaries`` when this pre-flight read the
     file already); None for generated ``shapes`` data not on disk yet (after checking where it may be
-    generated). Raises DataError/ValueError with one line."""
+    generated, and ``data.classes`` against the categories it will have). Raises DataError/ValueError
+    with one line."""
     parsed = parsed if parsed is not None else Parsed()
     c = data_config(cfg)
     root = resolve_path(_read(c, "root"), base_dir)
     images, ann = split_paths(c, split)
-    if c.name == "shapes":
-        check_shapes_root(str(_read(c, "root")), root, base_dir)
-        if not (root / META_FILE).is_file():
-            return None
     ann_file = resolve_path(ann, root)
     classes = None if c.classes is None else tuple(str(n) for n in c.classes)
+    if c.name == "shapes":
+        check_shapes_root(str(_read(c, "root")), root, base_dir)
+        if not (root / META_FILE).is_file():  # generated at the start: data.classes against what it will list
+            select_categories({"categories": shapes_categories(c.synthetic.num_classes), "annotations": []},
+                              classes, str(ann_file))
+            return None
     key = file_key(ann_file)  # None: load_coco_json says what is wrong
     if key is None or (key, classes) not in parsed.summaries:
         data = load_coco_json(ann_file)

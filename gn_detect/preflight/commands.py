@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gn_detect.config import ConfigError, check_output_path, resolve_batch
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
+from gn_detect.evaluation.thresholds import class_criteria_of
 from gn_detect.runs import run_subfolder
 from gn_detect.runs.layout import EVALUATE
 from gn_detect.runs.links import links_in_run_folder
@@ -64,6 +65,19 @@ def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:
     return []
 
 
+def class_criteria_problems(class_criteria: Any, categories: list[dict[str, Any]]) -> list[str]:
+    """``eval.class_criteria`` naming a class the data (or the checkpoint's model) does not have:
+    one line (evaluation/thresholds.py: class_criteria_of)."""
+    if not class_criteria:
+        return []
+    spec = OmegaConf.to_container(class_criteria) if OmegaConf.is_config(class_criteria) else dict(class_criteria)
+    try:
+        class_criteria_of(spec, [str(c["name"]) for c in categories])
+    except ValueError as e:
+        return [f"config error: {e}"]
+    return []
+
+
 def train_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Parsed) -> list[str]:
     """tools/train.py's inspect: run folder, model shapes, training and evaluation annotation files
     (a batch larger than the split: the batch the run will have, ``resolve_batch``)."""
@@ -72,7 +86,8 @@ def train_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Par
     data, train = annotation_problems(cfg.data, train_split="train", eval_split=cfg.eval.split, base_dir=Path.cwd(),
                                       ims_per_batch=batch.ims_per_batch, parsed=parsed)
     num_classes = len(train.categories) if train is not None else 1
-    return problems + model_problems(cfg.model, num_classes) + data
+    classes = class_criteria_problems(cfg.eval.class_criteria, train.categories) if train is not None else []
+    return problems + model_problems(cfg.model, num_classes) + data + classes
 
 
 def evaluate_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Parsed) -> list[str]:
@@ -102,4 +117,6 @@ def evaluate_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: 
     split = cfg.eval.split if cfg.eval.split is not None else run["eval"]["split"]
     problems, _ = annotation_problems(data_cfg, train_split=None, eval_split=split, base_dir=Path.cwd(),
                                       train_categories=description["model"]["categories"], parsed=parsed)
-    return out_problems + problems
+    criteria = {**(run["eval"].get("class_criteria") or {}), **(OmegaConf.to_container(cfg.eval.class_criteria)
+                                                               if cfg.eval.class_criteria is not None else {})}
+    return out_problems + problems + class_criteria_problems(criteria, description["model"]["categories"])

@@ -5,7 +5,8 @@
     run_dir/
       .lock  config.yaml  env.json  status.json  metrics.jsonl  data_skipped.json  launch.log  tb/
       checkpoints/  last.pth (+ last.rank<k>.rng.pth under DDP), model_final.pth, nonfinite_debug.pth
-      report.json, report.md, per_class.csv, figures     the final evaluation
+      report.json, report.md, per_class.csv, pr_curves.png, examples.png   the final evaluation
+      curves.png                                          loss, LR and AP over the run (written at its end)
       eval/iter_<iter>/                                   periodic evaluations
       evaluate/<time>/                                    tools/evaluate.py
       export/                                             tools/export.py
@@ -22,8 +23,11 @@ STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SKIPPED = "data_skipped.json"
 LAUNCH_LOG = "launch.log"
+HYDRA = ".hydra"  # Hydra's records of a job (its config.yaml is the unresolved composition)
 REPORT = "report.json"
 REPORT_MD = "report.md"
+PR_CURVES = "pr_curves.png"
+CURVES = "curves.png"
 TB = "tb"
 HPARAMS = "hparams"  # under tb/
 CHECKPOINTS = "checkpoints"
@@ -56,6 +60,8 @@ class RunFolder:
     skipped = property(lambda self: self.path / SKIPPED)
     report = property(lambda self: self.path / REPORT)
     report_md = property(lambda self: self.path / REPORT_MD)
+    pr_curves = property(lambda self: self.path / PR_CURVES)
+    curves = property(lambda self: self.path / CURVES)
     tb = property(lambda self: self.path / TB)
     hparams = property(lambda self: self.path / TB / HPARAMS)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)

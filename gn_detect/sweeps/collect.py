@@ -1,9 +1,10 @@
 """Finding and reading run folders, and deciding which *setting* each run belongs to.
 
 A run folder is any folder under the sweep folder that holds a ``config.yaml`` (see
-docs/design.md, "run folder"). Hidden folders (``.hydra``, ``.git``...) are skipped and the
-search does not descend into a run folder once found (its ``checkpoints/``, ``tb/`` are not
-runs).
+docs/design.md, "run folder"), or only Hydra's records of a job (``.hydra/``, ``launch.log``): a
+run that never started (its settings are read from ``.hydra/config.yaml``). Hidden folders
+(``.hydra``, ``.git``...) are not searched and the search does not descend into a run folder once
+found (its ``checkpoints/``, ``tb/`` are not runs).
 
 A *setting* is everything but the seed; concretely the key is
 
@@ -30,7 +31,8 @@ import yaml
 from gn_detect.config.validate import bn_group_size, images_per_group
 from gn_detect.runs import RunFolder, flatten, load_status, owner_gone
 from gn_detect.runs.keys import setting_neutral
-from gn_detect.runs.layout import CONFIG
+from gn_detect.runs.layout import CONFIG, HYDRA, LAUNCH_LOG
+from gn_detect.runs.records import read_records
 from gn_detect.norms import NormSpec, canonical_name, norm_names, norm_spec, resolve_norm, split_norm_name
 
 COMPONENTS = ("backbone", "fpn", "head")
@@ -54,7 +56,7 @@ class Run:
 
     run_dir: Path
     rel_dir: str
-    state: str  # "done" | "failed" | "running" | "interrupted" | "crashed" | "unknown" | "unreadable"
+    state: str  # "done" | "failed" | "running" | "interrupted" | "crashed" | "not started" | "unknown" | "unreadable"
     error: str | None = None
     config: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
@@ -69,7 +71,8 @@ class Run:
     max_iter: int | None = None
     final: dict | None = None
     train: list = field(default_factory=list)  # [(iter, loss)]
-    last_iter: int | None = None
+    last_iter: int | None = None  # the last iteration index in metrics.jsonl (records every log.period)
+    iters_done: int | None = None  # completed iterations: status.json's count, else last_iter + 1
     label: str | None = None  # filled by assign_labels
     notes: list = field(default_factory=list)
 
@@ -100,14 +103,15 @@ def _sort_int(v: int | None) -> int:
 
 
 def find_run_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
-    """All run folders under ``sweep_dir`` (including itself), sorted, without nested ones."""
+    """All run folders under ``sweep_dir`` (including itself), sorted, without nested ones: those
+    with a config.yaml and those with only Hydra's records (never started)."""
     root = Path(sweep_dir)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if CONFIG in filenames:
+        if CONFIG in filenames or HYDRA in dirnames or LAUNCH_LOG in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []  # a run's sub-folders are not runs
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     return sorted(found)
 
 
@@ -153,36 +157,20 @@ def _read_json(path: Path) -> dict | None:
 
 def read_metrics(path: Path) -> tuple[list[tuple[int, float]], list[dict], dict | None, int]:
     """(train [(iter, loss)], eval records, last final record, number of unreadable lines)."""
+    records, bad = read_records(path)
     train: list[tuple[int, float]] = []
     evals: list[dict] = []
     final: dict | None = None
-    bad = 0
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        return train, evals, final, 0
-    with f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1  # e.g. a half-written last line of a running job
-                continue
-            if not isinstance(rec, dict):
-                bad += 1
-                continue
-            kind = rec.get("type")
-            if kind == "train":
-                it = _as_int(rec.get("iter"))
-                if it is not None:
-                    train.append((it, _as_float(rec.get("loss"))))
-            elif kind == "eval":
-                evals.append(rec)
-            elif kind == "final":
-                final = rec
+    for rec in records:
+        kind = rec.get("type")
+        if kind == "train":
+            it = _as_int(rec.get("iter"))
+            if it is not None:
+                train.append((it, _as_float(rec.get("loss"))))
+        elif kind == "eval":
+            evals.append(rec)
+        elif kind == "final":
+            final = rec
     return train, evals, final, bad
 
 
@@ -275,15 +263,42 @@ def run_images_per_group(components: tuple, ims_per_device: int | None, bn_group
     return images_per_group(bn_group_size, ims_per_device, world_size, cross)
 
 
+def _read_state(run: Run, started: bool) -> dict | None:
+    """``run.state`` and ``run.error`` from status.json (``started``: the folder has a config.yaml,
+    not only Hydra's records); returns the status (None without one)."""
+    run_dir = run.run_dir
+    try:
+        status = load_status(run_dir)
+    except Exception as e:  # noqa: BLE001
+        status = {"state": "unknown", "error": f"status.json unreadable: {type(e).__name__}: {e}"}
+    if status is None and not started:
+        run.state = "not started"
+        run.error = (f"never started: the folder holds only Hydra's records ({HYDRA}/, {LAUNCH_LOG}); the sweep "
+                     "ended before this job ran; rerun the same command to run it")
+    elif status is None:
+        run.state, run.error = "unknown", "no status.json (never started?)"
+    else:
+        st = str(status.get("state") or "unknown").lower()
+        run.state = st if st in ("done", "failed", "running", "interrupted") else "unknown"
+        err = status.get("error")
+        run.error = None if err in (None, "") else str(err)
+        if run.state == "running" and owner_gone(status):
+            run.state = "crashed"
+            run.error = (f"process {status.get('pid')} on {status.get('host')} is gone but status.json says running "
+                         "(killed or crashed); rerun the same command to resume")
+    return status
+
+
 def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     try:
         rel = run_dir.relative_to(sweep_dir).as_posix() or "."
     except ValueError:
         rel = str(run_dir)
     run = Run(run_dir=run_dir, rel_dir=rel, state="unknown")
+    started = RunFolder(run_dir).config.exists()
 
-    try:
-        with open(RunFolder(run_dir).config, encoding="utf-8") as f:
+    try:  # a job that never started: Hydra's composition (unresolved: interpolations read as unknown)
+        with open(RunFolder(run_dir).config if started else run_dir / HYDRA / CONFIG, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)
         if not isinstance(cfg, dict):
             raise ValueError("config.yaml is not a mapping")
@@ -322,21 +337,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     run.ims_per_group = run_images_per_group(run.components, run.ims_per_device, run.bn_group_size,
                                          run.world_size)
 
-    try:
-        status = load_status(run_dir)
-    except Exception as e:  # noqa: BLE001
-        status = {"state": "unknown", "error": f"status.json unreadable: {type(e).__name__}: {e}"}
-    if status is None:
-        run.state, run.error = "unknown", "no status.json (never started?)"
-    else:
-        st = str(status.get("state") or "unknown").lower()
-        run.state = st if st in ("done", "failed", "running", "interrupted") else "unknown"
-        err = status.get("error")
-        run.error = None if err in (None, "") else str(err)
-        if run.state == "running" and owner_gone(status):
-            run.state = "crashed"
-            run.error = (f"process {status.get('pid')} on {status.get('host')} is gone but status.json says running "
-                         "(killed or crashed); rerun the same command to resume")
+    status = _read_state(run, started)
 
     try:
         run.train, _evals, run.final, bad = read_metrics(RunFolder(run_dir).metrics)
@@ -349,6 +350,8 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     if run.final is not None and _as_int(run.final.get("iter")) is not None:
         iters.append(_as_int(run.final.get("iter")))
     run.last_iter = max(iters) if iters else None
+    done = _as_int((status or {}).get("iteration"))
+    run.iters_done = done if done is not None else (None if run.last_iter is None else run.last_iter + 1)
     if run.state == "unknown" and status is None and run.final is not None:
         run.error = "no status.json, although metrics.jsonl has a final record"
     return run

@@ -10,7 +10,10 @@ and the references with each other.
 
 The rule (stated in the text it writes): a difference on a metric exceeds the seed spread when
 both settings have at least two seeds with that metric and ``|mean_a - mean_b| > std_a + std_b``
-(sample std, ddof=1). With one seed on either side there is no spread and it is *not judged*.
+(sample std, ddof=1). With one seed on either side there is no spread and it is *not judged*. A
+label-metric difference between two settings whose mean AP are both below :data:`AP_FLOOR` is
+*not meaningful* whatever the spread: a detector that finds almost nothing leaves label precision
+and recall to the class frequencies (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from .summary import PERCENT_METRICS, display_scale, fmt, fmt_metric, row_name
 
 COMPARED_METRICS = (("AP", "AP"), ("label_precision", "label precision"), ("label_recall", "label recall"))
+AP_FLOOR = 0.01  # mean AP (a fraction) below which both settings' label-metric differences mean nothing
 
 RULE_TEXT = (
     "Rule: settings are compared only when they share the optimizer batch (solver.ims_per_batch) and "
@@ -33,7 +37,10 @@ RULE_TEXT = (
     "the seed spread* when both settings have at least 2 seeds with that metric and "
     "|mean_a - mean_b| > std_a + std_b (std = sample standard deviation over seeds, ddof=1). It is "
     "*within the seed spread* otherwise. When either setting has a single seed there is no spread "
-    "to judge against: the difference is listed as *not judged (n=1)*."
+    "to judge against: the difference is listed as *not judged (n=1)*. A label precision or recall "
+    f"difference between two settings whose mean AP are both below {AP_FLOOR:.0%} is *not meaningful*, "
+    "whatever the spread: a detector that finds almost nothing leaves label precision and recall to how "
+    "often each class occurs (predicting every class everywhere already scores the label baseline)."
 )
 
 WHY_NOT_ACROSS = (
@@ -117,6 +124,8 @@ def compare(rows: list[dict]) -> list[dict[str, Any]]:
                 verdict = judge(a, b, metric)
                 if verdict is None:
                     continue
+                if metric != "AP" and all(r["AP_mean"] < AP_FLOOR for r in (a, b)):  # NaN AP: not below
+                    verdict |= {"seed_verdict": verdict["verdict"], "verdict": "not meaningful"}
                 na, nb = names[id(a)], names[id(b)]
                 out.append({
                     "metric": metric, "ims_per_batch": key[0], "max_iter": key[1], "ims_per_group": x,
@@ -147,6 +156,9 @@ def comparison_line(c: dict, metric: str, scale: float) -> str:
         return f"**{head}: {c['higher']} higher by {diff}, exceeds the seed spread {spread}** {pair}"
     if c["verdict"] == "within":
         return f"{head}: difference {diff} is within the seed spread {spread} {pair}"
+    if c["verdict"] == "not meaningful":
+        return (f"{head}: difference {diff} not meaningful: the AP of both is below {AP_FLOOR:.0%} "
+                f"(seed spread {spread}: {c['seed_verdict']}) {pair}")
     return f"{head}: difference {diff} not judged (n=1, no spread) {pair}"
 
 
@@ -186,8 +198,10 @@ def comparison_markdown(rows: list[dict], comparisons: list[dict]) -> str:
     n_exceed = sum(c["verdict"] == "exceeds" for c in comparisons)
     n_within = sum(c["verdict"] == "within" for c in comparisons)
     n_nj = sum(c["verdict"] == "not judged" for c in comparisons)
+    n_low = sum(c["verdict"] == "not meaningful" for c in comparisons)
     lines += [f"In all: {n_exceed} difference(s) exceed the seed spread, {n_within} are within it, "
-              f"{n_nj} not judged (n=1).", ""]
+              f"{n_nj} not judged (n=1), {n_low} label difference(s) not meaningful (AP of both below "
+              f"{AP_FLOOR:.0%}).", ""]
     groups = optimizer_groups(rows)
     if len(groups) > 1:
         lines += ["## Optimizer groups (never compared with each other)", "", WHY_NOT_ACROSS, ""]

@@ -275,7 +275,7 @@ def write_summary_csv(rows: list[dict], path: Path) -> None:
 
 
 RUN_CSV_COLUMNS = ("run_dir", "state", "setting", "seed", "ims_per_group", "ims_per_device",
-                   "world_size", "mode", "last_iter", "max_iter") + METRICS + ("error",)
+                   "world_size", "mode", "last_iter", "iters_done", "max_iter") + METRICS + ("error",)
 
 
 def run_record(r: Run) -> dict[str, Any]:
@@ -291,6 +291,7 @@ def run_record(r: Run) -> dict[str, Any]:
         "world_size": r.world_size,
         "mode": r.mode if r.state != "unreadable" else None,
         "last_iter": r.last_iter,
+        "iters_done": r.iters_done,
         "max_iter": r.max_iter,
         "error": r.error,
         "notes": list(r.notes),
@@ -363,10 +364,10 @@ def problem_table_md(runs: list[Run], with_progress: bool = False) -> str:
     for r in runs:
         line = [r.label or "n/a", fmt(r.ims_per_group), fmt(r.world_size) if r.state != "unreadable" else "n/a",
                 fmt(r.seed), f"`{r.rel_dir}`", r.state]
-        if with_progress:
-            last = "?" if r.last_iter is None else str(r.last_iter)
+        if with_progress:  # completed iterations, the count status.json and the error messages give
+            done = "?" if r.iters_done is None else str(r.iters_done)
             total = "?" if r.max_iter is None else str(r.max_iter)
-            line.append(f"iter {last}/{total}")
+            line.append(f"{done}/{total} iterations done")
         line.append(short_error(r.error))
         body.append(line)
     return md_table(header, body)

@@ -16,7 +16,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+
+from gn_detect.evaluation.figures import iteration_axis, iteration_line
 
 from .collect import Run
 from .compare import optimizer_groups, optimizer_key
@@ -332,9 +333,6 @@ def run_setting_name(r: Run) -> str:
     return s if r.mode == "single process" else f"{s} ({r.mode})"
 
 
-MARKER_MAX_POINTS = 40  # runs with at most this many training records get a marker per record
-
-
 def loss_curves_figure(runs: list[Run]) -> tuple[Figure, list[dict]]:
     """The figure of ``plot_loss_curves`` (not saved) and its series."""
     runs = [r for r in runs if r.train and r.label]
@@ -353,13 +351,12 @@ def loss_curves_figure(runs: list[Run]) -> tuple[Figure, list[dict]]:
         loss = np.asarray([p[1] for p in pts], dtype=float)
         legend = name if name not in labelled else None
         labelled.add(name)
-        ax.plot(it, loss, color=colors[name], linewidth=1.0, alpha=0.8, label=legend,
-                linestyle="-" if r.state == "done" else "--",
-                marker="o" if len(pts) <= MARKER_MAX_POINTS else None, markersize=4, clip_on=False)
+        iteration_line(ax, it, loss, color=colors[name], alpha=0.8, label=legend,
+                       linestyle="-" if r.state == "done" else "--")
         series.append({"name": f"{name} | seed {r.seed} | {r.rel_dir}", "setting": name, "seed": r.seed,
                        "run_dir": r.rel_dir, "state": r.state, "points": int(np.isfinite(loss).sum())})
     if runs:
-        _iteration_axis(ax, [p[0] for r in runs for p in r.train])
+        iteration_axis(ax, [p[0] for r in runs for p in r.train])
         ax.legend(fontsize=7, title="setting (dashed: not done)", title_fontsize=7)
     else:
         ax.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax.transAxes)
@@ -370,24 +367,10 @@ def loss_curves_figure(runs: list[Run]) -> tuple[Figure, list[dict]]:
     return fig, series
 
 
-def _iteration_axis(ax, iters: list[int]) -> None:
-    """x from the first to the last recorded iteration (half a step either side of a single
-    one), integer ticks written as integers, no offset or scientific notation."""
-    lo, hi = int(min(iters)), int(max(iters))
-    if hi > lo:
-        ax.set_xlim(lo, hi)
-    else:
-        ax.set_xlim(lo - 0.5, lo + 0.5)
-    # a short span gets every iteration as a tick (MaxNLocator falls back to fractions there)
-    ax.xaxis.set_major_locator(FixedLocator(range(lo, hi + 1)) if hi - lo <= 10 else MaxNLocator(integer=True))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0f}"))
-    ax.yaxis.get_major_formatter().set_useOffset(False)
-
-
 def plot_loss_curves(runs: list[Run], path: Path) -> dict:
     """Training loss of every run with train records; one colour per setting (label, images per
     group, mode), dashed when the run is not done (failed, running); a marker per record when a
-    run has few (at most MARKER_MAX_POINTS)."""
+    run has few (gn_detect/evaluation/figures.py: iteration_line)."""
     fig, series = loss_curves_figure(runs)
     _save(fig, path)
     return {"file": path.name, "title": "training loss curves", "x": "iter", "y": "loss", "series": series}

@@ -29,7 +29,8 @@ OUTPUT_FILES = ("summary.csv", "summary.md", "summary.json", "summary.tex", "run
 
 
 def split_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """done (with a final record) / failed / unfinished (running, interrupted, crashed, unknown) / excluded."""
+    """done (with a final record) / failed / unfinished (running, interrupted, crashed, not started,
+    unknown) / excluded."""
     parts: dict[str, list[Run]] = {"done": [], "failed": [], "unfinished": [], "excluded": []}
     for r in runs:
         if r.state == "done" and r.final is not None:
@@ -39,7 +40,7 @@ def split_runs(runs: list[Run]) -> dict[str, list[Run]]:
             parts["excluded"].append(r)
         elif r.state == "failed":
             parts["failed"].append(r)
-        elif r.state in ("running", "interrupted", "crashed", "unknown"):
+        elif r.state in ("running", "interrupted", "crashed", "not started", "unknown"):
             parts["unfinished"].append(r)
         else:  # unreadable config
             parts["excluded"].append(r)

@@ -109,3 +109,20 @@ def test_data_classes_keeps_the_named_categories_of_a_coco_json(coco128: Path) -
     assert [c["name"] for c in split_categories(cfg, "train")] == sorted(["dog", "person"], key=lambda n: ids[n])
     with pytest.raises(DataError, match="unicorn"):
         build_dataset({**cfg, "classes": ["unicorn"]}, "train")
+
+
+def test_a_misspelt_data_class_of_not_yet_generated_shapes_is_refused_at_start(tmp_path: Path) -> None:
+    """data.classes against the categories a shapes dataset will have (data/synthetic.py:
+    shapes_categories) before it is generated: one line per split, exit status 2, nothing made
+    (it used to generate the data and fail the run, exit status 1)."""
+    import subprocess
+
+    from tests.engine._train_utils import child_env, train_cmd, tiny_overrides
+
+    cmd = train_cmd([*tiny_overrides(tmp_path / "fresh"), "data.classes=[circle,sqare]", "hydra.run.dir=run"])
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=child_env(HYDRA_FULL_ERROR="0"), timeout=120,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gn-detect:")]
+    assert proc.returncode == 2 and len(lines) == 2, proc.stdout[-3000:]
+    assert all("data.classes names ['sqare'] are not categories" in ln and "'square'" in ln for ln in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, no generated data

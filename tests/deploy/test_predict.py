@@ -68,14 +68,21 @@ def test_predict_writes_coco_results_loadres_accepts(shapes_root, tmp_path):
             assert drawn.size == orig.size and drawn.mode == "RGB"
 
 
-def test_tuned_thresholds_decide_what_is_written(shapes_root, tmp_path, one_thread):
-    ckpt = make_run(tmp_path / "run", shapes_root, **{"model.backbone.norm": "bn"})
-    images = _images(shapes_root, tmp_path / "images")
+def _everything(tmp_path: Path, ckpt: Path, images: Path) -> tuple[list, dict, int, int, float]:
+    """Every detection (score_thresh 0), the count per class, the two most detected classes and
+    the median score of the first."""
     _predict(tmp_path, ckpt, images, "all", score_thresh=0.0, draw=False)
     everything = json.loads((tmp_path / "all" / "detections.json").read_text())
     counts = {cid: sum(r["category_id"] == cid for r in everything) for cid in NAMES}
-    cut, kept = sorted((c for c in NAMES if counts[c]), key=lambda c: -counts[c])[:2]
-    middle = float(np.median([r["score"] for r in everything if r["category_id"] == cut]))
+    first, second = sorted((c for c in NAMES if counts[c]), key=lambda c: -counts[c])[:2]
+    middle = float(np.median([r["score"] for r in everything if r["category_id"] == first]))
+    return everything, counts, first, second, middle
+
+
+def test_tuned_thresholds_decide_what_is_written(shapes_root, tmp_path, one_thread):
+    ckpt = make_run(tmp_path / "run", shapes_root, **{"model.backbone.norm": "bn"})
+    images = _images(shapes_root, tmp_path / "images")
+    everything, counts, cut, kept, middle = _everything(tmp_path, ckpt, images)
     thresholds = {cid: None for cid in NAMES} | {kept: 0.0, cut: middle}
     write_report(tmp_path / "run", thresholds, NAMES)
     summary = _predict(tmp_path, ckpt, images, "tuned", draw=False)
@@ -99,3 +106,36 @@ def test_predict_refuses_in_one_line_before_loading(shapes_root, tmp_path):
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gn-detect:")]
         assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], tail(proc)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_threshold_file_sets_the_classes_it_lists(shapes_root, tmp_path, one_thread):
+    """thresholds=<json {class name: threshold}>: the listed classes at theirs (null: never), the
+    others at score_thresh; a report.json given there reads as its per-class thresholds; a class the
+    model does not have is refused in one line, exit status 2, before anything is written."""
+    ckpt = make_run(tmp_path / "run", shapes_root, **{"model.backbone.norm": "bn"})
+    images = _images(shapes_root, tmp_path / "images")
+    everything, counts, cut, gone, middle = _everything(tmp_path, ckpt, images)
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({NAMES[cut]: middle, NAMES[gone]: None}))
+    summary = _predict(tmp_path, ckpt, images, "mine", score_thresh=0.0, thresholds=str(own), draw=False)
+    got = json.loads((tmp_path / "mine" / "detections.json").read_text())
+    expected = [r for r in everything if r["category_id"] not in (cut, gone) or
+                (r["category_id"] == cut and r["score"] >= middle)]
+    assert summary["thresholds"] == "file+score_thresh" and got == expected
+    assert 0 < sum(r["category_id"] == cut for r in got) < counts[cut]
+
+    # the tuned thresholds a report writes, given as the threshold file (no report= needed)
+    (tmp_path / "elsewhere").mkdir()
+    report = write_report(tmp_path / "elsewhere", {cid: None for cid in NAMES} | {cut: middle}, NAMES)
+    _predict(tmp_path, ckpt, images, "report_file", thresholds=str(report), draw=False)
+    got = json.loads((tmp_path / "report_file" / "detections.json").read_text())
+    assert got == [r for r in everything if r["category_id"] == cut and r["score"] >= middle]
+
+    own.write_text(json.dumps({"circel": 0.5}))
+    cmd = [sys.executable, str(REPO / "tools" / "predict.py"), f"checkpoint={ckpt}", f"input={images}",
+           "output=bad", "score_thresh=0.3", f"thresholds={own}"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=child_env(HYDRA_FULL_ERROR="0"), timeout=120,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gn-detect:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "['circel'] are not classes of the model" in lines[0], tail(proc)
+    assert not (tmp_path / "bad" / "detections.json").exists()

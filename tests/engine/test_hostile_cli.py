@@ -275,7 +275,7 @@ def test_evaluate_completes_and_counts_an_image_unreadable_at_run_time(tmp_path:
 
 @pytest.mark.parametrize("bad", [[0.5], "0.5", True, 1.5, -0.1, float("inf")])
 def test_predict_refuses_every_non_probability_threshold(tmp_path: Path, bad: Any) -> None:
-    from gn_detect.deploy.predict import class_thresholds
+    from gn_detect.deploy.predict import class_thresholds, read_threshold_file
 
     report = write_report(tmp_path, {1: 0.5, 2: bad, 3: None}, NAMES)
     cats = [{"id": k, "name": NAMES[k]} for k in (1, 2, 3)]
@@ -284,6 +284,11 @@ def test_predict_refuses_every_non_probability_threshold(tmp_path: Path, bad: An
     assert str(report) in str(info.value) and "class 2 (square)" in str(info.value) and "\n" not in str(info.value)
     thr, _ = class_thresholds(write_report(tmp_path, {1: 0.5, 2: 0, 3: None}, NAMES), None, cats)
     assert thr == {1: 0.5, 2: 0.0, 3: float("inf")}
+    own = tmp_path / "mine.json"  # a user's threshold file (predict's thresholds=): the same rule
+    own.write_text(json.dumps({"square": bad}))
+    with pytest.raises(ValueError) as info:
+        read_threshold_file(own)
+    assert str(own) in str(info.value) and "'square'" in str(info.value) and "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- output paths that cannot be written

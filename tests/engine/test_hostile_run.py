@@ -170,7 +170,7 @@ def test_the_failed_run_line_says_what_status_json_holds(tmp_path, monkeypatch):
     from gn_detect.engine import launch
     from gn_detect.runs import write_status
 
-    def train_then_disk_full(cfg, run_dir, base_dir, parsed=None):
+    def train_then_disk_full(cfg, run_dir, base_dir, parsed=None, hparams=None):
         write_status(run_dir, "running", iteration=3)
         raise DiskFullError(run_dir / "status.json")
 
@@ -181,7 +181,7 @@ def test_the_failed_run_line_says_what_status_json_holds(tmp_path, monkeypatch):
     launch._single_run(None, tmp_path, tmp_path, None)
     assert launch._OUTCOME.exit_code == 1
     assert f"(status.json in {tmp_path} could not be updated and says running)" in launch._OUTCOME.reason
-    def train_recorded_failed(cfg, run_dir, base_dir, parsed=None):
+    def train_recorded_failed(cfg, run_dir, base_dir, parsed=None, hparams=None):
         write_status(run_dir, "failed", error="x")
         raise DiskFullError(run_dir / "checkpoints" / "last.pth")
 

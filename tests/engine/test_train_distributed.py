@@ -56,7 +56,8 @@ def test_ddp_two_ranks(shapes_root, tmp_path, norm):  # noqa: F811
     assert read_status(run_dir)["state"] == "done"
     files = sorted(str(f.relative_to(run_dir)) for f in run_dir.rglob("*")
                    if f.is_file() and ".hydra" not in f.parts)
-    assert len([f for f in files if f.startswith("tb/")]) == 1, files  # one TensorBoard writer
+    assert len([f for f in files if f.startswith("tb/events")]) == 1, files  # one TensorBoard writer
+    assert len([f for f in files if f.startswith("tb/hparams/")]) == 1, files  # and rank 0's HParams row
     # rank 1 only leaves its log and its RNG side file next to rank 0's checkpoint (exact resume)
     assert [f for f in files if "rank" in f] == ["checkpoints/last.rank1.rng.pth", "launch.rank1.log"], files
     for name in ("status.json", "config.yaml", "env.json", "report.json", "report.md", "per_class.csv",

@@ -12,7 +12,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from gn_detect.evaluation.figures import class_colors, draw_examples, label_extent, plot_examples
+from gn_detect.evaluation.figures import class_colors, draw_examples, label_extent, plot_examples, pr_curves_figure
 from gn_detect.evaluation.report import prepare
 
 from .conftest import det, make_gt
@@ -102,3 +102,22 @@ def test_many_labels_in_a_small_image_are_left_out_not_overlapped(tmp_path: Path
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     shown = len(boxes)
     assert 20 < shown < 108 and f"({108 - shown} labels left out: no room)" in fig.axes[0].get_title()
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def test_pr_curves_have_a_legend_also_without_box_curves(crowded) -> None:
+    """pr_curves.png's legend is the figure's, whatever the panels hold; with no detection at all
+    there are no curves and the legend says so (it used to have no legend then)."""
+    _, prep, _ = crowded
+    thr = np.full(3, 0.5)
+    fig, ks = pr_curves_figure(CATS, prep.box, prep.label, thr, [0.1, 0.2, 0.3])
+    assert sorted(ks) == [0, 1, 2]
+    assert _legend_texts(fig) == ["box level", "label level", "operating point at the class threshold"]
+    empty = prepare(make_gt([(1, 1, [10, 10, 40, 40]), (1, 2, [0, 0, 20, 20])], num_images=1, cats=CATS), [])
+    fig, _ = pr_curves_figure(CATS, empty.box, empty.label, thr, [0.0, 0.0, None])
+    assert not any(line.get_linestyle() in ("-", "--") for ax in fig.axes for line in ax.get_lines())
+    texts = _legend_texts(fig)
+    assert texts[0].startswith("box level: no box curves") and texts[1].startswith("label level: no label curves")
