@@ -11,8 +11,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gn_detect.evaluation.figures import iteration_axis, iteration_line
-from gn_detect.io import atomic_open
+from gn_detect.evaluation.figures import iteration_axis, iteration_line, save_figure
 
 __all__ = ["curve_series", "plot_run_curves"]
 
@@ -70,8 +69,7 @@ def plot_run_curves(path: Path, records: list[dict], title: str = "") -> dict:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_open(path, binary=True) as f:  # replaces, never writes through, what is there
-        fig.savefig(f, format="png")
+    save_figure(fig, path)
     return {"file": Path(path).name,
             "panels": [{"title": p["title"], "series": [{"name": s["name"], "points": len(s["iter"])}
                                                           for s in p["series"]]} for p in panels]}

@@ -23,6 +23,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 from matplotlib.transforms import Bbox
 from gn_detect.image_io import read_rgb
+from gn_detect.io import atomic_open
 from gn_detect.evaluation.events import Counts, Events
 from gn_detect.evaluation.label_places import free_spot
 from gn_detect.evaluation.matching import FP, IGNORED, BoxMatches, GroundTruth
@@ -39,10 +40,17 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def save_figure(fig: Figure, path: str | Path, **savefig: Any) -> None:
+    """``fig`` written to ``path`` atomically (the format from its suffix): what is there, a
+    symlink included, is replaced, never written through; a failed save leaves it as it was."""
+    with atomic_open(path, binary=True) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", **savefig)
+
+
 def plot_pr_curves(path: Path, *args: Any, **kwargs: Any) -> list[int]:
     """``pr_curves_figure`` saved to ``path``; returns the class indices drawn."""
     fig, ks = pr_curves_figure(*args, **kwargs)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     return ks
 
 
@@ -293,5 +301,5 @@ def plot_examples(path: Path, *args: Any, **kwargs: Any) -> list[int]:
     if drawn is None:
         return []
     fig, ids = drawn
-    fig.savefig(path, dpi=EXAMPLE_DPI)
+    save_figure(fig, path, dpi=EXAMPLE_DPI)
     return ids

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from gn_detect.evaluation.figures import iteration_axis, iteration_line
+from gn_detect.evaluation.figures import iteration_axis, iteration_line, save_figure
 
 from .collect import Run
 from .compare import optimizer_groups, optimizer_key
@@ -34,7 +34,7 @@ def _new_figure(w: float, h: float) -> Figure:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def label_colors(labels: list[str]) -> dict[str, Any]:

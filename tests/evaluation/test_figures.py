@@ -121,3 +121,22 @@ def test_pr_curves_have_a_legend_also_without_box_curves(crowded) -> None:
     assert not any(line.get_linestyle() in ("-", "--") for ax in fig.axes for line in ax.get_lines())
     texts = _legend_texts(fig)
     assert texts[0].startswith("box level: no box curves") and texts[1].startswith("label level: no label curves")
+
+
+def test_a_figure_replaces_a_symlink_and_never_writes_through_it(tmp_path) -> None:
+    """Hostile input, round four: a figure path in a run folder that is a symlink to a file outside
+    is replaced by the figure; the outside file keeps its bytes (every figure goes through save_figure)."""
+    from matplotlib.figure import Figure
+
+    from gn_detect.evaluation.figures import save_figure
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    link = tmp_path / "run" / "pr_curves.png"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    save_figure(fig, link, dpi=50)
+    assert outside.read_text() == "keep me\n"
+    assert not link.is_symlink() and link.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
