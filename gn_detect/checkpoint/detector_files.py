@@ -8,7 +8,9 @@ data-only unpickler), then recognized by names:
 * ``detectron``: a Caffe2 dict (optionally in ``"blobs"``) holding ``retnet_cls_pred_fpn3_w``;
 * ``detectron2``: ``backbone.bottom_up.*`` and ``head.cls_score.weight`` (optionally in ``"model"``);
 * ``torchvision``: ``backbone.body.*`` and ``head.classification_head.cls_logits.weight``
-  (optionally in ``"model"``/``"state_dict"``, prefixed ``module.``); v1 or v2 by content.
+  (optionally in ``"model"``/``"state_dict"``, prefixed ``module.``); v1 or v2 by content;
+* ``converted``: ``{"format": CONVERTED_FORMAT, "source", "state_dict", "conventions",
+  "class_names"}``, any of the above written by tools/convert_weights.py in gn-detect's names.
 
 ``DETECTOR_MAPS`` holds one map per source; a source whose map is None is recognized but not yet
 readable (one line saying so).
@@ -26,7 +28,10 @@ from .torchvision_detector import is_torchvision_retinanet, map_torchvision
 from gn_detect.config.errors import ConfigError
 from gn_detect.runs import flatten
 
-__all__ = ["DETECTOR_MAPS", "DetectorWeightsError", "detector_source", "read_detector"]
+__all__ = ["CONVERTED_FORMAT", "DETECTOR_MAPS", "DetectorWeightsError", "NotADetectorError", "converted_record",
+           "detector_source", "read_detector"]
+
+CONVERTED_FORMAT = "gn_detect.detector/1"
 
 
 class DetectorWeightsError(WeightsError):
@@ -34,6 +39,10 @@ class DetectorWeightsError(WeightsError):
 
     def __init__(self, problem: str, fix: str = "") -> None:
         ConfigError.__init__(self, "model.weights", problem, fix)
+
+
+class NotADetectorError(DetectorWeightsError):
+    """The file holds weights, but no whole detector this reader knows."""
 
 
 # A gn-detect checkpoint's model settings that do not make its weights (where the run's weights came
@@ -57,6 +66,19 @@ def map_gn_detect(ckpt: dict[str, Any]) -> MappedDetector:
     return MappedDetector("gn-detect", state, conventions, names, mapped=[(k, k) for k in state])
 
 
+def converted_record(md: MappedDetector) -> dict[str, Any]:
+    """What tools/convert_weights.py writes for a detector (read back by ``map_converted``)."""
+    return {"format": CONVERTED_FORMAT, "source": md.source, "state_dict": {k: v.contiguous() for k, v in
+            md.state_dict.items()}, "conventions": dict(md.conventions), "class_names": list(md.class_names)}
+
+
+def map_converted(obj: dict[str, Any]) -> MappedDetector:
+    """A file tools/convert_weights.py wrote: already in gn-detect's names."""
+    state = obj["state_dict"]
+    return MappedDetector(str(obj["source"]), dict(state), dict(obj["conventions"]), list(obj["class_names"]),
+                          mapped=[(k, k) for k in state])
+
+
 def _detectron2_map(model: dict[str, Any]) -> MappedDetector:
     raise WeightsError("a detectron2 RetinaNet file, which is not yet readable as model.weights",
                                "convert it elsewhere or start from a torchvision or gn-detect file")
@@ -70,7 +92,7 @@ def _detectron_map(blobs: dict[str, Any]) -> MappedDetector:
 # source -> its name map (taking the dict detector_source returns)
 DETECTOR_MAPS: dict[str, Callable[[dict[str, Any]], MappedDetector]] = {
     "torchvision": map_torchvision, "detectron2": _detectron2_map, "detectron": _detectron_map,
-    "gn-detect": map_gn_detect,
+    "gn-detect": map_gn_detect, "converted": map_converted,
 }
 
 
@@ -78,6 +100,8 @@ def detector_source(obj: Any) -> tuple[str, dict[str, Any]] | None:
     """(source, the dict its map takes) of a loaded file; None when it is no detector this reader knows."""
     if not isinstance(obj, dict):
         return None
+    if obj.get("format") == CONVERTED_FORMAT:
+        return "converted", obj
     if "description" in obj and isinstance(obj.get("model"), dict):
         return "gn-detect", obj
     blobs = obj.get("blobs", obj)
@@ -100,7 +124,7 @@ def _read_cached(path: Path, _stamp: tuple[int, int]) -> MappedDetector:
         raise DetectorWeightsError(str(e).removeprefix(f"{e.key}: ")) from None
     found = detector_source(obj)
     if found is None:
-        raise DetectorWeightsError(
+        raise NotADetectorError(
             f"{path}: holds no whole RetinaNet this reader knows (no torchvision cls_logits, detectron2 "
             "head.cls_score, Detectron retnet_cls_pred_fpn3_w or gn-detect checkpoint)",
             "give a detector file, or a backbone file as model.backbone.weights")

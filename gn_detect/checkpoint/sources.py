@@ -235,7 +235,8 @@ def _read_cached(path: Path, _stamp: tuple[int, int], source: str) -> SourceWeig
     family, inner = _names(obj)
     if family == "gn-detect":
         raise WeightsError(f"{path}: is a gn-detect checkpoint (a whole detector), not backbone weights",
-                           "start a run from it with init_weights=<file>, or give an ImageNet backbone file")
+                           "start a run from it with init_weights=<file> or model.weights=<file>, or give an "
+                           "ImageNet backbone file")
     if family == "unknown":
         raise WeightsError(f"{path}: holds no ResNet weights this reader knows (no conv1.weight, conv1_w or "
                            "stem.conv1.weight)", "give a torchvision, timm, Detectron (.pkl) or detectron2 file")

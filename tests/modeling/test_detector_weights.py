@@ -192,3 +192,41 @@ def test_a_gn_detect_checkpoint_brings_its_model_and_categories(tmp_path):
     k = 3
     assert torch.equal(got["head.cls_score.weight"], torch.stack([src["head.cls_score.weight"][a * k + c]
                                                                   for a in range(A) for c in (2, 0)]))
+
+
+@pytest.fixture(scope="module")
+def detector_files(v1_file) -> dict[str, Path]:
+    """One whole-detector file per source the converter is checked on."""
+    return {"torchvision_v1": v1_file}
+
+
+@pytest.mark.parametrize("source", ["torchvision_v1"])
+def test_convert_weights_round_trip_of_a_detector(detector_files, source, tmp_path, capsys):
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import convert_weights as convert_tool
+
+    original = detector_files[source]
+    out = tmp_path / "converted.pth"
+    assert convert_tool.main([str(original), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"detector   {source}: loadable as model.weights={out}" in printed
+    assert "mapped     backbone.body.conv1.weight -> backbone.conv1.weight" in printed
+    assert torch.load(out, weights_only=True)["source"] == source
+    a, b = read_detector(original), read_detector(out)
+    assert b.source == a.source and b.conventions == a.conventions and b.class_names == a.class_names
+    torch.manual_seed(0)
+    from_original = build_model({"weights": str(original)}, 2, ["dog", "person"]).state_dict()
+    torch.manual_seed(0)
+    from_converted = build_model({"weights": str(out)}, 2, ["dog", "person"]).state_dict()
+    assert from_original.keys() == from_converted.keys()
+    assert all(torch.equal(from_original[k], from_converted[k]) for k in from_original)
+
+
+def test_a_whole_detector_given_as_backbone_weights_points_to_model_weights(v1_file):
+    with pytest.raises(ConfigError, match=r"^model.backbone.weights: .*whole detector: give it as model.weights") as e:
+        build_model({"backbone": {"weights": str(v1_file)}}, 2)
+    assert "\n" not in str(e.value)
