@@ -77,8 +77,8 @@ def resolve_detector_conventions(model_cfg: DictConfig) -> MappedDetector | None
             continue
         if not _same(current, OmegaConf.select(defaults, key)):
             raise ConfigError(f"model.{key}", f"{_plain(current)!r}, but the {md.source} file {model_cfg.weights} "
-                              f"was built with {value!r}", f"drop that setting or give model.{key}={value!r} "
-                              "(model.weights brings its source's settings)")
+                              f"was built with {value!r}", f"drop that setting (or the preset setting it: norm=, model=) or "
+                              f"give model.{key}={value!r}; model.weights brings its source's settings")
         OmegaConf.update(model_cfg, key, value, merge=False)
     return md
 

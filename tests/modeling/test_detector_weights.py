@@ -230,3 +230,15 @@ def test_a_whole_detector_given_as_backbone_weights_points_to_model_weights(v1_f
     with pytest.raises(ConfigError, match=r"^model.backbone.weights: .*whole detector: give it as model.weights") as e:
         build_model({"backbone": {"weights": str(v1_file)}}, 2)
     assert "\n" not in str(e.value)
+
+
+def test_a_contradiction_stops_the_start_before_any_data_is_read(v1_file, tmp_path):
+    """train(): data.root does not exist here, and the run folder gets no file."""
+    from gn_detect.engine.trainer import train
+    from tests.engine._train_utils import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path / "no_data", **{"model.weights": str(v1_file)})  # the tiny model: depth 'tiny'
+    with pytest.raises(ConfigError, match=r"^model.backbone.depth: 'tiny', but the torchvision_v1 file .*'50'") as e:
+        train(cfg, tmp_path / "run", base_dir=tmp_path)
+    assert "\n" not in str(e.value) and "model=" in str(e.value)
+    assert not (tmp_path / "run" / "config.yaml").exists()
