@@ -148,6 +148,7 @@ def _rows(weight: torch.Tensor, ids: list[int], k: int = 91) -> torch.Tensor:
     return torch.stack([weight[a * k + c] for a in range(A) for c in ids])
 
 
+@pytest.mark.slow
 def test_class_rows_of_coco_names_are_kept_others_reinitialized(tv_states, v1_file):
     file_w = tv_states["torchvision_v1"]["head.classification_head.cls_logits.weight"]
     file_b = tv_states["torchvision_v1"]["head.classification_head.cls_logits.bias"]
@@ -200,6 +201,7 @@ def detector_files(v1_file) -> dict[str, Path]:
     return {"torchvision_v1": v1_file}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["torchvision_v1"])
 def test_convert_weights_round_trip_of_a_detector(detector_files, source, tmp_path, capsys):
     import sys
