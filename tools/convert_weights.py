@@ -2,7 +2,9 @@
 """Convert a pretrained backbone file (torchvision/timm .pth or .safetensors, Detectron/Caffe2
 .pkl, detectron2 .pkl/.pth) to torchvision's ResNet layout plus the input conventions it needs:
 DST = torch.save({"state_dict", "conventions"}), loadable with weights_only=True and by
-model.backbone.weights. The source is told from the content. Exit 0, or 2 with one line (also
+model.backbone.weights; or a whole-detector file (torchvision retinanet_resnet50_fpn[_v2]) to
+gn-detect's names with its settings and class rows, loadable by model.weights. The source is
+told from the content. Exit 0, or 2 with one line (also
 for a DST that cannot be written), or 1 with one line when the write fails anyway.
 
     python tools/convert_weights.py R-50.pkl R-50.converted.pth
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path("dst", args.dst, file=True)  # before the source is read
         out = convert_weights(args.src, args.dst, source=args.source, norm=args.norm, num_groups=args.num_groups)
     except ConfigError as e:
-        print(f"convert_weights: {str(e).removeprefix('model.backbone.weights: ')}", file=sys.stderr)
+        print(f"convert_weights: {str(e).removeprefix(f'{e.key}: ')}", file=sys.stderr)
         return 2
     except OSError as e:  # the write failed after the check (disk full, a folder gone)
         print(f"convert_weights: writing {args.dst} failed: {one_line(e)}", file=sys.stderr)
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ignored    {key}")
     for key in out["converted"]:
         print(f"converted  {key}: BN statistics folded into weight/bias (eps 1e-5)")
+    if "source" in out:
+        print(f"detector   {out['source']}: loadable as model.weights={args.dst}")
     print(f"conventions {out['conventions']}")
     print(f"wrote {args.dst}: {len(out['mapped'])} mapped, {len(out['ignored'])} ignored, "
           f"{len(out['converted'])} converted")

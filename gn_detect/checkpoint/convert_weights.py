@@ -1,6 +1,7 @@
 """tools/convert_weights.py: any supported backbone file -> ``{"state_dict", "conventions"}`` in
 torchvision's ResNet layout, loadable with ``torch.load(weights_only=True)`` and by
-``model.backbone.weights``."""
+``model.backbone.weights``; any whole-detector file ``model.weights`` reads -> its gn-detect names,
+settings and class rows (``detector_files.converted_record``), loadable by ``model.weights``."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,10 @@ import torch
 from gn_detect.norms import norm_spec
 
 from .conventions import file_conventions, norm_for
+from .detector_files import NotADetectorError, converted_record, read_detector
 from .sources import SourceWeights, WeightsError, read_weights
 
-__all__ = ["NORM_CHOICES", "convert_weights"]
+__all__ = ["NORM_CHOICES", "convert_weights", "convert_detector"]
 
 FOLD_EPS = 1e-5  # BN statistics folded into scale/shift (torchvision's and Detectron's BN eps)
 # --norm choices: one norm per kind of pretrained weights the table knows (affine, bn, gn)
@@ -58,12 +60,39 @@ def _decide(sw: SourceWeights, norm: str) -> tuple[str, dict[str, torch.Tensor],
                        f"use --norm {norm_for(sw.holds) or 'auto'}")
 
 
-def convert_weights(src: str | Path, dst: str | Path, *, source: str = "auto", norm: str = "auto",
-                    num_groups: int = 32) -> dict[str, Any]:
-    """Write ``dst``; returns {"mapped", "ignored", "converted", "conventions"}. A failed write is
-    an OSError (torch's zip writer raises RuntimeError)."""
+def _save(obj: dict[str, Any], dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.save(obj, dst)
+    except RuntimeError as e:  # torch's zip writer: "File ... cannot be opened", "unexpected pos"
+        raise OSError(f"could not write {dst}: {str(e).splitlines()[0]}") from e
+
+
+def _not_the_input(src: str | Path, dst: str | Path) -> None:
     if Path(dst).resolve() == Path(src).resolve():
         raise WeightsError(f"{dst} is the input file: converting would overwrite it", "give another output path")
+
+
+def convert_detector(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Write a whole-detector file ``src`` as ``dst`` in gn-detect's names (NotADetectorError when
+    it holds none); returns {"source", "mapped", "ignored", "conventions"}."""
+    _not_the_input(src, dst)
+    md = read_detector(src)
+    _save(converted_record(md), Path(dst))
+    return {"source": md.source, "mapped": md.mapped, "ignored": md.ignored, "conventions": md.conventions}
+
+
+def convert_weights(src: str | Path, dst: str | Path, *, source: str = "auto", norm: str = "auto",
+                    num_groups: int = 32) -> dict[str, Any]:
+    """Write ``dst``; returns {"mapped", "ignored", "converted", "conventions"} (and "source" for a
+    whole detector, which ``source="auto"`` tries first). A failed write is an OSError (torch's zip
+    writer raises RuntimeError)."""
+    _not_the_input(src, dst)
+    if source == "auto":
+        try:
+            return {**convert_detector(src, dst), "converted": []}
+        except NotADetectorError:
+            pass
     sw = read_weights(src, source)
     holds, state, folded = _decide(sw, norm)
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -71,10 +100,5 @@ def convert_weights(src: str | Path, dst: str | Path, *, source: str = "auto", n
         raise WeightsError(f"{sw.path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {', '.join(bad[:3])})",
                            "the file is damaged; use another file")
     conventions = file_conventions(dataclasses.replace(sw, holds=holds), holds, num_groups)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.save({"state_dict": {k: v.contiguous() for k, v in state.items()}, "conventions": conventions}, dst)
-    except RuntimeError as e:  # torch's zip writer: "File ... cannot be opened", "unexpected pos"
-        raise OSError(f"could not write {dst}: {str(e).splitlines()[0]}") from e
+    _save({"state_dict": {k: v.contiguous() for k, v in state.items()}, "conventions": conventions}, Path(dst))
     return {"mapped": sw.mapped, "ignored": sw.ignored, "converted": folded, "conventions": conventions}

@@ -93,7 +93,10 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - one line naming the file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch's message bolds a warning in ANSI codes
+        called = re.search(r"Unsupported global: GLOBAL (\S+)", text)  # a callable the file asks to run
+        first = (f"refused: it asks to call {called.group(1)}" if called
+                 else text.splitlines()[0] if text else type(e).__name__)
         raise WeightsError(f"{path}: cannot be read as data with torch.load(weights_only=True) ({first})",
                            "give a file that holds only weights") from None
 
@@ -235,7 +238,8 @@ def _read_cached(path: Path, _stamp: tuple[int, int], source: str) -> SourceWeig
     family, inner = _names(obj)
     if family == "gn-detect":
         raise WeightsError(f"{path}: is a gn-detect checkpoint (a whole detector), not backbone weights",
-                           "start a run from it with init_weights=<file>, or give an ImageNet backbone file")
+                           "start a run from it with init_weights=<file> or model.weights=<file>, or give an "
+                           "ImageNet backbone file")
     if family == "unknown":
         raise WeightsError(f"{path}: holds no ResNet weights this reader knows (no conv1.weight, conv1_w or "
                            "stem.conv1.weight)", "give a torchvision, timm, Detectron (.pkl) or detectron2 file")

@@ -18,6 +18,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fpn.top_block_in": ("p5", "c5"),
     "model.anchors.style": ("exact", "torchvision", "detectron"),
     "model.test.clip": ("before_nms", "after_nms"),
+    "model.weights_classes": ("auto", "match", "reinit"),
     "model.loss.box_loss": ("smooth_l1", "giou"),
     "model.loss.normalizer": ("ema", "batch"),
     "data.name": ("shapes", "coco"),
@@ -150,6 +151,8 @@ class ModelConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     test: TestConfig = field(default_factory=TestConfig)
     size_divisibility: Optional[int] = None  # input padding multiple; null: the deepest anchor stride
+    weights: Optional[str] = None        # a whole-detector file to start from (torchvision, gn-detect; docs/weights.md)
+    weights_classes: str = "auto"        # its class rows: auto (match by name, else re-init), match, reinit
 
 
 @dataclass

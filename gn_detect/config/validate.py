@@ -252,11 +252,23 @@ def check_bn_statistics(cfg: DictConfig, world_size: int) -> None:
                 "model.norm_opts.bn_group_size), or a batch-independent norm (gn, gn_ws)")
 
 
+def check_starting_points(cfg: DictConfig) -> None:
+    """One starting point: ``model.weights`` (a whole detector) with neither
+    ``model.backbone.weights`` nor ``init_weights``."""
+    if not cfg.model.weights:
+        return
+    for key in ("model.backbone.weights", "init_weights"):
+        if _get(cfg, key):
+            raise ConfigError("model.weights", f"is set together with {key}: two starting points for one model",
+                              f"give the whole detector as model.weights only ({key}=null), or drop model.weights")
+
+
 def validate_train_config(cfg: DictConfig, world_size: int = 1) -> Batch:
     """Every start-up check of a training config run by ``world_size`` processes; returns the
     resolved batch notions."""
     _check_choices(cfg)
     _check_ranges(cfg)
+    check_starting_points(cfg)
     lr_steps(cfg.solver)
     batch = resolve_batch(cfg, world_size)
     check_bn_statistics(cfg, world_size)

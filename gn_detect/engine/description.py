@@ -31,8 +31,8 @@ Everything else (model, solver, data, seed, eval split and tuning, ``init_weight
 and the model description itself (e.g. the categories of the training data) must match, and so must
 the content (size and hash) of each annotation file (a json rewritten in place is other data).
 An evaluation (:func:`check_same_model`) refuses a ``run_config`` whose ``model`` section
-differs from the checkpoint's (``model.backbone.weights`` and ``weights_strict`` aside: they only
-say where a run's initial weights came from).
+differs from the checkpoint's (``model.backbone.weights``, ``weights_strict``, ``model.weights`` and
+``weights_classes`` aside: they only say where a run's initial weights came from).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 # Keys of the model section that do not describe the trained model (see the module docstring).
-_NOT_THE_MODEL = ("model.backbone.weights", "model.backbone.weights_strict")
+_NOT_THE_MODEL = ("model.backbone.weights", "model.backbone.weights_strict", "model.weights", "model.weights_classes")
 _MISSING = "<absent>"
 
 

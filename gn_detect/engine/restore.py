@@ -70,6 +70,7 @@ def build_described(description: dict[str, Any], weights: dict[str, Any], path: 
     not fit (a damaged or edited file)."""
     model_cfg = OmegaConf.create(description["config"]["model"])
     OmegaConf.update(model_cfg, "backbone.weights", None)
+    OmegaConf.update(model_cfg, "weights", None)
     categories = description["model"]["categories"]
     written_by = description.get("version", "unknown")
     diffs = config_differences(description["model"], model_signature(model_cfg, categories))

@@ -68,6 +68,7 @@ from gn_detect.evaluation import format_results
 from gn_detect.evaluation.thresholds import class_criteria_of
 from gn_detect.io import write_text_atomic
 from gn_detect.layers import SyncBatchNorm
+from gn_detect.modeling.detector_weights import resolve_detector_conventions
 from gn_detect.modeling.weights import resolve_conventions
 from gn_detect.modeling import build_model, norm_summary, size_divisibility
 
@@ -172,6 +173,7 @@ def _start_run(cfg: DictConfig, run_dir: Path, base_dir: str | Path | None, lock
     batch = validate_train_config(cfg, info.world_size)
     log.info("batch: %d images per step (%d per device x %d process(es)); a BN statistics group sees %s",
              batch.ims_per_batch, batch.ims_per_device, batch.world_size, batch.images_per_group)
+    resolve_detector_conventions(cfg.model)  # model.weights: its source's settings; a contradicting one refused
     resolve_conventions(cfg.model)  # null model.input / stride_in_1x1 from the weights file; norm fit checked
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["solver"]["ims_per_batch"] = batch.ims_per_batch  # record the derived value
@@ -199,9 +201,13 @@ def _datasets(run: _Run, base_dir: str | Path | None) -> tuple[Any, Any]:
     return train_set, val_set
 
 
-def _model(run: _Run, num_classes: int) -> nn.Module:
-    """The model on its device (channels_last, compiled when configured)."""
-    model = build_model(run.cfg.model, num_classes).to(run.device)
+def _model(run: _Run, class_names: list[str]) -> nn.Module:
+    """The model on its device (channels_last, compiled when configured); what a ``model.weights``
+    file gave it is written to the run folder (a new run, rank 0)."""
+    model = build_model(run.cfg.model, len(class_names), class_names).to(run.device)
+    report = getattr(model, "weights_report", None)
+    if report is not None and run.resume is None and gdist.is_main_process():
+        write_json_atomic(RunFolder(run.run_dir).weights_loaded, report)
     log.info("model: %s norms %s", run.cfg.model.name, norm_summary(model))
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -324,7 +330,7 @@ def _build(run: _Run, base_dir: str | Path | None) -> Trainer:
         _write_run_files(run)
     if gdist.is_main_process():
         write_skip_summary([train_set, val_set], RunFolder(run.run_dir).skipped)
-    model = _model(run, len(train_set.label_to_cat_id))
+    model = _model(run, [c["name"] for c in description["model"]["categories"]])
     optimizer, scheduler = _solver(run, model)
     torch.manual_seed(cfg.seed * 1000 + run.rank)  # see the module docstring; a resume restores them
     checkpointer = Checkpointer(run.run_dir, model, optimizer, scheduler, description)

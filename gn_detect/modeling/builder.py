@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -15,6 +15,7 @@ from gn_detect.norms import resolve_norm
 from gn_detect.modeling.anchors import AnchorGenerator
 from gn_detect.modeling.box_coder import BoxCoder
 from gn_detect.modeling.contract import size_divisibility
+from gn_detect.modeling.detector_weights import load_detector_weights, resolve_detector_conventions
 from gn_detect.modeling.registry import build_backbone
 from gn_detect.modeling.fpn import FPN
 from gn_detect.modeling.head import RetinaNetHead
@@ -34,11 +35,14 @@ def model_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
         raise ValueError(f"model.{one_line(e)}") from None
 
 
-def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> RetinaNet:
-    """cfg: the ``model`` section (see gn_detect/config/schema.py: ModelConfig)."""
+def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int,
+                class_names: Sequence[str] | None = None) -> RetinaNet:
+    """cfg: the ``model`` section (see gn_detect/config/schema.py: ModelConfig); ``class_names``:
+    the run's class names in label order (which class rows of ``model.weights`` are kept)."""
     cfg = model_config(cfg)
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes={num_classes}; the dataset lists no categories")
+    detector = resolve_detector_conventions(cfg)  # the whole-detector file's settings, before the parts are built
     norms = {part: resolve_norm(cfg, part) for part in ("backbone", "fpn", "head")}
     bb, fp, hd = cfg.backbone, cfg.fpn, cfg.head
     weights = resolve_conventions(cfg)  # model.input and stride_in_1x1 from the weights file, norm fit
@@ -64,6 +68,10 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int) -> Retina
     if model.size_divisibility % backbone.size_divisibility:
         raise ValueError(f"model.size_divisibility: the padding multiple {model.size_divisibility} is not a multiple "
                          f"of the backbone's size_divisibility {backbone.size_divisibility}; use a multiple of it")
+    if detector is not None:
+        model.weights_report = load_detector_weights(model, detector, where=str(cfg.weights), mode=cfg.weights_classes,
+                                                     class_names=class_names, num_classes=num_classes)
+        backbone.freeze(backbone.freeze_at)
     return model
 
 

@@ -101,8 +101,10 @@ def load_backbone_weights(backbone: nn.Module, sw: SourceWeights, *, norm: str, 
                and (take_norms or k in convs)]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
     if strict and (missing or unexpected):
+        whole = any(k.startswith(("fpn.", "head.")) for k in unexpected)  # e.g. torchvision's retinanet_resnet50_fpn
         raise WeightsError(
             f"{sw.path} ({sw.describe()}) does not match the backbone: missing keys ({len(missing)}): "
             f"{missing[:6]}; unexpected keys ({len(unexpected)}): {unexpected[:6]}",
+            "it holds a whole detector: give it as model.weights=PATH instead (docs/weights.md)" if whole else
             "check model.backbone.depth, or set model.backbone.weights_strict=false to load what matches")
     return {"missing": missing, "unexpected": unexpected}

@@ -53,7 +53,8 @@ def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:
     """The model built on the meta device (no memory, no weight file read): a layer the config
     cannot build (e.g. GroupNorm groups that do not divide its channels) is one line."""
     cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
-    OmegaConf.update(cfg, "backbone.weights", None)  # the weight file is checked when the run loads it
+    OmegaConf.update(cfg, "backbone.weights", None)  # the weight files are checked when the run loads them
+    OmegaConf.update(cfg, "weights", None)
     try:
         with torch.device("meta"):
             build_model(cfg, num_classes)

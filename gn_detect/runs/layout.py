@@ -4,6 +4,7 @@
 
     run_dir/
       .lock  config.yaml  env.json  status.json  metrics.jsonl  data_skipped.json  launch.log  tb/
+      weights_loaded.json                                 what a model.weights file gave the model
       checkpoints/  last.pth (+ last.rank<k>.rng.pth under DDP), model_final.pth, nonfinite_debug.pth
       report.json, report.md, per_class.csv, pr_curves.png, examples.png   the final evaluation
       curves.png                                          loss, LR and AP over the run (written at its end)
@@ -22,6 +23,7 @@ ENV = "env.json"
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SKIPPED = "data_skipped.json"
+WEIGHTS_LOADED = "weights_loaded.json"  # what a model.weights file gave the model
 LAUNCH_LOG = "launch.log"
 HYDRA = ".hydra"  # Hydra's records of a job (its config.yaml is the unresolved composition)
 REPORT = "report.json"
@@ -58,6 +60,7 @@ class RunFolder:
     status = property(lambda self: self.path / STATUS)
     metrics = property(lambda self: self.path / METRICS)
     skipped = property(lambda self: self.path / SKIPPED)
+    weights_loaded = property(lambda self: self.path / WEIGHTS_LOADED)
     report = property(lambda self: self.path / REPORT)
     report_md = property(lambda self: self.path / REPORT_MD)
     pr_curves = property(lambda self: self.path / PR_CURVES)

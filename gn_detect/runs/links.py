@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .layout import CHECKPOINTS, CONFIG, ENV, HYDRA, LAUNCH_LOG, LOCK, METRICS, SKIPPED, STATUS, TB
+from .layout import CHECKPOINTS, CONFIG, ENV, HYDRA, LAUNCH_LOG, LOCK, METRICS, SKIPPED, STATUS, TB, WEIGHTS_LOADED
 
 # What a run writes in its folder (a sweep folder's runs are its subfolders): none may be a symlink
-RUN_FILES = (LOCK, STATUS, CONFIG, ENV, METRICS, SKIPPED, LAUNCH_LOG, CHECKPOINTS, TB, HYDRA, "multirun.yaml")
+RUN_FILES = (LOCK, STATUS, CONFIG, ENV, METRICS, SKIPPED, WEIGHTS_LOADED, LAUNCH_LOG, CHECKPOINTS, TB, HYDRA,
+             "multirun.yaml")
 
 
 def no_follow(path: str, flags: int) -> int:

@@ -369,3 +369,43 @@ def test_torchvision_presets_build_torchvisions_architecture(preset, top_block_i
     # the P6 source is a convention torchvision's file brings (its map, issue 27); given here by hand
     model = build_model(OmegaConf.merge(_preset(preset), {"fpn": {"top_block_in": top_block_in}}), 91)
     assert _param_shapes(model.state_dict()) == theirs
+
+
+# ----------------------------------------------------------------------------- as model.weights
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["detectron2", "detectron"])
+def test_a_detectron_file_starts_a_model_and_round_trips_convert_weights(source, d2_file, c2_file, tmp_path,
+                                                                          capsys):
+    """Saved as its source saves it (.pkl of numpy arrays), the file is told from its content by
+    model.weights' reader, brings its conventions, fills FPN, head (its 80 COCO rows kept for COCO's
+    names) and backbone convolutions with its values; tools/convert_weights.py's output starts the
+    same model."""
+    import pickle
+    import sys
+
+    from gn_detect.checkpoint.detector_files import read_detector
+
+    raw = {"model": d2_file, "__author__": "Detectron2 Model Zoo"} if source == "detectron2" else {"blobs": c2_file}
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(raw))
+    md = read_detector(path)
+    assert md.source == source and md.class_names == coco_rows("contiguous")
+    mapped = (map_detectron2(d2_file) if source == "detectron2" else map_detectron(c2_file)).state_dict
+    torch.manual_seed(0)
+    model = build_model({"weights": str(path)}, K, coco_rows("contiguous"))
+    got = model.state_dict()
+    assert model.fpn.top_block_in == "c5" and model.anchor_generator.style == md.conventions["anchors.style"]
+    for k, v in mapped.items():
+        if k.startswith(("fpn.", "head.")) or (k.startswith("backbone.") and v.dim() == 4):
+            assert torch.equal(got[k], torch.as_tensor(v)), k
+    assert not model.weights_report["class_rows"]["reinitialized"]
+    sys.path.insert(0, str(REPO / "tools"))
+    import convert_weights as convert_tool
+
+    out = tmp_path / "converted.pth"
+    assert convert_tool.main([str(path), str(out)]) == 0
+    assert f"detector   {source}: loadable as model.weights={out}" in capsys.readouterr().out
+    torch.manual_seed(0)
+    again = build_model({"weights": str(out)}, K, coco_rows("contiguous")).state_dict()
+    assert again.keys() == got.keys() and all(torch.equal(again[k], got[k]) for k in got)
