@@ -35,14 +35,18 @@ _DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digits to b"
 
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
-    """The cyclic garbage collector off within (on again after, if it was on): building millions
-    of small objects (a COCO json's dicts) otherwise triggers full collections over all of them,
-    which costs more than the building itself. Nothing built there forms reference cycles."""
+    """The cyclic garbage collector off within, and what is alive at the end moved out of its reach
+    (``gc.freeze``) before it is on again: building millions of small objects (a COCO json's
+    dicts) otherwise triggers full collections over all of them, which cost more than the
+    building, and so would every later step that allocates (config merges, model build) while
+    they live; forked loader workers then do not touch their pages either. Freed by reference
+    counts as usual; nothing built there forms reference cycles."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if was:
             gc.enable()
 

@@ -249,15 +249,16 @@ def check_images(paths: Sequence[str | Path], decode: bool, num_threads: int | N
     if world > 1 and rank != 0:
         _barrier()  # rank 0 verifies and records first; this rank then reads its records
     record = VerificationRecord.load(paths)
-    todo = [i for i, key in enumerate(record.keys) if record.get(i) is None]
+    found = [record.get(i) for i in range(len(paths))]
+    todo = [i for i, chk in enumerate(found) if chk is None]
     if todo:
-        done = _decode_all([paths[i] for i in todo], num_threads)
-        for i, chk in zip(todo, done):
+        for i, chk in zip(todo, _decode_all([paths[i] for i in todo], num_threads)):
             record.put(i, chk)
+            found[i] = chk
         record.save()
     if world > 1 and rank == 0:
         _barrier()
-    return [record.get(i) or check_image(p) for i, p in enumerate(paths)]
+    return found  # type: ignore[return-value] - every None was filled
 
 
 def _decode_all(paths: Sequence[Path], num_threads: int | None) -> list[ImageCheck]:

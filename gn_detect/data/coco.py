@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -65,11 +66,12 @@ class _AnnotationColumns:
     ``records()`` gives the dicts back, equal in value (an int area below 2**53 stays an int)."""
 
     def __init__(self, annotations: list[dict[str, Any]]) -> None:
-        self._ints = np.asarray([(a["id"], a["image_id"], a["category_id"], a["iscrowd"]) for a in annotations],
-                                dtype=np.int64).reshape(-1, 4)
-        self._bbox = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
-        self._area = np.asarray([a["area"] for a in annotations], dtype=np.float64)
-        self._area_is_int = np.asarray([type(a["area"]) is int for a in annotations], dtype=bool)
+        n = len(annotations)
+        self._ints = np.fromiter(chain.from_iterable((a["id"], a["image_id"], a["category_id"], a["iscrowd"])
+                                                     for a in annotations), np.int64, 4 * n).reshape(n, 4)
+        self._bbox = np.fromiter(chain.from_iterable(a["bbox"] for a in annotations), np.float64, 4 * n).reshape(n, 4)
+        self._area = np.fromiter((a["area"] for a in annotations), np.float64, n)
+        self._area_is_int = np.fromiter((type(a["area"]) is int for a in annotations), bool, n)
 
     def records(self) -> list[dict[str, Any]]:
         areas = [int(v) if i else v for v, i in zip(self._area.tolist(), self._area_is_int.tolist())]
@@ -143,8 +145,10 @@ class CocoDetection(torch.utils.data.Dataset):
         counts = np.asarray([len(b) for b in boxes], dtype=np.int64)
         self._box_ends = np.cumsum(counts)
         self._boxes_flat = np.concatenate(boxes) if len(boxes) else np.zeros((0, 4), np.float32)
-        lut = self.cat_id_to_label
-        self._labels_flat = np.asarray([lut[int(c)] for ids in cat_ids for c in ids.tolist()], dtype=np.int64)
+        # category ids -> labels: label_to_cat_id is sorted (checks.py sorts the categories by id)
+        # and holds every id a kept box has
+        flat_ids = np.concatenate(cat_ids) if len(cat_ids) else np.zeros(0, np.int64)
+        self._labels_flat = np.searchsorted(np.asarray(self.label_to_cat_id, dtype=np.int64), flat_ids).astype(np.int64)
         self._ids = np.asarray([e["id"] for e in images], dtype=np.int64)
         self._num_boxes = int(counts.sum())
         # width / height from the json: grouping needs no image decoding
