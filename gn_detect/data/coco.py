@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,24 +58,6 @@ class SerializedList:
 # (only possible with verify_images=False, or if a file changes under a running job)
 _MAX_FALLBACKS = 8
 
-
-
-class _AnnotationColumns:
-    """Checked annotations (data/checks.py: the fields box evaluation reads) as flat arrays;
-    ``records()`` gives the dicts back, equal in value (an int area below 2**53 stays an int)."""
-
-    def __init__(self, annotations: list[dict[str, Any]]) -> None:
-        n = len(annotations)
-        self._ints = np.fromiter(chain.from_iterable((a["id"], a["image_id"], a["category_id"], a["iscrowd"])
-                                                     for a in annotations), np.int64, 4 * n).reshape(n, 4)
-        self._bbox = np.fromiter(chain.from_iterable(a["bbox"] for a in annotations), np.float64, 4 * n).reshape(n, 4)
-        self._area = np.fromiter((a["area"] for a in annotations), np.float64, n)
-        self._area_is_int = np.fromiter((type(a["area"]) is int for a in annotations), bool, n)
-
-    def records(self) -> list[dict[str, Any]]:
-        areas = [int(v) if i else v for v, i in zip(self._area.tolist(), self._area_is_int.tolist())]
-        return [{"id": i, "image_id": im, "category_id": c, "bbox": b, "area": ar, "iscrowd": cr}
-                for (i, im, c, cr), b, ar in zip(self._ints.tolist(), self._bbox.tolist(), areas)]
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -157,13 +138,14 @@ class CocoDetection(torch.utils.data.Dataset):
         # .coco holds exactly the dataset's images and the checked annotations (crowd included,
         # boxes clipped), so COCOeval sees the same ground truth the model was trained against.
         # Built on first use only (evaluation); until then the images are the records above and
-        # the annotations flat arrays (no per-annotation objects: cheap to build, shared pages).
+        # the annotations the checked dicts, which training workers never touch (frozen out of
+        # the collector's reach by build_dataset: their pages stay shared).
         kept = set(self._ids.tolist())
-        other = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
-        self._coco_other: bytes | None = pickle.dumps(other, protocol=pickle.HIGHEST_PROTOCOL)  # info, licenses
-        self._gt = _AnnotationColumns([a for a in checked.annotations if a["image_id"] in kept])
+        self._coco_other: dict[str, Any] | None = {k: v for k, v in data.items()  # info, licenses
+                                                   if k not in ("images", "annotations", "categories")}
+        self._gt: list[dict[str, Any]] | None = [a for a in checked.annotations if a["image_id"] in kept]
         self._coco = None
-        del data, checked, other, images, boxes, cat_ids
+        del data, checked, images, boxes, cat_ids
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
@@ -198,8 +180,8 @@ class CocoDetection(torch.utils.data.Dataset):
         """pycocotools ``COCO`` of exactly the dataset's images and checked annotations (crowd
         included); built on first use, so training workers never hold one."""
         if self._coco is None:
-            dataset = pickle.loads(self._coco_other)
-            dataset.update(categories=self.categories, images=list(self._records), annotations=self._gt.records())
+            dataset = dict(self._coco_other or {})
+            dataset.update(categories=self.categories, images=list(self._records), annotations=self._gt)
             self._coco_other = self._gt = None
             self._coco = coco_from_dict(dataset)
         return self._coco
