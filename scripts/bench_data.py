@@ -253,7 +253,7 @@ def _tv_reference(paths, sizes, flips, min_size, max_size, decoder):
     """torchvision-references-style items: decode, flip, resize shortest edge (v2, uint8, antialias)."""
     import torch
     from torchvision import tv_tensors
-    from torchvision.io import decode_jpeg, read_file
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
     from torchvision.transforms import v2
     from PIL import Image
 
@@ -263,7 +263,7 @@ def _tv_reference(paths, sizes, flips, min_size, max_size, decoder):
         if decoder == "pil":
             img = v2.functional.pil_to_tensor(Image.open(p).convert("RGB"))
         else:
-            img = decode_jpeg(read_file(str(p)))
+            img = decode_jpeg(read_file(str(p)), mode=ImageReadMode.RGB)  # coco128 has grayscale JPEGs
         b = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=img.shape[-2:])
         img = tv_tensors.Image(img)
         if flip:

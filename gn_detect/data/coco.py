@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,6 +61,24 @@ _MAX_FALLBACKS = 8
 
 
 
+class _AnnotationColumns:
+    """Checked annotations (data/checks.py: the fields box evaluation reads) as flat arrays;
+    ``records()`` gives the dicts back, equal in value (an int area below 2**53 stays an int)."""
+
+    def __init__(self, annotations: list[dict[str, Any]]) -> None:
+        n = len(annotations)
+        self._ints = np.fromiter(chain.from_iterable((a["id"], a["image_id"], a["category_id"], a["iscrowd"])
+                                                     for a in annotations), np.int64, 4 * n).reshape(n, 4)
+        self._bbox = np.fromiter(chain.from_iterable(a["bbox"] for a in annotations), np.float64, 4 * n).reshape(n, 4)
+        self._area = np.fromiter((a["area"] for a in annotations), np.float64, n)
+        self._area_is_int = np.fromiter((type(a["area"]) is int for a in annotations), bool, n)
+
+    def records(self) -> list[dict[str, Any]]:
+        areas = [int(v) if i else v for v, i in zip(self._area.tolist(), self._area_is_int.tolist())]
+        return [{"id": i, "image_id": im, "category_id": c, "bbox": b, "area": ar, "iscrowd": cr}
+                for (i, im, c, cr), b, ar in zip(self._ints.tolist(), self._bbox.tolist(), areas)]
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Detection dataset over an images folder and a COCO instances json.
 
@@ -94,6 +113,10 @@ class CocoDetection(torch.utils.data.Dataset):
         if decode not in ("pil", "tensor"):
             raise ValueError(f"decode={decode!r}: use 'tensor' (torchvision.io) or 'pil'")
         self.decode = decode
+        if decode == "tensor":
+            # loaded here, in the parent, so forked loader workers share its pages: loaded by the
+            # first decode in each worker instead, it made ~120 MB of every worker private
+            import torchvision.io  # noqa: F401, PLC0415
 
         data, other = select_categories(load_coco_json(self.ann_file, parsed), classes, str(self.ann_file))  # data.classes
         checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file),
@@ -138,14 +161,13 @@ class CocoDetection(torch.utils.data.Dataset):
         # .coco holds exactly the dataset's images and the checked annotations (crowd included,
         # boxes clipped), so COCOeval sees the same ground truth the model was trained against.
         # Built on first use only (evaluation); until then the images are the records above and
-        # the annotations the checked dicts, which training workers never touch (frozen out of
-        # the collector's reach by build_dataset: their pages stay shared).
+        # the annotations flat arrays (no per-annotation objects: cheap to build, shared pages).
         kept = set(self._ids.tolist())
-        self._coco_other: dict[str, Any] | None = {k: v for k, v in data.items()  # info, licenses
-                                                   if k not in ("images", "annotations", "categories")}
-        self._gt: list[dict[str, Any]] | None = [a for a in checked.annotations if a["image_id"] in kept]
+        other = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+        self._coco_other: bytes | None = pickle.dumps(other, protocol=pickle.HIGHEST_PROTOCOL)  # info, licenses
+        self._gt = _AnnotationColumns([a for a in checked.annotations if a["image_id"] in kept])
         self._coco = None
-        del data, checked, images, boxes, cat_ids
+        del data, checked, other, images, boxes, cat_ids
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
@@ -180,8 +202,8 @@ class CocoDetection(torch.utils.data.Dataset):
         """pycocotools ``COCO`` of exactly the dataset's images and checked annotations (crowd
         included); built on first use, so training workers never hold one."""
         if self._coco is None:
-            dataset = dict(self._coco_other or {})
-            dataset.update(categories=self.categories, images=list(self._records), annotations=self._gt)
+            dataset = pickle.loads(self._coco_other)
+            dataset.update(categories=self.categories, images=list(self._records), annotations=self._gt.records())
             self._coco_other = self._gt = None
             self._coco = coco_from_dict(dataset)
         return self._coco

@@ -20,14 +20,15 @@ def no_follow(path: str, flags: int) -> int:
 
 def links_in_run_folder(folder: str | os.PathLike, sweep: bool = False) -> list[Path]:
     """The symlinks among the files a run writes in ``folder`` (with ``sweep``: in the folder and each
-    run subfolder; checkpoints/ included): writing through one would write outside the folder."""
+    run subfolder; the files in checkpoints/ and .hydra/ included): writing through one would write
+    outside the folder."""
     root = Path(folder)
     folders = [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())] if sweep and root.is_dir() \
         else [root]
     found = []
     for d in folders:
         found += [d / n for n in RUN_FILES if (d / n).is_symlink()]
-        ckpts = d / CHECKPOINTS
-        if ckpts.is_dir() and not ckpts.is_symlink():
-            found += [p for p in ckpts.iterdir() if p.is_symlink()]
+        for sub in (d / CHECKPOINTS, d / HYDRA):  # files written there by name (Hydra opens .hydra/*.yaml for writing)
+            if sub.is_dir() and not sub.is_symlink():
+                found += [p for p in sub.iterdir() if p.is_symlink()]
     return found

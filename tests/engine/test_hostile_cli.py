@@ -490,7 +490,8 @@ def test_resume_over_a_changed_training_json_is_refused_naming_the_file(tmp_path
     assert (tmp_path / "run" / "checkpoints" / "last.pth").read_bytes() == last
 
 
-@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "launch.log", "status.json", "checkpoints/last.pth"])
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "launch.log", "status.json", "checkpoints/last.pth",
+                                  ".hydra/config.yaml"])
 def test_a_run_folder_file_that_is_a_symlink_is_refused_and_its_target_untouched(name: str, tmp_path: Path) -> None:
     """Round four: a run folder whose files are symlinks to files outside it: refused in one line
     naming the link, exit 2, before Hydra starts; the outside file is neither emptied nor appended to."""
