@@ -20,6 +20,7 @@ from gn_detect.runs.layout import EVALUATE
 from gn_detect.runs.links import links_in_run_folder
 from gn_detect.io import unwritable_folder
 from gn_detect.modeling import build_model
+from gn_detect.modeling.detector_weights import resolve_detector_conventions
 
 from .annotations import Parsed, annotation_problems
 
@@ -47,6 +48,20 @@ def _run_folder_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     return [problem] if problem else [f"run folder error: {p} is a symbolic link (to {os.readlink(p)}): a run never "
                                       "writes through a link it did not create. Fix: remove the link, or give another "
                                       f"folder ({key}=outputs/my_run)" for p in links]
+
+
+def weights_problems(model_cfg: DictConfig) -> list[str]:
+    """``model.weights`` read (as data; the run reads it again from the reader's cache) and its
+    source's settings put into a copy of the model config: a file that cannot be used, or a setting
+    that contradicts the file's, is one line before any annotation file is parsed."""
+    if not model_cfg.get("weights"):
+        return []
+    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    try:
+        resolve_detector_conventions(cfg)
+    except ConfigError as e:
+        return [f"config error: {e}"]
+    return []
 
 
 def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:
@@ -82,7 +97,7 @@ def class_criteria_problems(class_criteria: Any, categories: list[dict[str, Any]
 def train_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Parsed) -> list[str]:
     """tools/train.py's inspect: run folder, model shapes, training and evaluation annotation files
     (a batch larger than the split: the batch the run will have, ``resolve_batch``)."""
-    problems = _run_folder_problems(cfg, multirun)
+    problems = _run_folder_problems(cfg, multirun) + weights_problems(cfg.model)
     batch = resolve_batch(cfg, world_size)
     data, train = annotation_problems(cfg.data, train_split="train", eval_split=cfg.eval.split, base_dir=Path.cwd(),
                                       ims_per_batch=batch.ims_per_batch, parsed=parsed)

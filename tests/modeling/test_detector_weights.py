@@ -236,3 +236,23 @@ def test_a_contradiction_stops_the_start_before_any_data_is_read(v1_file, tmp_pa
         train(cfg, tmp_path / "run", base_dir=tmp_path)
     assert "\n" not in str(e.value) and "model=" in str(e.value)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_the_pre_flight_refuses_a_contradiction_in_one_line(v1_file, tmp_path):
+    """tools/train.py: a setting that contradicts model.weights' file is a pre-flight line (exit 2),
+    with the other problems, before Hydra starts a run."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.engine._train_utils import child_env
+
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "model=retinanet_tiny",
+                           f"model.weights={v1_file}", "data=coco", f"data.root={tmp_path / 'nothing'}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=str(tmp_path), capture_output=True, text=True,
+                          env=child_env(HYDRA_FULL_ERROR="0", PYTHONPATH=str(REPO)), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    said = [ln for ln in proc.stderr.splitlines() if ln.startswith("gn-detect:")]
+    assert "config error: model.backbone.norm: 'gn', but the torchvision_v1 file" in said[0], said  # norm=gn_ws default
+    assert len(said) == 3 and all("annotation file not found" in ln for ln in said[1:]), said
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
