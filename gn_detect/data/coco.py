@@ -61,6 +61,17 @@ _MAX_FALLBACKS = 8
 
 
 
+def _decoder(decode: str) -> str:
+    """``decode`` when known; for ``tensor`` torchvision.io is loaded now, in the process that
+    builds the dataset, so forked loader workers share its pages (loaded by the first decode in
+    each worker instead, it made about 120 MB of every worker private)."""
+    if decode not in ("pil", "tensor"):
+        raise ValueError(f"decode={decode!r}: use 'tensor' (torchvision.io) or 'pil'")
+    if decode == "tensor":
+        import torchvision.io  # noqa: F401, PLC0415
+    return decode
+
+
 class _AnnotationColumns:
     """Checked annotations (data/checks.py: the fields box evaluation reads) as flat arrays;
     ``records()`` gives the dicts back, equal in value (an int area below 2**53 stays an int)."""
@@ -110,13 +121,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transform = transform or DetectionTransform(800, 1333, flip_prob=0.0)
         self.filter_empty = filter_empty
         self.verify_images = verify_images
-        if decode not in ("pil", "tensor"):
-            raise ValueError(f"decode={decode!r}: use 'tensor' (torchvision.io) or 'pil'")
-        self.decode = decode
-        if decode == "tensor":
-            # loaded here, in the parent, so forked loader workers share its pages: loaded by the
-            # first decode in each worker instead, it made ~120 MB of every worker private
-            import torchvision.io  # noqa: F401, PLC0415
+        self.decode = _decoder(decode)
 
         data, other = select_categories(load_coco_json(self.ann_file, parsed), classes, str(self.ann_file))  # data.classes
         checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file),
@@ -163,11 +168,11 @@ class CocoDetection(torch.utils.data.Dataset):
         # Built on first use only (evaluation); until then the images are the records above and
         # the annotations flat arrays (no per-annotation objects: cheap to build, shared pages).
         kept = set(self._ids.tolist())
-        other = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
-        self._coco_other: bytes | None = pickle.dumps(other, protocol=pickle.HIGHEST_PROTOCOL)  # info, licenses
+        self._coco_other: bytes | None = pickle.dumps(  # info, licenses
+            {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")})
         self._gt = _AnnotationColumns([a for a in checked.annotations if a["image_id"] in kept])
         self._coco = None
-        del data, checked, other, images, boxes, cat_ids
+        del data, checked, images, boxes, cat_ids
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
