@@ -21,8 +21,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["DiskFullError", "atomic_open", "is_disk_full", "parse_json", "to_jsonable", "unwritable_file",
-           "unwritable_folder", "write_json_atomic", "write_text_atomic"]
+__all__ = ["DiskFullError", "atomic_open", "is_disk_full", "parse_json", "paused_gc", "release_frozen", "to_jsonable",
+           "unwritable_file", "unwritable_folder", "write_json_atomic", "write_text_atomic"]
 
 try:  # C parser: a 448 MB COCO train json in about half of json's time
     import orjson as _orjson
@@ -33,22 +33,40 @@ except ImportError:  # pragma: no cover - an install without it reads the same v
 _DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digits to b"0", all else to b" "
 
 
+_PAUSED = [0]  # paused_gc's nesting depth: only the outermost one acts
+
+
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
     """The cyclic garbage collector off within, and what is alive at the end moved out of its reach
     (``gc.freeze``) before it is on again: building millions of small objects (a COCO json's
     dicts) otherwise triggers full collections over all of them, which cost more than the
     building, and so would every later step that allocates (config merges, model build) while
-    they live; forked loader workers then do not touch their pages either. Freed by reference
-    counts as usual; nothing built there forms reference cycles."""
+    they live; forked loader workers then do not touch their pages either. Frozen objects are
+    still freed by reference counts; a cycle among them (garbage of the time, or later) waits for
+    :func:`release_frozen`, which every training run calls when it ends."""
+    _PAUSED[0] += 1
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
-        if was:
-            gc.enable()
+        _PAUSED[0] -= 1
+        if not _PAUSED[0]:
+            gc.freeze()
+            if was:
+                gc.enable()
+
+
+def release_frozen() -> None:
+    """What :func:`paused_gc` froze back under the collector (its next full collection frees
+    what has become cyclic garbage)."""
+    gc.unfreeze()
+
+
+def _long_digit_run(raw: bytes, block: int = 1 << 24) -> bool:
+    """Whether ``raw`` holds 19 digits in a row (read in blocks: no copy of a whole 448 MB json)."""
+    return any(b"0" * 19 in raw[max(i - 18, 0):i + block].translate(_DIGITS) for i in range(0, len(raw), block))
 
 
 def parse_json(raw: bytes | str) -> Any:
@@ -57,7 +75,7 @@ def parse_json(raw: bytes | str) -> Any:
     float where json reads an int or fails; syntax errors, NaN, ...), so the value or the exception
     (and its message) is always json's."""
     with paused_gc():
-        if _orjson is not None and isinstance(raw, bytes) and b"0" * 19 not in raw.translate(_DIGITS):
+        if _orjson is not None and isinstance(raw, bytes) and not _long_digit_run(raw):
             try:
                 return _orjson.loads(raw)
             except _orjson.JSONDecodeError:

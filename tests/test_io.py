@@ -119,3 +119,33 @@ def test_parse_json_reads_real_coco_files_as_json_does() -> None:
     for f in files:
         raw = f.read_bytes()
         assert parse_json(raw) == json.loads(raw), f
+
+
+def test_paused_gc_freezes_once_nested_and_a_run_end_releases() -> None:
+    """paused_gc: the collector off within (nested: only the outermost one freezes and turns it on
+    again); release_frozen (every training run's end) gives a cycle that became garbage while
+    frozen back to the collector."""
+    import gc
+    import weakref
+
+    from gn_detect.io import paused_gc, release_frozen
+
+    class Node:
+        pass
+
+    release_frozen()  # what earlier tests' datasets froze
+    assert gc.isenabled()
+    with paused_gc():
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+        a = Node()
+        a.self = a  # a cycle
+        ref = weakref.ref(a)
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    del a
+    gc.collect()
+    assert ref() is not None  # frozen: out of the collector's reach
+    release_frozen()
+    gc.collect()
+    assert ref() is None and gc.get_freeze_count() == 0

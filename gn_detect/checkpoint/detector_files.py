@@ -21,6 +21,8 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
+from omegaconf import OmegaConf
+
 from .conventions import fill_unrecorded
 from .detectors import MappedDetector
 from .detectron_maps import map_detectron, map_detectron2
@@ -30,7 +32,7 @@ from gn_detect.config.errors import ConfigError
 from gn_detect.runs import flatten
 
 __all__ = ["CONVERTED_FORMAT", "DETECTOR_MAPS", "DetectorWeightsError", "NotADetectorError", "converted_record",
-           "detector_source", "read_detector"]
+           "detector_source", "forget_read", "read_detector"]
 
 CONVERTED_FORMAT = "gn_detect.detector/1"
 
@@ -55,13 +57,28 @@ _NOT_CONVENTIONS = ("name", "weights", "weights_classes", "backbone.weights", "b
                     "head.norm_opts.impl", "head.norm_opts.bn_group_size")
 
 
+_NOT_FROM_A_FILE = ("name", "weights", "weights_classes", "backbone.weights", "backbone.weights_strict")
+
+
+def _conventions_of(settings: dict[str, Any], drop: tuple[str, ...] = _NOT_CONVENTIONS) -> dict[str, Any]:
+    """The settings (flat ``model.``-relative keys) that make a file's weights: schema keys only,
+    ``drop`` dropped (a key, or a prefix ending in "."); an unknown key is refused."""
+    from gn_detect.config.schema import ModelConfig  # noqa: PLC0415 - the schema is the key list
+
+    known = set(flatten(OmegaConf.to_container(OmegaConf.structured(ModelConfig))))
+    unknown = sorted(k for k in settings if k not in known)
+    if unknown:
+        raise WeightsError(f"records settings that are no model keys: {unknown[:5]}",
+                           "give a file gn-detect or tools/convert_weights.py wrote")
+    return {k: v for k, v in settings.items() if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in drop)}
+
+
 def map_gn_detect(ckpt: dict[str, Any]) -> MappedDetector:
     """A gn-detect checkpoint: its weights as they are, its model config as the conventions,
     its categories as the class rows."""
     description = ckpt["description"]
     config = fill_unrecorded({"model": dict(description["config"]["model"])})["model"]
-    conventions = {k: v for k, v in flatten(config).items()
-                   if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in _NOT_CONVENTIONS)}
+    conventions = _conventions_of(flatten(config))
     names = [c["name"] for c in description["model"]["categories"]]
     state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
     return MappedDetector("gn-detect", state, conventions, names, mapped=[(k, k) for k in state])
@@ -76,8 +93,10 @@ def converted_record(md: MappedDetector) -> dict[str, Any]:
 def map_converted(obj: dict[str, Any]) -> MappedDetector:
     """A file tools/convert_weights.py wrote: already in gn-detect's names."""
     state = obj["state_dict"]
-    return MappedDetector(str(obj["source"]), dict(state), dict(obj["conventions"]), list(obj["class_names"]),
-                          mapped=[(k, k) for k in state])
+    # a source's settings as its map stated them (test.clip, per-level thresholds included), never
+    # where weights come from
+    return MappedDetector(str(obj["source"]), dict(state), _conventions_of(dict(obj["conventions"]), _NOT_FROM_A_FILE),
+                          list(obj["class_names"]), mapped=[(k, k) for k in state])
 
 
 # source -> its name map (taking the dict detector_source returns)
@@ -121,9 +140,23 @@ def _read_cached(path: Path, _stamp: tuple[int, int]) -> MappedDetector:
             "give a detector file, or a backbone file as model.backbone.weights")
     source, inner = found
     try:
-        return DETECTOR_MAPS[source](inner)
+        md = DETECTOR_MAPS[source](inner)
     except WeightsError as e:
         raise DetectorWeightsError(f"{path}: " + str(e).removeprefix(f"{e.key}: ")) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a damaged or hand-made file
+        raise DetectorWeightsError(f"{path}: looks like a {source} file but its content is not ({type(e).__name__}: "
+                                   f"{str(e)[:200]})", "give the file as its source wrote it") from None
+    rows = len(md.class_names)
+    logits = md.state_dict.get("head.cls_score.weight")
+    if rows == 0 or logits is None or logits.shape[0] % rows:
+        raise DetectorWeightsError(f"{path}: its class logits ({None if logits is None else tuple(logits.shape)}) "
+                                   f"do not hold {rows} class row(s) per anchor", "give the file as its source wrote it")
+    return md
+
+
+def forget_read() -> None:
+    """Drops the file :func:`read_detector` keeps (once the model holds its weights)."""
+    _read_cached.cache_clear()
 
 
 def read_detector(path: str | Path) -> MappedDetector:

@@ -163,6 +163,8 @@ class ParsedFiles:
             return None
         for stale in [k for k in self._files if k[0] == key[0] and k != key]:
             del self._files[stale]
+        for stale in [k for k in self._checked if k[0][0] == key[0] and k[0] != key]:
+            del self._checked[stale]
         return self._files.pop(key, None)
 
     def clear(self) -> None:
@@ -510,6 +512,17 @@ MIN_BOX_SIDE = 1e-2
 _PLAIN = (int, float)  # json's number types (bool excluded: type(True) is bool)
 
 
+def _usable_area(v: Any) -> bool:
+    """A json area COCOeval can bin: a number, finite and positive as a float (NaN, inf and an
+    integer beyond float's range are recomputed from the box)."""
+    if not _is_number(v):
+        return False
+    try:
+        return 0.0 < float(v) < math.inf
+    except OverflowError:
+        return False
+
+
 def _is_number(v: Any) -> bool:
     """An int or float, not a bool ("12" or true would otherwise be read as numbers)."""
     return type(v) in _PLAIN or (isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -704,6 +717,20 @@ def _validate_coco(data: Mapping[str, Any], image_dir: Path, verify_images: bool
     return CheckedCoco(categories, images, boxes, cat_ids, annotations, skips, ann_skips)
 
 
+def _first_new_id(entries: list[Any]) -> int:
+    """Where the ids given to annotations without a usable or unique one start: past the largest
+    id, or below the smallest when the largest is near int64's end (ids are stored as int64)."""
+    ids = [a.get("id") for a in entries if (type(a) is dict or isinstance(a, Mapping)) and _is_int(a.get("id"))]
+    top = 1 + max(ids, default=0)
+    if top + len(entries) < INT64[1]:
+        return top
+    bottom = min(ids) - len(entries)
+    if bottom >= INT64[0]:
+        return bottom
+    raise DataError(f"annotation ids span the whole int64 range ({min(ids)} to {max(ids)}), so the annotations "
+                    "without a unique id cannot get one. Fix: renumber the annotation ids")
+
+
 def _check_annotations(
     entries: list[Any], images: list[dict[str, Any]], all_ids: set[Any], known_cats: set[Any],
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]], SkipLog]:
@@ -714,8 +741,7 @@ def _check_annotations(
     per_boxes: list[list[list[float]]] = [[] for _ in images]
     per_cats: list[list[int]] = [[] for _ in images]
     annotations: list[dict[str, Any]] = []
-    next_ann_id = 1 + max((a.get("id", 0) for a in entries
-                           if (type(a) is dict or isinstance(a, Mapping)) and _is_int(a.get("id"))), default=0)
+    next_ann_id = _first_new_id(entries)
     seen_ann_ids: set[int] = set()
     for a in entries:
         if type(a) is not dict and not isinstance(a, Mapping):
@@ -749,7 +775,7 @@ def _check_annotations(
         seen_ann_ids.add(ann_id)
         bbox = [xyxy[0], xyxy[1], xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]]
         area = a.get("area")
-        if reason or not _is_number(area) or area <= 0:
+        if reason or not _usable_area(area):
             area = bbox[2] * bbox[3]  # COCOeval bins by area; a clipped box's old area would be stale
         # what box evaluation reads, nothing else: a segmentation is most of a COCO json's bytes
         # and no part of gn-detect reads it

@@ -25,20 +25,20 @@ from gn_detect.io import is_disk_full
 __all__ = ["disk_full_in_one_line", "file_being_written"]
 
 
-def file_being_written(tb: TracebackType | None) -> str | None:
-    """The file the innermost frame of ``tb`` that holds one was writing: an open file object
-    among its locals, else its ``output_dir`` / ``filename`` (Hydra's ``_save_config``)."""
+def file_being_written(tb: TracebackType | None) -> tuple[str, str] | None:
+    """(the file, the module writing it) of the innermost frame of ``tb`` that holds one: an open
+    file object among its locals, else its ``output_dir`` / ``filename`` (Hydra's ``_save_config``)."""
     frames = []
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        local = frame.f_locals
+        local, module = frame.f_locals, str(frame.f_globals.get("__name__", ""))
         for value in local.values():
             if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
-                return value.name
+                return value.name, module
         if isinstance(local.get("filename"), str) and isinstance(local.get("output_dir"), (str, Path)):
-            return os.fspath(Path(local["output_dir"]) / local["filename"])
+            return os.fspath(Path(local["output_dir"]) / local["filename"]), module
     return None
 
 
@@ -54,8 +54,13 @@ def disk_full_in_one_line() -> Iterator[None]:
             except Exception as exc:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_disk_full(exc):
                     raise
-                path = file_being_written(exc.__traceback__) or "Hydra's record of the job (.hydra/ or multirun.yaml)"
-                print(f"gn-detect: no space left on device (ENOSPC) while Hydra wrote {path}; the runs' own files "
+                found = file_being_written(exc.__traceback__)
+                if found is None:
+                    what = "while Hydra wrote its record of the job (.hydra/ or multirun.yaml)"
+                else:
+                    writer = "Hydra wrote" if found[1].startswith(("hydra", "omegaconf")) else "writing"
+                    what = f"while {writer} {found[0]}"
+                print(f"gn-detect: no space left on device (ENOSPC) {what}; the runs' own files "
                       "already written are kept. Fix: free space on that disk or put the run or sweep folder on another "
                       "one (hydra.run.dir=... or hydra.sweep.dir=...)", file=sys.stderr, flush=True)
                 raise SystemExit(1) from None

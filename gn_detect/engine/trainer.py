@@ -66,7 +66,7 @@ from gn_detect.engine.train_loop import HookBase, NonFiniteLossError, NonFiniteP
 from gn_detect.engine.writers import MetricWriter, write_json_atomic
 from gn_detect.evaluation import format_results
 from gn_detect.evaluation.thresholds import class_criteria_of
-from gn_detect.io import write_text_atomic
+from gn_detect.io import release_frozen, write_text_atomic
 from gn_detect.layers import SyncBatchNorm
 from gn_detect.modeling.detector_weights import resolve_detector_conventions
 from gn_detect.modeling.weights import resolve_conventions
@@ -426,3 +426,5 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     finally:
         if lock is not None:
             lock.release()
+        trainer = None
+        release_frozen()  # this run's objects (its trainer is a cycle) collectable again: the next run of a sweep

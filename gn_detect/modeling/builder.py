@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from gn_detect.checkpoint.detector_files import forget_read
 from gn_detect.config.errors import one_line
 from gn_detect.config.schema import ModelConfig
 from gn_detect.layers import NORM_TYPES
@@ -71,6 +72,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig, num_classes: int,
     if detector is not None:
         model.weights_report = load_detector_weights(model, detector, where=str(cfg.weights), mode=cfg.weights_classes,
                                                      class_names=class_names, num_classes=num_classes)
+        forget_read()  # the model holds the weights now: the reader's copy would stay for the whole run
         backbone.freeze(backbone.freeze_at)
     return model
 

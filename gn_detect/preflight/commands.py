@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gn_detect.config import ConfigError, check_output_path, resolve_batch
+from gn_detect.config.schema import ModelConfig
 from gn_detect.engine.checkpoint import CheckpointError, load_checkpoint
 from gn_detect.evaluation.thresholds import class_criteria_of
 from gn_detect.runs import run_subfolder
@@ -50,18 +51,18 @@ def _run_folder_problems(cfg: DictConfig, multirun: bool) -> list[str]:
                                       f"folder ({key}=outputs/my_run)" for p in links]
 
 
-def weights_problems(model_cfg: DictConfig) -> list[str]:
+def weights_problems(model_cfg: DictConfig) -> tuple[list[str], DictConfig]:
     """``model.weights`` read (as data; the run reads it again from the reader's cache) and its
-    source's settings put into a copy of the model config: a file that cannot be used, or a setting
-    that contradicts the file's, is one line before any annotation file is parsed."""
+    source's settings put into a copy of the model config: (a file that cannot be used, or a
+    setting that contradicts the file's, as one line; the model config the run will build)."""
     if not model_cfg.get("weights"):
-        return []
-    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+        return [], model_cfg
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.to_container(model_cfg, resolve=True))
     try:
         resolve_detector_conventions(cfg)
     except ConfigError as e:
-        return [f"config error: {e}"]
-    return []
+        return [f"config error: {e}"], model_cfg
+    return [], cfg
 
 
 def model_problems(model_cfg: DictConfig, num_classes: int) -> list[str]:
@@ -97,13 +98,16 @@ def class_criteria_problems(class_criteria: Any, categories: list[dict[str, Any]
 def train_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Parsed) -> list[str]:
     """tools/train.py's inspect: run folder, model shapes, training and evaluation annotation files
     (a batch larger than the split: the batch the run will have, ``resolve_batch``)."""
-    problems = _run_folder_problems(cfg, multirun) + weights_problems(cfg.model)
+    problems = _run_folder_problems(cfg, multirun)
+    weights, model_cfg = weights_problems(cfg.model)
+    if weights:  # before any annotation file is parsed (a COCO json: seconds, gigabytes)
+        return problems + weights
     batch = resolve_batch(cfg, world_size)
     data, train = annotation_problems(cfg.data, train_split="train", eval_split=cfg.eval.split, base_dir=Path.cwd(),
                                       ims_per_batch=batch.ims_per_batch, parsed=parsed)
     num_classes = len(train.categories) if train is not None else 1
     classes = class_criteria_problems(cfg.eval.class_criteria, train.categories) if train is not None else []
-    return problems + model_problems(cfg.model, num_classes) + data + classes
+    return problems + model_problems(model_cfg, num_classes) + data + classes
 
 
 def evaluate_problems(cfg: DictConfig, multirun: bool, world_size: int, parsed: Parsed) -> list[str]:

@@ -230,3 +230,21 @@ def test_deeply_nested_json_is_one_named_line(tmp_path: Path) -> None:
     f.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(AnnotationFileError, match=f"{f}: JSON nested too deeply"):
         load_coco_json(f)
+
+
+def test_ids_at_int64s_end_and_unusable_areas_build_and_evaluate(tmp_path: Path) -> None:
+    """Review of the COCO-scale work: an annotation id of 2**63-1 beside one without an id (its new
+    id stays inside int64, below the smallest), and areas that are NaN or an integer beyond float's
+    range (recomputed from the box, as a missing area is)."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(tmp_path / "img" / "1.png")
+    anns = [{"id": 2**63 - 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 10**400, "iscrowd": 0},
+            {"image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 5], "area": float("nan"), "iscrowd": 0}]
+    (tmp_path / "a.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "1.png", "width": 40, "height": 32}],
+                                                 "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    ds = CocoDetection(tmp_path / "img", tmp_path / "a.json", verify_images=False)
+    got = [(a["id"], a["area"]) for a in ds.coco.dataset["annotations"]]
+    assert got == [(2**63 - 1, 100.0), (2**63 - 3, 50.0)]
+    assert len(set(ds.coco.anns)) == 2
