@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["ImageTooLarge", "MAX_PIXELS", "NotARegularFile", "file_problem", "problem_of", "read_header", "read_rgb",
-           "read_rgb_tensor", "to_rgb"]
+           "read_rgb_chw", "read_rgb_tensor", "to_rgb"]
 
 MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 0) or 89_478_485
 
@@ -132,7 +132,22 @@ def read_header(path: str | Path, *, decode: bool = False) -> tuple[tuple[int, i
 
 def read_rgb(path: str | Path) -> Image.Image:
     """The decoded image as 8-bit RGB (loaded, the file closed)."""
-    im = _open(path)
+    return _decoded_rgb(_open(path), path)
+
+
+def read_rgb_chw(path: str | Path) -> "torch.Tensor":
+    """:func:`read_rgb` as a uint8 3xHxW tensor."""
+    return _chw(read_rgb(path))
+
+
+def _chw(rgb: Image.Image) -> "torch.Tensor":
+    import torch
+
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _decoded_rgb(im: Image.Image, path: str | Path) -> Image.Image:
+    """``im`` (opened by :func:`_open`) decoded as 8-bit RGB; ``im`` and its file closed."""
     try:
         im.load()
         rgb = to_rgb(im)
@@ -154,15 +169,16 @@ def read_rgb_tensor(path: str | Path) -> "torch.Tensor":
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    im = _open(path)
+    im = _open(path)  # one open: the regular-file check holds for the bytes decoded
+    if not (im.format == "JPEG" and im.mode == "RGB"):
+        return _chw(_decoded_rgb(im, path))
     try:
-        jpeg_rgb = im.format == "JPEG" and im.mode == "RGB"
+        im.fp.seek(0)
+        data = torch.frombuffer(bytearray(im.fp.read()), dtype=torch.uint8)
+    except OSError as e:
+        raise OSError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
     finally:
         im.close()
-    if not jpeg_rgb:
-        return torch.from_numpy(np.asarray(read_rgb(path), dtype=np.uint8).copy()).permute(2, 0, 1)
-    with open(path, "rb") as f:
-        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
     try:
         return decode_jpeg(data, mode=ImageReadMode.RGB)
     except RuntimeError as e:

@@ -17,9 +17,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["DETECTOR_SOURCES", "MappedDetector", "coco_rows"]
+__all__ = ["DETECTOR_SOURCES", "RETINANET_ANCHORS", "MappedDetector", "coco_rows"]
 
 DETECTOR_SOURCES = ("torchvision_v1", "torchvision_v2", "detectron2", "detectron", "gn-detect")
+
+# The anchor set every source's RetinaNet uses (the paper's): 3 scales x 3 ratios per cell over P3-P7
+RETINANET_ANCHORS: dict[str, Any] = {
+    "anchors.sizes": [32.0, 64.0, 128.0, 256.0, 512.0], "anchors.strides": [8, 16, 32, 64, 128],
+    "anchors.scales": [2 ** (k / 3) for k in range(3)], "anchors.ratios": [0.5, 1.0, 2.0], "anchors.offset": 0.0}
 
 
 @dataclass

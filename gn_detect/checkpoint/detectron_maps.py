@@ -16,22 +16,20 @@ from typing import Any, Callable
 import torch
 
 from .conventions import INPUT_KEYS, norm_for, source_conventions
-from .detectors import MappedDetector, coco_rows
+from .detectors import RETINANET_ANCHORS, MappedDetector, coco_rows
 from .sources import SourceWeights, WeightsError, _from_caffe2, _from_detectron2, _tensor
 
 __all__ = ["map_detectron2", "map_detectron"]
 
 # Anchors within a cell, in each source's order, as (ratio, scale index); gn-detect's order is
 # ratio-major over its ratios (0.5, 1, 2): for ratio: for scale.
-_RATIOS, _NUM_SCALES = (0.5, 1.0, 2.0), 3
-_D2_CELL = [(r, s) for s in range(_NUM_SCALES) for r in (0.5, 1.0, 2.0)]   # DefaultAnchorGenerator: size-major
+_RATIOS, _NUM_SCALES = tuple(RETINANET_ANCHORS["anchors.ratios"]), len(RETINANET_ANCHORS["anchors.scales"])
+_D2_CELL = [(r, s) for s in range(_NUM_SCALES) for r in _RATIOS]   # DefaultAnchorGenerator: size-major
 _C2_CELL = [(r, s) for s in range(_NUM_SCALES) for r in (1.0, 2.0, 0.5)]   # octave-major, ASPECT_RATIOS (1, 2, 0.5)
 
 # Conventions both sources built their RetinaNets with (model.-relative keys).
 _RETINANET = {"fpn.top_block_in": "c5", "fpn.relu_before_p7": True, "fpn.norm": "none", "head.norm": "none",
-              "backbone.norm": norm_for("scale_shift"), "anchors.sizes": [32.0, 64.0, 128.0, 256.0, 512.0],
-              "anchors.strides": [8, 16, 32, 64, 128], "anchors.scales": [2 ** (k / 3) for k in range(_NUM_SCALES)],
-              "anchors.ratios": list(_RATIOS), "anchors.offset": 0.0}
+              "backbone.norm": norm_for("scale_shift"), **RETINANET_ANCHORS}
 _D2_CONVENTIONS = {"anchors.style": "exact", "size_divisibility": 32, "test.clip": "after_nms",
                    "backbone.norm_opts.eps": 1e-5}  # FrozenBatchNorm2d's eps, folded into the frozen affine
 _C2_CONVENTIONS = {"anchors.style": "detectron", "size_divisibility": 128, "test.clip": "before_nms",

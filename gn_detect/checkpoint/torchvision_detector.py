@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .conventions import TORCHVISION, norm_for
-from .detectors import MappedDetector, coco_rows
+from .detectors import RETINANET_ANCHORS, MappedDetector, coco_rows
 from .sources import WeightsError, architecture
 
 __all__ = ["is_torchvision_retinanet", "map_torchvision"]
@@ -100,9 +100,7 @@ def _conventions(version: str, backbone: dict[str, torch.Tensor]) -> dict[str, A
         "fpn.out_channels": 256, "fpn.norm": "none", "fpn.ws": False,
         "fpn.top_block_in": "c5" if v2 else "p5", "fpn.relu_before_p7": True,
         "head.num_convs": 4, "head.norm": norm_for("group") if v2 else "none", "head.ws": False, "head.act": "relu",
-        "anchors.sizes": [32.0, 64.0, 128.0, 256.0, 512.0], "anchors.strides": [8, 16, 32, 64, 128],
-        "anchors.scales": [1.0, 2 ** (1 / 3), 2 ** (2 / 3)], "anchors.ratios": [0.5, 1.0, 2.0],
-        "anchors.offset": 0.0, "anchors.style": "torchvision",
+        **RETINANET_ANCHORS, "anchors.style": "torchvision",
         "size_divisibility": 32, "test.clip": "before_nms",
     }
     if v2:  # nn.GroupNorm(32, 256), eps 1e-5, one norm for every level

@@ -169,7 +169,7 @@ def build_dataset(
     images, ann = split_paths(c, split)
     if c.name == "shapes":
         _ensure_shapes(c, root, base_dir)
-    with paused_gc():  # the dataset's records: hundreds of thousands of new objects, no cycles
+    with paused_gc():  # the dataset's records: hundreds of thousands of new objects (gn_detect/io.py)
         return CocoDetection(
             resolve_path(images, root),
             resolve_path(ann, root),

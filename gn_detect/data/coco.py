@@ -24,7 +24,7 @@ from .checks import (
     select_categories,
     validate_coco,
 )
-from gn_detect.image_io import problem_of, read_rgb, read_rgb_tensor
+from gn_detect.image_io import problem_of, read_rgb_chw, read_rgb_tensor
 from .transforms import DetectionTransform
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ _MAX_FALLBACKS = 8
 def _decoder(decode: str) -> str:
     """``decode`` when known; for ``tensor`` torchvision.io is loaded now, in the process that
     builds the dataset, so forked loader workers share its pages (loaded by the first decode in
-    each worker instead, it made about 120 MB of every worker private)."""
+    each worker instead, it made most of every worker's memory private: docs/benchmarks.md)."""
     if decode not in ("pil", "tensor"):
         raise ValueError(f"decode={decode!r}: use 'tensor' (torchvision.io) or 'pil'")
     if decode == "tensor":
@@ -243,7 +243,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.decode == "tensor":
             image = read_rgb_tensor(path)
         else:
-            image = torch.from_numpy(np.asarray(read_rgb(path), dtype=np.uint8).copy()).permute(2, 0, 1)
+            image = read_rgb_chw(path)
         if tuple(image.shape[-2:]) != (info["height"], info["width"]):
             raise OSError(f"{path}: size {image.shape[-1]}x{image.shape[-2]} != json "
                           f"{info['width']}x{info['height']}")

@@ -426,5 +426,4 @@ def train(cfg: DictConfig, run_dir: str | Path, base_dir: str | Path | None = No
     finally:
         if lock is not None:
             lock.release()
-        trainer = None
         release_frozen()  # this run's objects (its trainer is a cycle) collectable again: the next run of a sweep

@@ -32,17 +32,22 @@ class SplitSummary:
     alone): its categories, the image entries a dataset can use, and how many of them hold a
     usable non-crowd box (and how many boxes)."""
 
-    def __init__(self, ann_file: Path, image_dir: Path, data: Mapping[str, Any],
-                 classes: Sequence[str] | None = None) -> None:
+    def __init__(self, ann_file: Path, checked: CheckedCoco, listed_annotations: int) -> None:
         self.ann_file = ann_file
-        data, _ = select_categories(dict(data), classes, str(ann_file))  # data.classes, as the dataset does
-        checked = validate_coco(data, image_dir, verify_images=False, source=str(ann_file), open_images=False)
-        self.checked: CheckedCoco | None = checked  # handed to a single run's dataset build, then dropped
         self.categories = checked.categories
         self.images = len(checked.images)
         self.images_with_boxes = sum(1 for b in checked.boxes if len(b))
         self.boxes = sum(len(b) for b in checked.boxes)
-        self.listed_annotations = len(data["annotations"])
+        self.listed_annotations = listed_annotations
+
+
+def _json_checks(ann_file: Path, image_dir: Path, data: Mapping[str, Any],
+                 classes: Sequence[str] | None) -> tuple[CheckedCoco, int]:
+    """The dataset's checks of ``data`` on the json alone, ``data.classes`` selected as the dataset
+    does; and how many annotations the selection lists."""
+    data, _ = select_categories(dict(data), classes, str(ann_file))
+    return validate_coco(data, image_dir, verify_images=False, source=str(ann_file), open_images=False), \
+        len(data["annotations"])
 
 
 @dataclass
@@ -75,10 +80,10 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
     key = file_key(ann_file)  # None: load_coco_json says what is wrong
     if key is None or (key, classes) not in parsed.summaries:
         data = load_coco_json(ann_file)
-        summary = SplitSummary(ann_file, resolve_path(images, root), data, classes)
-        if parsed.files is not None:
-            parsed.files.put(ann_file, data, summary.checked, classes)
-        summary.checked = None  # a sweep's summaries are kept for its runs: not the whole json's checks
+        checked, listed = _json_checks(ann_file, resolve_path(images, root), data, classes)
+        summary = SplitSummary(ann_file, checked, listed)  # kept for a sweep's runs: not the whole checks
+        if parsed.files is not None:  # a single run's dataset build takes the file and its checks
+            parsed.files.put(ann_file, data, checked, classes)
         if key is not None:
             parsed.summaries[(key, classes)] = summary
         return summary
