@@ -17,7 +17,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from gn_detect.config.schema import CHOICES, DataConfig
 from gn_detect.io import paused_gc
 
-from .checks import ParsedFiles, categories_of, load_coco_json, select_categories
+from .checks import categories_of, load_coco_json, select_categories
+from .json_checks import ParsedFiles
 from .coco import CocoDetection
 from .synthetic import META_FILE, SHAPES_LAYOUT, ensure_shapes_dataset
 from .transforms import DetectionTransform

@@ -11,7 +11,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,64 +124,18 @@ def file_key(path: str | Path) -> FileKey | None:
     return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-class ParsedFiles:
-    """Annotation files parsed once and handed, explicitly, to their one reader: the pre-flight of
-    a single run parses every file the run reads and passes this object to the run, whose dataset
-    builds take each file instead of parsing it again (full COCO train2017 is a 448 MB json,
-    seconds to parse). Keyed by :func:`file_key`: a file changed in between is parsed again. Taken
-    once, so the reader owns (and may change) what it gets."""
-
-    def __init__(self) -> None:
-        self._files: dict[FileKey, dict[str, Any]] = {}
-        self._checked: dict[tuple[FileKey, tuple[str, ...] | None], CheckedCoco] = {}
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def put(self, path: str | Path, data: dict[str, Any], checked: "CheckedCoco | None" = None,
-            classes: Sequence[str] | None = None) -> None:
-        """``checked``: the pre-flight's :func:`validate_coco` of ``data`` on the json alone, with
-        ``classes`` selected: the dataset build reuses its annotation pass (see ``validate_coco``)."""
-        key = file_key(path)
-        if key is not None:
-            self._files[key] = data
-            if checked is not None:
-                self._checked[(key, None if classes is None else tuple(classes))] = checked
-
-    def take_checked(self, path: str | Path, classes: Sequence[str] | None) -> "CheckedCoco | None":
-        """The json-only checks of ``path`` with ``classes`` (None when not handed over or the file
-        changed since)."""
-        key = file_key(path)
-        if key is None:
-            return None
-        return self._checked.pop((key, None if classes is None else tuple(classes)), None)
-
-    def take(self, path: str | Path) -> dict[str, Any] | None:
-        """The parsed content of ``path`` if it is still the file that was parsed (else None, and
-        the stale entry is dropped)."""
-        key = file_key(path)
-        if key is None:
-            return None
-        for stale in [k for k in self._files if k[0] == key[0] and k != key]:
-            del self._files[stale]
-        for stale in [k for k in self._checked if k[0][0] == key[0] and k[0] != key]:
-            del self._checked[stale]
-        return self._files.pop(key, None)
-
-    def clear(self) -> None:
-        self._files.clear()
-        self._checked.clear()
-
-
-def load_coco_json(path: str | Path, parsed: ParsedFiles | None = None) -> dict[str, Any]:
-    """Read a COCO instances json (or take it from ``parsed``, the pre-flight's hand-over); raise
-    AnnotationFileError naming the file and the fix."""
+def read_json_bytes(path: str | Path) -> tuple[bytes, os.stat_result]:
+    """An annotation file's bytes and its stat at the time they were read; AnnotationFileError
+    naming the file and the fix. Opened non-blocking and checked on the open descriptor: a FIFO or
+    device named as the json is refused instead of blocking the start forever."""
     path = Path(path)
-    handed = parsed.take(path) if parsed is not None else None
-    if handed is not None:
-        return handed
     try:
-        raw = path.read_bytes()
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise AnnotationFileError(f"annotation file {path} is not a regular file (a folder, FIFO, socket or "
+                                          "device). Fix: point the split's 'ann' at an instances json file")
+            return f.read(), st
     except FileNotFoundError:
         raise AnnotationFileError(
             f"annotation file not found: {path}. Fix: check the dataset root and the split's "
@@ -188,6 +143,17 @@ def load_coco_json(path: str | Path, parsed: ParsedFiles | None = None) -> dict[
         ) from None
     except OSError as e:
         raise AnnotationFileError(f"cannot read annotation file {path}: {e}") from e
+
+
+def load_coco_json(path: str | Path) -> dict[str, Any]:
+    """Read a COCO instances json; raise AnnotationFileError naming the file and the fix."""
+    return parse_coco_json(path, read_json_bytes(path)[0])
+
+
+def parse_coco_json(path: str | Path, raw: bytes) -> dict[str, Any]:
+    """The COCO instances json ``raw`` (the bytes of ``path``); AnnotationFileError naming the file
+    and the fix."""
+    path = Path(path)
     try:
         data = parse_json(raw)
     except json.JSONDecodeError as e:
@@ -383,22 +349,73 @@ class VerificationRecord:
 # ----------------------------------------------------------------------------- annotations
 
 
+class AnnotationColumns:
+    """Checked annotations (crowd included, boxes clipped), in json order, as flat arrays of the
+    fields box evaluation reads; ``records()`` gives them as COCO dicts (an int area below 2**53
+    stays an int)."""
+
+    FIELDS = ("ints", "bbox", "area", "area_is_int")
+
+    def __init__(self, ints: np.ndarray, bbox: np.ndarray, area: np.ndarray, area_is_int: np.ndarray) -> None:
+        n = len(area)
+        if ints.shape != (n, 4) or bbox.shape != (n, 4) or area_is_int.shape != (n,):
+            raise ValueError(f"annotation columns of unequal lengths: {ints.shape}, {bbox.shape}, {area.shape}, "
+                             f"{area_is_int.shape}")
+        self.ints = ints.astype(np.int64, copy=False)  # id, image_id, category_id, iscrowd
+        self.bbox = bbox.astype(np.float64, copy=False)  # x, y, w, h
+        self.area = area.astype(np.float64, copy=False)
+        self.area_is_int = area_is_int.astype(bool, copy=False)
+
+    @classmethod
+    def from_lists(cls, ints: list[int], bbox: list[float], area: list[Any]) -> "AnnotationColumns":
+        """From the annotation pass's flat lists: ``ints`` and ``bbox`` four values per annotation."""
+        n = len(area)
+        return cls(np.fromiter(ints, np.int64, 4 * n).reshape(n, 4), np.fromiter(bbox, np.float64, 4 * n).reshape(n, 4),
+                   np.fromiter(area, np.float64, n), np.fromiter((type(a) is int for a in area), bool, n))
+
+    def __len__(self) -> int:
+        return len(self.area)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self.ints[:, 1]
+
+    def select(self, keep: np.ndarray) -> "AnnotationColumns":
+        """The annotations where the boolean ``keep`` is true."""
+        return AnnotationColumns(self.ints[keep], self.bbox[keep], self.area[keep], self.area_is_int[keep])
+
+    def records(self) -> list[dict[str, Any]]:
+        areas = [int(v) if i else v for v, i in zip(self.area.tolist(), self.area_is_int.tolist())]
+        return [{"id": i, "image_id": im, "category_id": c, "bbox": b, "area": ar, "iscrowd": cr}
+                for (i, im, c, cr), b, ar in zip(self.ints.tolist(), self.bbox.tolist(), areas)]
+
+
 @dataclass
 class CheckedCoco:
-    """The result of validate_coco: what survived, in json order."""
+    """The result of validate_coco: what survived, in json order; boxes as flat arrays (image order)."""
 
     categories: list[dict[str, Any]]  # sorted by id, all of them
-    images: list[dict[str, Any]]  # kept image entries (width/height filled in)
-    boxes: list[np.ndarray]  # per kept image: float32 (N, 4) xyxy original pixels, non-crowd
-    cat_ids: list[np.ndarray]  # per kept image: int64 (N,) json category ids
-    annotations: list[dict[str, Any]]  # kept annotations incl. crowd (clipped), the fields box evaluation reads, for .coco
+    images: list[dict[str, Any]]  # kept image entries (width/height filled in when the images were opened)
+    box_counts: np.ndarray  # int64, per kept image: its usable non-crowd boxes
+    boxes: np.ndarray  # float32 (sum(box_counts), 4) xyxy original pixels: image by image, json order within one
+    cat_ids: np.ndarray  # int64 (sum(box_counts),) json category ids of ``boxes``
+    annotations: AnnotationColumns  # kept annotations incl. crowd (clipped): for .coco
     skips: SkipLog = field(default_factory=SkipLog)
     annotation_skips: SkipLog = field(default_factory=SkipLog)  # the annotation pass's share of ``skips``
 
 
+def _json_size(e: Mapping[str, Any]) -> tuple[Any, Any]:
+    """An image entry's (width, height) when the json gives both as positive ints, else unbounded
+    (the json-only checks then check only the box itself)."""
+    w, h = e.get("width"), e.get("height")
+    if _is_int(w) and _is_int(h) and w > 0 and h > 0:
+        return w, h
+    return math.inf, math.inf
+
+
 def _image_layout(images: list[dict[str, Any]]) -> list[tuple[Any, Any, Any]]:
     """What the annotation pass reads of the kept images: their ids, in order, and sizes."""
-    return [(e["id"], e["width"], e["height"]) for e in images]
+    return [(e["id"], *_json_size(e)) for e in images]
 
 
 INT64 = (-2**63, 2**63)  # ids are stored as int64 (NumPy, pycocotools, torch): anything outside is no id
@@ -582,6 +599,7 @@ def file_name_problem(file_name: str) -> str | None:
 
 def _usable_entries(image_entries: list[Any], skips: SkipLog) -> tuple[list[dict[str, Any]], set[Any]]:
     """(entries with a unique int id and a safe file_name, every int id listed); counts the rest.
+    The entries are the json's own objects (not copies).
 
     Every entry of an id listed more than once is dropped (not just the repeats): the
     annotations name the id only, so which boxes belong to which entry is unknowable.
@@ -605,7 +623,7 @@ def _usable_entries(image_entries: list[Any], skips: SkipLog) -> tuple[list[dict
             skips.add(problem, {"id": im["id"], "file_name": im["file_name"]})
             continue
         files.add(os.path.normpath(im["file_name"]))
-        entries.append(dict(im))
+        entries.append(im)
     return entries, set(seen)
 
 
@@ -614,14 +632,12 @@ def _check_image_entries(
     open_images: bool = True,
 ) -> tuple[list[dict[str, Any]], set[Any]]:
     """(usable image entries with width/height filled in, every valid id listed); counts the rest.
-    ``open_images=False`` (the pre-flight): no file is opened or stat'ed; a size the json does not
-    give is unbounded, so only the box itself is checked."""
+    ``open_images=False`` (the pre-flight): no file is opened or stat'ed, and the entries are as
+    the json gives them (a size it does not give is unbounded: :func:`_json_size`)."""
     entries, all_ids = _usable_entries(image_entries, skips)
     if not open_images:
-        for e in entries:
-            if not (_is_int(e.get("width")) and _is_int(e.get("height")) and e["width"] > 0 and e["height"] > 0):
-                e["width"] = e["height"] = float("inf")
         return entries, all_ids
+    entries = [dict(e) for e in entries]  # width/height are filled in below: the json's entries stay as given
     folder = os.fspath(image_dir)
     paths = [os.path.join(folder, e["file_name"]) for e in entries]  # strings: 118k Path objects cost seconds
     checks = check_images(paths, decode=verify_images)
@@ -692,29 +708,32 @@ def validate_coco(
     source: str = "<json>",
     open_images: bool = True,
     json_checked: CheckedCoco | None = None,
+    read_annotations: Callable[[], list[Any]] | None = None,
 ) -> CheckedCoco:
     """Check a loaded COCO dict against the image folder; see SKIP_REASONS for the policy.
     ``open_images=False``: the same rules on the json alone (the pre-flight: no image opened).
     ``json_checked``: that json-only result for the same ``data``; when the image checks keep
     exactly its images with the same sizes (the usual case), its annotation pass is the one this
-    one would make, and is taken instead of repeated (860,000 COCO boxes: seconds)."""
-    with paused_gc():  # a million new dicts and lists
-        return _validate_coco(data, Path(image_dir), verify_images, source, open_images, json_checked)
+    one would make, and is taken instead of repeated (860,000 COCO boxes: seconds).
+    ``read_annotations``: where ``data["annotations"]`` comes from when the pass is made (``data``
+    may then leave them out: gn_detect/data/json_checks.py)."""
+    with paused_gc():  # a million new objects
+        return _validate_coco(data, Path(image_dir), verify_images, source, open_images, json_checked,
+                              read_annotations or (lambda: data["annotations"]))
 
 
 def _validate_coco(data: Mapping[str, Any], image_dir: Path, verify_images: bool, source: str, open_images: bool,
-                   json_checked: CheckedCoco | None) -> CheckedCoco:
+                   json_checked: CheckedCoco | None, read_annotations: Callable[[], list[Any]]) -> CheckedCoco:
     skips = SkipLog()
     categories = _check_categories(data["categories"], source)
     images, all_ids = _check_image_entries(data["images"], image_dir, verify_images, skips, source, open_images)
     if json_checked is not None and _image_layout(json_checked.images) == _image_layout(images):
         part = json_checked
-        boxes, cat_ids, annotations, ann_skips = part.boxes, part.cat_ids, part.annotations, part.annotation_skips
     else:
-        boxes, cat_ids, annotations, ann_skips = _check_annotations(data["annotations"], images, all_ids,
-                                                                    {c["id"] for c in categories})
-    skips.merge(ann_skips)
-    return CheckedCoco(categories, images, boxes, cat_ids, annotations, skips, ann_skips)
+        part = _check_annotations(read_annotations(), images, all_ids, {c["id"] for c in categories})
+    skips.merge(part.annotation_skips)
+    return CheckedCoco(categories, images, part.box_counts, part.boxes, part.cat_ids, part.annotations, skips,
+                       part.annotation_skips)
 
 
 def _first_new_id(entries: list[Any]) -> int:
@@ -731,16 +750,19 @@ def _first_new_id(entries: list[Any]) -> int:
                     "without a unique id cannot get one. Fix: renumber the annotation ids")
 
 
-def _check_annotations(
-    entries: list[Any], images: list[dict[str, Any]], all_ids: set[Any], known_cats: set[Any],
-) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]], SkipLog]:
-    """The annotation pass of validate_coco over the kept ``images``: (boxes, cat_ids,
-    annotations, its skips)."""
+def _check_annotations(entries: list[Any], images: list[dict[str, Any]], all_ids: set[Any],
+                       known_cats: set[Any]) -> CheckedCoco:
+    """The annotation pass of validate_coco over the kept ``images``: a CheckedCoco of its boxes,
+    annotations and skips (``annotation_skips``; categories and images left empty)."""
     skips = SkipLog()
     kept = {e["id"]: i for i, e in enumerate(images)}
-    per_boxes: list[list[list[float]]] = [[] for _ in images]
-    per_cats: list[list[int]] = [[] for _ in images]
-    annotations: list[dict[str, Any]] = []
+    sizes = [_json_size(e) for e in images]
+    ints: list[int] = []  # id, image_id, category_id, iscrowd of each kept annotation
+    bboxes: list[float] = []  # its clipped x, y, w, h
+    areas: list[Any] = []
+    box_image: list[int] = []  # per usable non-crowd box: its image's index
+    xyxy_flat: list[float] = []
+    box_cats: list[int] = []
     next_ann_id = _first_new_id(entries)
     seen_ann_ids: set[int] = set()
     for a in entries:
@@ -754,15 +776,16 @@ def _check_annotations(
             continue
         if img_id not in kept:
             continue  # its image was dropped (and counted) above
-        if a.get("category_id") not in known_cats:
-            skips.add("unknown_category", {"ann": ann_id, "category_id": a.get("category_id")})
+        cat = a.get("category_id")
+        if cat not in known_cats:
+            skips.add("unknown_category", {"ann": ann_id, "category_id": cat})
             continue
         crowd = crowd_of(a)
         if crowd is None:
             skips.add("invalid_iscrowd", {"ann": ann_id, "iscrowd": a.get("iscrowd")})
             continue
         idx = kept[img_id]
-        reason, xyxy = check_box(a.get("bbox"), images[idx]["width"], images[idx]["height"])
+        reason, xyxy = check_box(a.get("bbox"), *sizes[idx])
         if xyxy is None:
             skips.add(reason, ann_id)  # type: ignore[arg-type]
             continue
@@ -773,27 +796,37 @@ def _check_annotations(
         if not _is_int(ann_id) or ann_id in seen_ann_ids:
             ann_id, next_ann_id = next_ann_id, next_ann_id + 1
         seen_ann_ids.add(ann_id)
-        bbox = [xyxy[0], xyxy[1], xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]]
+        w, h = xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]
         area = a.get("area")
         if reason or not _usable_area(area):
-            area = bbox[2] * bbox[3]  # COCOeval bins by area; a clipped box's old area would be stale
+            area = w * h  # COCOeval bins by area; a clipped box's old area would be stale
         # what box evaluation reads, nothing else: a segmentation is most of a COCO json's bytes
         # and no part of gn-detect reads it
-        ann = {"id": ann_id, "image_id": img_id, "category_id": a["category_id"], "bbox": bbox, "area": area,
-               "iscrowd": crowd}
-        annotations.append(ann)
-        if ann["iscrowd"]:
-            skips.add("crowd", ann["id"])
+        ints += (ann_id, img_id, cat, crowd)
+        bboxes += (xyxy[0], xyxy[1], w, h)
+        areas.append(area)
+        if crowd:
+            skips.add("crowd", ann_id)
             continue
-        per_boxes[idx].append(xyxy)
-        per_cats[idx].append(ann["category_id"])
+        box_image.append(idx)
+        xyxy_flat += xyxy
+        box_cats.append(cat)
+    return _annotation_pass(images, box_image, xyxy_flat, box_cats, AnnotationColumns.from_lists(ints, bboxes, areas),
+                            skips)
 
-    boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in per_boxes]
-    cat_ids = [np.asarray(c, dtype=np.int64).reshape(-1) for c in per_cats]
-    for e, b in zip(images, boxes):
-        if len(b) == 0:
+
+def _annotation_pass(images: list[dict[str, Any]], box_image: list[int], xyxy_flat: list[float], box_cats: list[int],
+                     annotations: AnnotationColumns, skips: SkipLog) -> CheckedCoco:
+    """The annotation pass's boxes (json order) put image by image, its empty images counted."""
+    where = np.asarray(box_image, dtype=np.int64)
+    order = np.argsort(where, kind="stable")
+    boxes = np.asarray(xyxy_flat, dtype=np.float32).reshape(-1, 4)[order]
+    cat_ids = np.asarray(box_cats, dtype=np.int64).reshape(-1)[order]
+    counts = np.bincount(where, minlength=len(images)).astype(np.int64)
+    for e, n in zip(images, counts.tolist()):
+        if not n:
             skips.add("empty_image", e["id"])
-    return boxes, cat_ids, annotations, skips
+    return CheckedCoco([], [], counts, boxes, cat_ids, annotations, skips, skips)
 
 
 # ----------------------------------------------------------------------------- summary

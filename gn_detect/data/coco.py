@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,15 +14,8 @@ from pycocotools.coco import COCO
 
 from gn_detect.cocoapi import coco_from_dict
 
-from .checks import (
-    DataError,
-    EmptyDatasetError,
-    SkipLog,
-    ParsedFiles,
-    load_coco_json,
-    select_categories,
-    validate_coco,
-)
+from .checks import DataError, EmptyDatasetError, SkipLog, validate_coco
+from .json_checks import ParsedFiles, read_json_checks
 from gn_detect.image_io import problem_of, read_rgb_chw, read_rgb_tensor
 from .transforms import DetectionTransform
 
@@ -72,24 +64,6 @@ def _decoder(decode: str) -> str:
     return decode
 
 
-class _AnnotationColumns:
-    """Checked annotations (data/checks.py: the fields box evaluation reads) as flat arrays;
-    ``records()`` gives the dicts back, equal in value (an int area below 2**53 stays an int)."""
-
-    def __init__(self, annotations: list[dict[str, Any]]) -> None:
-        n = len(annotations)
-        self._ints = np.fromiter(chain.from_iterable((a["id"], a["image_id"], a["category_id"], a["iscrowd"])
-                                                     for a in annotations), np.int64, 4 * n).reshape(n, 4)
-        self._bbox = np.fromiter(chain.from_iterable(a["bbox"] for a in annotations), np.float64, 4 * n).reshape(n, 4)
-        self._area = np.fromiter((a["area"] for a in annotations), np.float64, n)
-        self._area_is_int = np.fromiter((type(a["area"]) is int for a in annotations), bool, n)
-
-    def records(self) -> list[dict[str, Any]]:
-        areas = [int(v) if i else v for v, i in zip(self._area.tolist(), self._area_is_int.tolist())]
-        return [{"id": i, "image_id": im, "category_id": c, "bbox": b, "area": ar, "iscrowd": cr}
-                for (i, im, c, cr), b, ar in zip(self._ints.tolist(), self._bbox.tolist(), areas)]
-
-
 class CocoDetection(torch.utils.data.Dataset):
     """Detection dataset over an images folder and a COCO instances json.
 
@@ -123,16 +97,19 @@ class CocoDetection(torch.utils.data.Dataset):
         self.verify_images = verify_images
         self.decode = _decoder(decode)
 
-        data, other = select_categories(load_coco_json(self.ann_file, parsed), classes, str(self.ann_file))  # data.classes
+        # the json with data.classes selected, and its json-only checks: the pre-flight's, or read here
+        read = (parsed.take(self.ann_file, classes) if parsed is not None else None) \
+            or read_json_checks(self.ann_file, classes)
+        data = read.data
         checked = validate_coco(data, self.image_dir, verify_images=verify_images, source=str(self.ann_file),
-                                json_checked=None if parsed is None else parsed.take_checked(self.ann_file, classes))
+                                json_checked=read.checked, read_annotations=read.annotations)
         self.skip_log: SkipLog = checked.skips
-        for ann_id in other:
+        for ann_id in read.other:
             self.skip_log.add("other_class", ann_id)
 
-        images, boxes, cat_ids = checked.images, checked.boxes, checked.cat_ids
+        images, counts = checked.images, checked.box_counts
         if filter_empty:
-            images, boxes, cat_ids = self._drop_empty(images, boxes, cat_ids)
+            images, counts = self._drop_empty(images, counts)
         if not images:
             raise EmptyDatasetError(
                 f"{self.ann_file}: no images left to load (listed: {len(data['images'])}, "
@@ -151,13 +128,12 @@ class CocoDetection(torch.utils.data.Dataset):
         # DataLoader workers read them without touching Python objects' reference counts, so the
         # pages stay shared instead of being copied into every worker
         self._records = SerializedList(images)  # the image entries
-        counts = np.asarray([len(b) for b in boxes], dtype=np.int64)
         self._box_ends = np.cumsum(counts)
-        self._boxes_flat = np.concatenate(boxes) if len(boxes) else np.zeros((0, 4), np.float32)
+        self._boxes_flat = checked.boxes  # the images' boxes in their order (an image dropped here has none)
         # category ids -> labels: label_to_cat_id is sorted (checks.py sorts the categories by id)
         # and holds every id a kept box has
-        flat_ids = np.concatenate(cat_ids) if len(cat_ids) else np.zeros(0, np.int64)
-        self._labels_flat = np.searchsorted(np.asarray(self.label_to_cat_id, dtype=np.int64), flat_ids).astype(np.int64)
+        self._labels_flat = np.searchsorted(np.asarray(self.label_to_cat_id, dtype=np.int64),
+                                            checked.cat_ids).astype(np.int64)
         self._ids = np.asarray([e["id"] for e in images], dtype=np.int64)
         self._num_boxes = int(counts.sum())
         # width / height from the json: grouping needs no image decoding
@@ -167,24 +143,23 @@ class CocoDetection(torch.utils.data.Dataset):
         # boxes clipped), so COCOeval sees the same ground truth the model was trained against.
         # Built on first use only (evaluation); until then the images are the records above and
         # the annotations flat arrays (no per-annotation objects: cheap to build, shared pages).
-        kept = set(self._ids.tolist())
         self._coco_other: bytes | None = pickle.dumps(  # info, licenses
             {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")})
-        self._gt = _AnnotationColumns([a for a in checked.annotations if a["image_id"] in kept])
+        self._gt = checked.annotations.select(np.isin(checked.annotations.image_ids, self._ids))
         self._coco = None
-        del data, checked, images, boxes, cat_ids
+        del data, read, checked, images
 
         self.skip_log.log(self.name)
         logger.info("%s: %d images, %d boxes, %d classes from %s", self.name, len(self),
                     self._num_boxes, self.num_classes, self.ann_file)
 
-    def _drop_empty(self, images: list, boxes: list, cat_ids: list) -> tuple[list, list, list]:
-        """The images that hold a box (data.filter_empty); the others counted as ``filtered_empty``."""
-        keep = [i for i, b in enumerate(boxes) if len(b)]
-        for i, e in enumerate(images):
-            if not len(boxes[i]):
+    def _drop_empty(self, images: list, counts: np.ndarray) -> tuple[list, np.ndarray]:
+        """The images that hold a box, and their box counts (data.filter_empty); the others counted as
+        ``filtered_empty``."""
+        for e, n in zip(images, counts.tolist()):
+            if not n:
                 self.skip_log.add("filtered_empty", e["id"])
-        return [images[i] for i in keep], [boxes[i] for i in keep], [cat_ids[i] for i in keep]
+        return [e for e, n in zip(images, counts.tolist()) if n], counts[counts > 0]
 
     # ------------------------------------------------------------------ info
 

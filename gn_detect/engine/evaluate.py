@@ -12,7 +12,7 @@ from torch import nn
 
 from gn_detect.config.schema import EvalConfig
 from gn_detect.data import build_dataset, build_test_loader, check_same_categories
-from gn_detect.data.checks import ParsedFiles
+from gn_detect.data.json_checks import ParsedFiles
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.description import check_same_model
 from gn_detect.engine.device import amp_dtype as autocast_dtype, resolve_device

@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gn_detect.config import ConfigError, exit_failed, exit_with_one_line, one_line, validate_evaluate_config, \
     validate_train_config
-from gn_detect.data.checks import ParsedFiles
+from gn_detect.data.json_checks import ParsedFiles
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError
 from gn_detect.engine.signals import STOP_SIGNALS, StopRequested, exit_code, hand_over_preemption, preempt_signal

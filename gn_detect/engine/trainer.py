@@ -41,7 +41,7 @@ from gn_detect.data import (
     check_same_categories,
     write_skip_summary,
 )
-from gn_detect.data.checks import ParsedFiles
+from gn_detect.data.json_checks import ParsedFiles
 from gn_detect.data.collate import make_buckets
 from gn_detect.engine import dist as gdist
 from gn_detect.engine.checkpoint import CheckpointError, Checkpointer, load_checkpoint

@@ -1,13 +1,13 @@
-"""The data part of the pre-flight: every annotation file a run will read, parsed fully and put
-through the dataset's own checks (gn_detect/data/checks.py:``validate_coco`` with
-``open_images=False``) without opening an image, listing a folder or generating data. Each problem
-is one line naming the file (or key) and the fix, so a truncated json, an empty annotation list, a
-category mismatch between splits or a batch larger than the split stops the command before the
-images are verified.
+"""The data part of the pre-flight: every annotation file a run will read, put through the
+dataset's own checks on the json alone (gn_detect/data/json_checks.py:``read_json_checks``: parsed
+and checked, or taken from the record of an earlier start of the same content) without opening
+an image, listing a folder or generating data. Each problem is one line naming the file (or key)
+and the fix, so a truncated json, an empty annotation list, a category mismatch between splits or
+a batch larger than the split stops the command before the images are verified.
 
-Each file is parsed once per pre-flight (:class:`Parsed` keeps the summaries, so the runs of a
-sweep share them); for a single run the parsed files go, in ``Parsed.files``, to the run's dataset
-builds, which then do not parse them again.
+Each file is read once per pre-flight (:class:`Parsed` keeps the summaries, so the runs of a
+sweep share them); for a single run what was read goes, in ``Parsed.files``, to the run's dataset
+builds, which then do not read it again.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gn_detect.data.build import _read, check_shapes_root, data_config, resolve_path, split_paths
-from gn_detect.data.checks import CheckedCoco, DataError, FileKey, ParsedFiles, check_same_categories, file_key, load_coco_json, \
-    select_categories, validate_coco
+from gn_detect.data.checks import CheckedCoco, DataError, FileKey, check_same_categories, file_key, select_categories
+from gn_detect.data.json_checks import ParsedFiles, read_json_checks
 from gn_detect.data.synthetic import META_FILE, shapes_categories
 
 __all__ = ["Parsed", "SplitSummary", "annotation_problems", "read_split"]
@@ -36,18 +36,9 @@ class SplitSummary:
         self.ann_file = ann_file
         self.categories = checked.categories
         self.images = len(checked.images)
-        self.images_with_boxes = sum(1 for b in checked.boxes if len(b))
-        self.boxes = sum(len(b) for b in checked.boxes)
+        self.images_with_boxes = int((checked.box_counts > 0).sum())
+        self.boxes = len(checked.boxes)
         self.listed_annotations = listed_annotations
-
-
-def _json_checks(ann_file: Path, image_dir: Path, data: Mapping[str, Any],
-                 classes: Sequence[str] | None) -> tuple[CheckedCoco, int]:
-    """The dataset's checks of ``data`` on the json alone, ``data.classes`` selected as the dataset
-    does; and how many annotations the selection lists."""
-    data, _ = select_categories(dict(data), classes, str(ann_file))
-    return validate_coco(data, image_dir, verify_images=False, source=str(ann_file), open_images=False), \
-        len(data["annotations"])
 
 
 @dataclass
@@ -68,7 +59,7 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
     parsed = parsed if parsed is not None else Parsed()
     c = data_config(cfg)
     root = resolve_path(_read(c, "root"), base_dir)
-    images, ann = split_paths(c, split)
+    _, ann = split_paths(c, split)
     ann_file = resolve_path(ann, root)
     classes = None if c.classes is None else tuple(str(n) for n in c.classes)
     if c.name == "shapes":
@@ -79,11 +70,10 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
             return None
     key = file_key(ann_file)  # None: load_coco_json says what is wrong
     if key is None or (key, classes) not in parsed.summaries:
-        data = load_coco_json(ann_file)
-        checked, listed = _json_checks(ann_file, resolve_path(images, root), data, classes)
-        summary = SplitSummary(ann_file, checked, listed)  # kept for a sweep's runs: not the whole checks
+        read = read_json_checks(ann_file, classes)  # the dataset's checks on the json alone
+        summary = SplitSummary(ann_file, read.checked, read.listed)  # kept for a sweep's runs: not the whole checks
         if parsed.files is not None:  # a single run's dataset build takes the file and its checks
-            parsed.files.put(ann_file, data, checked, classes)
+            parsed.files.put(read)
         if key is not None:
             parsed.summaries[(key, classes)] = summary
         return summary

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from gn_detect.config.errors import one_line
 from gn_detect.config.targets import foreign_targets
 
-from gn_detect.data.checks import ParsedFiles
+from gn_detect.data.json_checks import ParsedFiles
 
 from .annotations import Parsed
 

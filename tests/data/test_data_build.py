@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from gn_detect.config.schema import TrainConfig
 from gn_detect.data import build_dataset
+from gn_detect.data.json_checks import ParsedFiles
 from gn_detect.data.build import build_transform, data_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,12 +191,13 @@ def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, ti
         return out
 
     monkeypatch.setattr(checks, "parse_json", counting)
+    _no_check_records(tmp_path, monkeypatch)  # every read parses (records: tests/data/test_json_checks.py)
     val_ann = tmp_path / "instances_val2017.json"
     val_ann.write_bytes((tiny_coco / "annotations" / "instances_val2017.json").read_bytes())
     cfg = {"name": "coco", "root": str(coco128.parent), "verify_images": False, "filter_empty": False,
            "train": {"images": "coco128/train2017", "ann": "coco128/annotations/instances_train2017.json"},
            "val": {"images": "tiny_coco/val2017", "ann": str(val_ann)}}
-    single = Parsed(files=checks.ParsedFiles())
+    single = Parsed(files=ParsedFiles())
     problems, train = annotation_problems(cfg, train_split="train", eval_split="val", base_dir=None, parsed=single)
     assert problems == [] and train is not None and len(parsed) == 2 and len(single.files) == 2
     assert len(build_dataset(cfg, "train", parsed=single.files)) == 128 and len(parsed) == 2  # taken, not parsed
@@ -241,6 +243,7 @@ def test_a_handed_over_json_check_gives_the_dataset_a_fresh_build_gives(break_it
     from gn_detect.data.build import build_dataset
     from gn_detect.preflight import Parsed, annotation_problems
 
+    monkeypatch.setenv("GN_DETECT_CACHE", str(tmp_path / "cache"))
     images = tmp_path / "train2017"
     images.mkdir()
     for p in sorted((coco128 / "train2017").iterdir())[:40]:
@@ -256,14 +259,26 @@ def test_a_handed_over_json_check_gives_the_dataset_a_fresh_build_gives(break_it
     passes = []
     real = checks._check_annotations
     monkeypatch.setattr(checks, "_check_annotations", lambda *a: passes.append(1) or real(*a))
-    single = Parsed(files=checks.ParsedFiles())
+    single = Parsed(files=ParsedFiles())
     problems, _ = annotation_problems(cfg, train_split="train", eval_split=None, base_dir=None, parsed=single)
     assert problems == [] and len(passes) == 1
     handed = build_dataset(cfg, "train", parsed=single.files)
     assert len(passes) == (2 if break_it else 1)
+    recorded = build_dataset(cfg, "train")  # the pre-flight's record: the annotations are read again only if needed
+    assert len(passes) == (3 if break_it else 1)
+    _no_check_records(tmp_path, monkeypatch)
     fresh = build_dataset(cfg, "train")
-    assert handed.skipped == fresh.skipped and (handed.skipped["missing_image"] == 1) == break_it
-    assert handed.skip_log.examples == fresh.skip_log.examples
-    assert len(handed) == len(fresh) and all(
-        (handed.annotations(i)[0] == fresh.annotations(i)[0]).all() for i in range(len(fresh)))
-    assert handed.coco.dataset == fresh.coco.dataset
+    assert len(passes) == (5 if break_it else 2)  # its json-only pass, then (break_it) the one over the images kept
+    for other in (handed, recorded):
+        assert other.skipped == fresh.skipped and (other.skipped["missing_image"] == 1) == break_it
+        assert other.skip_log.examples == fresh.skip_log.examples
+        assert len(other) == len(fresh) and all(
+            (other.annotations(i)[0] == fresh.annotations(i)[0]).all() for i in range(len(fresh)))
+        assert other.coco.dataset == fresh.coco.dataset
+
+
+def _no_check_records(tmp_path: Path, monkeypatch) -> None:
+    """The json checks' records off: their folder cannot be made (a file is in the way)."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("GN_DETECT_CACHE", str(blocker / "cache"))
