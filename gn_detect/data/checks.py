@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gn_detect.io import parse_json, paused_gc, write_json_atomic
+from gn_detect.io import parse_json, paused_gc, stat_key, write_json_atomic
 
 from gn_detect.image_io import file_problem, problem_of, read_header
 
@@ -116,12 +116,18 @@ FileKey = tuple[str, int, int, int, int]
 
 
 def file_key(path: str | Path) -> FileKey | None:
-    """(resolved path, inode, size, mtime_ns, ctime_ns) of a file, None if it cannot be stat'ed."""
+    """The file's gn_detect/io.py:``stat_key`` now, None if it cannot be stat'ed."""
     try:
-        st = Path(path).stat()
+        return stat_key(path, os.stat(path))
     except OSError:
         return None
-    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def too_deep(path: str | Path) -> AnnotationFileError:
+    """The one line for a json nested too deeply to parse or to copy (about 1,000 levels: Python's
+    recursion limit)."""
+    return AnnotationFileError(f"{path}: JSON nested too deeply (about 1,000 levels or more); a COCO instances "
+                               "file is a few levels deep. Fix: re-generate the file")
 
 
 def read_json_bytes(path: str | Path) -> tuple[bytes, os.stat_result]:
@@ -129,13 +135,16 @@ def read_json_bytes(path: str | Path) -> tuple[bytes, os.stat_result]:
     naming the file and the fix. Opened non-blocking and checked on the open descriptor: a FIFO or
     device named as the json is refused instead of blocking the start forever."""
     path = Path(path)
+    not_a_file = AnnotationFileError(f"annotation file {path} is not a regular file (a folder, FIFO, socket or "
+                                     "device). Fix: point the split's 'ann' at an instances json file")
     try:
         with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise AnnotationFileError(f"annotation file {path} is not a regular file (a folder, FIFO, socket or "
-                                          "device). Fix: point the split's 'ann' at an instances json file")
+                raise not_a_file
             return f.read(), st
+    except IsADirectoryError:
+        raise not_a_file from None
     except FileNotFoundError:
         raise AnnotationFileError(
             f"annotation file not found: {path}. Fix: check the dataset root and the split's "
@@ -169,8 +178,7 @@ def parse_coco_json(path: str | Path, raw: bytes) -> dict[str, Any]:
                                   "field needs more than 19 digits. Fix: re-generate the file, or correct that number"
                                   ) from None
     except RecursionError:
-        raise AnnotationFileError(f"{path}: JSON nested too deeply to parse (thousands of levels); a COCO "
-                                  f"instances file is a few levels deep. Fix: re-generate the file") from None
+        raise too_deep(path) from None
     if not isinstance(data, dict):
         raise AnnotationFileError(f"{path}: top level must be a JSON object, got {type(data).__name__}.")
     missing = [k for k in ("images", "categories") if not isinstance(data.get(k), list)]
@@ -631,9 +639,10 @@ def _check_image_entries(
     image_entries: list[Any], image_dir: Path, verify_images: bool, skips: SkipLog, source: str,
     open_images: bool = True,
 ) -> tuple[list[dict[str, Any]], set[Any]]:
-    """(usable image entries with width/height filled in, every valid id listed); counts the rest.
-    ``open_images=False`` (the pre-flight): no file is opened or stat'ed, and the entries are as
-    the json gives them (a size it does not give is unbounded: :func:`_json_size`)."""
+    """(usable image entries, every valid id listed); counts the rest. The images opened: copies of
+    the entries, width/height filled in from the files where the json lacks them.
+    ``open_images=False`` (the pre-flight): no file is opened or stat'ed, and the entries are the
+    json's (a size it does not give is unbounded: :func:`_json_size`)."""
     entries, all_ids = _usable_entries(image_entries, skips)
     if not open_images:
         return entries, all_ids
@@ -646,8 +655,8 @@ def _check_image_entries(
         if chk.problem:
             skips.add(chk.problem, e["file_name"])
             continue
-        w, h = e.get("width"), e.get("height")
-        if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
+        w, h = _json_size(e)
+        if w == math.inf:
             if chk.size is None:  # not verified: read just the header
                 chk = check_image(p, decode=False)
                 if chk.problem:
@@ -771,13 +780,13 @@ def _check_annotations(entries: list[Any], images: list[dict[str, Any]], all_ids
             continue
         ann_id = a.get("id")
         img_id = a.get("image_id")
-        if img_id not in all_ids:
+        if not _member(img_id, all_ids):
             skips.add("unknown_image", {"ann": ann_id, "image_id": img_id})
             continue
         if img_id not in kept:
             continue  # its image was dropped (and counted) above
         cat = a.get("category_id")
-        if cat not in known_cats:
+        if not _member(cat, known_cats):
             skips.add("unknown_category", {"ann": ann_id, "category_id": cat})
             continue
         crowd = crowd_of(a)
@@ -813,6 +822,14 @@ def _check_annotations(entries: list[Any], images: list[dict[str, Any]], all_ids
         box_cats.append(cat)
     return _annotation_pass(images, box_image, xyxy_flat, box_cats, AnnotationColumns.from_lists(ints, bboxes, areas),
                             skips)
+
+
+def _member(x: Any, ids: set[Any]) -> bool:
+    """``x in ids``; False for an unhashable value (a list or object where an id belongs)."""
+    try:
+        return x in ids
+    except TypeError:
+        return False
 
 
 def _annotation_pass(images: list[dict[str, Any]], box_image: list[int], xyxy_flat: list[float], box_cats: list[int],

@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 
 from gn_detect.cocoapi import coco_from_dict
 
-from .checks import DataError, EmptyDatasetError, SkipLog, validate_coco
+from .checks import DataError, EmptyDatasetError, SkipLog, too_deep, validate_coco
 from .json_checks import ParsedFiles, read_json_checks
 from gn_detect.image_io import problem_of, read_rgb_chw, read_rgb_tensor
 from .transforms import DetectionTransform
@@ -127,7 +127,12 @@ class CocoDetection(torch.utils.data.Dataset):
         # flat arrays and one serialized buffer (detectron2's DatasetFromList(serialize=True)):
         # DataLoader workers read them without touching Python objects' reference counts, so the
         # pages stay shared instead of being copied into every worker
-        self._records = SerializedList(images)  # the image entries
+        try:  # pickling recurses: a value nested ~1,000 deep that the parser took is refused here
+            self._records = SerializedList(images)  # the image entries
+            self._coco_other: bytes | None = pickle.dumps(  # info, licenses
+                {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")})
+        except RecursionError:
+            raise too_deep(self.ann_file) from None
         self._box_ends = np.cumsum(counts)
         self._boxes_flat = checked.boxes  # the images' boxes in their order (an image dropped here has none)
         # category ids -> labels: label_to_cat_id is sorted (checks.py sorts the categories by id)
@@ -143,8 +148,6 @@ class CocoDetection(torch.utils.data.Dataset):
         # boxes clipped), so COCOeval sees the same ground truth the model was trained against.
         # Built on first use only (evaluation); until then the images are the records above and
         # the annotations flat arrays (no per-annotation objects: cheap to build, shared pages).
-        self._coco_other: bytes | None = pickle.dumps(  # info, licenses
-            {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")})
         self._gt = checked.annotations.select(np.isin(checked.annotations.image_ids, self._ids))
         self._coco = None
         del data, read, checked, images

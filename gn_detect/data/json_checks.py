@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from gn_detect.io import atomic_open, parse_json, remember_fingerprint
+from gn_detect import io as _io
+from gn_detect.io import atomic_open, parse_json, remember_fingerprint, stat_key
 
 from . import checks
 from .checks import (AnnotationColumns, CheckedCoco, FileKey, SkipLog, cache_dir, file_key, parse_coco_json,
@@ -32,9 +34,15 @@ from .checks import (AnnotationColumns, CheckedCoco, FileKey, SkipLog, cache_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JsonChecks", "ParsedFiles", "read_json_checks"]
+__all__ = ["JsonChecks", "ParsedFiles", "classes_key", "read_json_checks"]
 
 Classes = tuple[str, ...] | None
+
+
+def classes_key(classes: Sequence[str] | None) -> Classes:
+    """``data.classes`` as a key: a tuple of names, or None (every category)."""
+    return None if classes is None else tuple(str(c) for c in classes)
+
 KEEP_RECORDS = 8  # records kept in cache_dir()/checked/, the least recently used removed first
 
 
@@ -48,6 +56,7 @@ class JsonChecks:
     how many annotations the selection lists."""
 
     path: Path
+    key: FileKey  # the file's stat key when it was read
     classes: Classes
     data: dict[str, Any]
     complete: bool
@@ -77,19 +86,20 @@ def read_json_checks(path: str | Path, classes: Sequence[str] | None) -> JsonChe
     """The file's :class:`JsonChecks`, from its record when one matches the file's content, else
     parsed and checked (and recorded). AnnotationFileError/DataError: one line naming the file."""
     path = Path(path)
-    classes = None if classes is None else tuple(str(c) for c in classes)
+    classes = classes_key(classes)
     raw, st = read_json_bytes(path)
     digest = _digest(raw)
     remember_fingerprint(path, st, digest)  # the run description's fingerprint: not hashed again
     record = _record_path(digest, classes)
-    found = _load(record, path, classes, digest)
+    found = None if record is None else _load(record, path, stat_key(path, st), classes, digest)
     if found is not None:
         return found
     data, other = select_categories(parse_coco_json(path, raw), classes, str(path))
     del raw
     checked = validate_coco(data, path.parent, verify_images=False, source=str(path), open_images=False)
-    out = JsonChecks(path, classes, data, True, checked, other, len(data["annotations"]), digest)
-    _save(record, out)
+    out = JsonChecks(path, stat_key(path, st), classes, data, True, checked, other, len(data["annotations"]), digest)
+    if record is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # one writer per node under torchrun
+        _save(record, out)
     return out
 
 
@@ -100,21 +110,26 @@ _CODE: list[str] = []  # the checks' source digest, computed once
 
 
 def _code_digest() -> str:
-    """What the checks' rules are: a digest of their source (this file and data/checks.py)."""
+    """What the checks' rules are: a digest of their source (this file, data/checks.py and the json
+    parser's gn_detect/io.py); "" when the source cannot be read (then no record is used)."""
     if not _CODE:
         h = hashlib.blake2b(digest_size=8)
-        for f in (checks.__file__, __file__):
-            h.update(Path(f).read_bytes())
-        _CODE.append(h.hexdigest())
+        try:
+            for f in (checks.__file__, __file__, _io.__file__):
+                h.update(Path(f).read_bytes())
+            _CODE.append(h.hexdigest())
+        except (OSError, TypeError):  # no source file (a frozen or zipped install)
+            _CODE.append("")
     return _CODE[0]
 
 
-def _record_path(digest: str, classes: Classes) -> Path:
-    key = hashlib.blake2b(json.dumps([digest, classes, _code_digest()]).encode(), digest_size=12).hexdigest()
+def _record_path(digest: str, classes: Classes) -> Path | None:
+    """Where the record of this content and selection is (None: records are off, see _code_digest)."""
+    code = _code_digest()
+    if not code:
+        return None
+    key = hashlib.blake2b(json.dumps([digest, classes, code]).encode(), digest_size=12).hexdigest()
     return cache_dir() / "checked" / f"{key}.npz"
-
-
-_ARRAYS = ("box_counts", "boxes", "cat_ids", "kept")
 
 
 def _skip_log(d: dict[str, Any]) -> SkipLog:
@@ -134,17 +149,17 @@ def _save(record: Path, jc: JsonChecks) -> None:
     position = {id(e): i for i, e in enumerate(jc.data["images"])}
     kept = np.asarray([position[id(e)] for e in c.images], dtype=np.int64)  # the json-only pass keeps entries as given
     head = {k: v for k, v in jc.data.items() if k != "annotations"}
-    text = json.dumps({"head": head, "categories": c.categories, "other": jc.other, "listed": jc.listed,
-                       "digest": jc.digest, "skips": _log_dict(c.skips),
-                       "annotation_skips": _log_dict(c.annotation_skips)}, separators=(",", ":"))
-    arrays = {"box_counts": c.box_counts, "boxes": c.boxes, "cat_ids": c.cat_ids, "kept": kept,
-              **{f"ann_{k}": getattr(c.annotations, k) for k in AnnotationColumns.FIELDS},
-              "meta": np.frombuffer(text.encode(), dtype=np.uint8)}
-    try:
+    try:  # the json's own values: json.dumps, then parse_json, gives them back (NaN, big ints included)
+        text = json.dumps({"head": head, "categories": c.categories, "other": jc.other, "listed": jc.listed,
+                           "digest": jc.digest, "skips": _log_dict(c.skips),
+                           "annotation_skips": _log_dict(c.annotation_skips)}, separators=(",", ":"))
+        arrays = {"box_counts": c.box_counts, "boxes": c.boxes, "cat_ids": c.cat_ids, "kept": kept,
+                  **{f"ann_{k}": getattr(c.annotations, k) for k in AnnotationColumns.FIELDS},
+                  "meta": np.frombuffer(text.encode(), dtype=np.uint8)}
         with atomic_open(record, binary=True) as f:
             np.savez(f, **arrays)
         _prune(record.parent)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError, RecursionError) as e:  # RecursionError: a json nested ~1,000 deep
         logger.info("annotation check record not written (%s); the next start checks %s again", e, jc.path)
 
 
@@ -152,7 +167,7 @@ def _log_dict(log: SkipLog) -> dict[str, Any]:
     return {"counts": {k: v for k, v in log.counts.items() if v}, "examples": {k: v for k, v in log.examples.items() if v}}
 
 
-def _load(record: Path, path: Path, classes: Classes, digest: str) -> JsonChecks | None:
+def _load(record: Path, path: Path, key: FileKey, classes: Classes, digest: str) -> JsonChecks | None:
     """The record's JsonChecks, None when there is none or it cannot be read as one."""
     try:
         with np.load(record, allow_pickle=False) as z:
@@ -170,21 +185,30 @@ def _load(record: Path, path: Path, classes: Classes, digest: str) -> JsonChecks
             raise ValueError("arrays of unequal lengths")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError,
+            zipfile.BadZipFile) as e:
         logger.info("annotation check record %s not used (%s); checking %s again", record, e, path)
         return None
     try:
         os.utime(record)  # recently used: kept by _prune
     except OSError:
         pass
-    return JsonChecks(path, classes, head, False, checked, meta["other"], int(meta["listed"]), digest)
+    return JsonChecks(path, key, classes, head, False, checked, meta["other"], int(meta["listed"]), digest)
 
 
 def _prune(folder: Path) -> None:
-    """Keep the KEEP_RECORDS most recently used records."""
-    records = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for old in records[KEEP_RECORDS:]:
-        old.unlink(missing_ok=True)
+    """Keep the KEEP_RECORDS most recently used records; remove what a killed writer left (a temp
+    file over an hour old). Another process pruning at the same time is no error."""
+    seen = []
+    for p in folder.iterdir():
+        try:
+            seen.append((p.stat().st_mtime, p))
+        except OSError:  # removed meanwhile
+            continue
+    records = sorted(((t, p) for t, p in seen if p.suffix == ".npz"), reverse=True)
+    stale = [p for t, p in seen if p.name.endswith(".tmp") and t < time.time() - 3600]
+    for p in [p for _, p in records[KEEP_RECORDS:]] + stale:
+        p.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- the hand-over
@@ -204,9 +228,7 @@ class ParsedFiles:
         return len(self._files)
 
     def put(self, jc: JsonChecks) -> None:
-        key = file_key(jc.path)
-        if key is not None:
-            self._files[(key, jc.classes)] = jc
+        self._files[(jc.key, jc.classes)] = jc  # the file as it was read: a later change is a new key
 
     def take(self, path: str | Path, classes: Sequence[str] | None) -> JsonChecks | None:
         """What was read of ``path`` with ``classes`` if it is still the file that was read (else
@@ -216,7 +238,7 @@ class ParsedFiles:
             return None
         for stale in [k for k in self._files if k[0][0] == key[0] and k[0] != key]:
             del self._files[stale]
-        return self._files.pop((key, None if classes is None else tuple(str(c) for c in classes)), None)
+        return self._files.pop((key, classes_key(classes)), None)
 
     def clear(self) -> None:
         self._files.clear()

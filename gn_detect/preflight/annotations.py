@@ -12,7 +12,7 @@ builds, which then do not read it again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from gn_detect.data.build import _read, check_shapes_root, data_config, resolve_path, split_paths
 from gn_detect.data.checks import CheckedCoco, DataError, FileKey, check_same_categories, file_key, select_categories
-from gn_detect.data.json_checks import ParsedFiles, read_json_checks
+from gn_detect.data.json_checks import ParsedFiles, classes_key, read_json_checks
 from gn_detect.data.synthetic import META_FILE, shapes_categories
 
 __all__ = ["Parsed", "SplitSummary", "annotation_problems", "read_split"]
@@ -61,14 +61,14 @@ def read_split(cfg: DictConfig | Mapping[str, Any], split: str, base_dir: str | 
     root = resolve_path(_read(c, "root"), base_dir)
     _, ann = split_paths(c, split)
     ann_file = resolve_path(ann, root)
-    classes = None if c.classes is None else tuple(str(n) for n in c.classes)
+    classes = classes_key(c.classes)
     if c.name == "shapes":
         check_shapes_root(str(_read(c, "root")), root, base_dir)
         if not (root / META_FILE).is_file():  # generated at the start: data.classes against what it will list
             select_categories({"categories": shapes_categories(c.synthetic.num_classes), "annotations": []},
                               classes, str(ann_file))
             return None
-    key = file_key(ann_file)  # None: load_coco_json says what is wrong
+    key = file_key(ann_file)  # None: read_json_checks says what is wrong
     if key is None or (key, classes) not in parsed.summaries:
         read = read_json_checks(ann_file, classes)  # the dataset's checks on the json alone
         summary = SplitSummary(ann_file, read.checked, read.listed)  # kept for a sweep's runs: not the whole checks

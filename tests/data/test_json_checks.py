@@ -207,3 +207,31 @@ def test_an_annotation_file_that_is_a_fifo_is_one_line_not_a_hang(tmp_path: Path
     os.mkfifo(fifo)
     with pytest.raises(AnnotationFileError, match="not a regular file"):
         read_json_checks(fifo, None)
+
+
+@pytest.mark.parametrize("depth", [1000, 1015])
+def test_a_json_nested_near_the_parsers_limit_is_read_or_one_line(depth: int, make_coco, records: Path) -> None:
+    """Review: a value nested ~1,000 deep parsed, then its record's JSON text hit Python's
+    recursion limit (a traceback). Now such a file is read without a record, or refused in one line."""
+    image_dir, ann = make_coco([{"id": 1, "file_name": "1.jpg", "width": 8, "height": 8}],
+                               [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "iscrowd": 0}])
+    text = ann.read_text()
+    ann.write_text(text[:-1] + ', "info": ' + "[" * depth + "]" * depth + "}")
+    try:
+        ds = CocoDetection(image_dir, ann, transform=T)
+    except AnnotationFileError as e:
+        assert "\n" not in str(e) and "nested" in str(e)
+    else:
+        assert len(ds) == 1 and ds.num_annotations == 1
+
+
+def test_a_folder_as_the_json_and_unhashable_ids_are_one_line_or_counted(make_coco, tmp_path: Path,
+                                                                         records: Path) -> None:
+    with pytest.raises(AnnotationFileError, match="not a regular file"):
+        read_json_checks(tmp_path, None)
+    image_dir, ann = make_coco([{"id": 1, "file_name": "1.jpg", "width": 8, "height": 8}],
+                               [{"id": 1, "image_id": [1], "category_id": 1, "bbox": [1, 1, 4, 4], "iscrowd": 0},
+                                {"id": 2, "image_id": 1, "category_id": {"id": 1}, "bbox": [1, 1, 4, 4], "iscrowd": 0},
+                                {"id": 3, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "iscrowd": 0}])
+    ds = CocoDetection(image_dir, ann, transform=T)
+    assert ds.skipped["unknown_image"] == ds.skipped["unknown_category"] == 1 and ds.num_annotations == 1
