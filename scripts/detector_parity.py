@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 import gn_detect.engine.launch  # noqa: E402,F401  (the resolvers and schema the config tree needs)
 from gn_detect.config.validate import validate_train_config  # noqa: E402
 from gn_detect.modeling import build_model  # noqa: E402
-from gn_detect.modeling.detector_weights import resolve_detector_conventions  # noqa: E402
-from gn_detect.modeling.weights import resolve_conventions  # noqa: E402
+from gn_detect.deploy.export_check import tensor_diff  # noqa: E402
+from gn_detect.image_io import read_rgb  # noqa: E402
 
 BOX_TOL, SCORE_TOL = 0.01, 1e-4
 NUM_CLASSES = 91  # torchvision's COCO rows
@@ -123,9 +123,7 @@ def gn_detect_model(weights: Path) -> nn.Module:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     validate_train_config(cfg)
-    resolve_detector_conventions(cfg.model)
-    resolve_conventions(cfg.model)
-    return build_model(cfg.model, NUM_CLASSES).eval()
+    return build_model(cfg.model, NUM_CLASSES).eval()  # model.weights' conventions resolved by the build
 
 
 def load_images(folder: Path, count: int, size: tuple[int, int]) -> tuple[list[str], torch.Tensor]:
@@ -134,16 +132,14 @@ def load_images(folder: Path, count: int, size: tuple[int, int]) -> tuple[list[s
         raise SystemExit(f"detector_parity: {folder} holds {len(files)} images, --num-images {count}")
     out = []
     for p in files:
-        with Image.open(p) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+        im = read_rgb(p).resize((size[1], size[0]), Image.BILINEAR)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
     return [p.name for p in files], torch.stack(out)
 
 
 def _diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> dict[str, float]:
-    d = max(float((x.double() - y.double()).abs().max()) for x, y in zip(a, b))
-    scale = max(float(y.double().abs().max()) for y in b)
-    return {"max_abs": d, "max_rel": d / scale if scale else d}
+    """export_check's tensor_diff over a stage's outputs together: max |a - b| / max |b| of them all."""
+    return tensor_diff(torch.cat([y.flatten() for y in b]), torch.cat([x.flatten() for x in a]))
 
 
 def pair_detections(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor | None:

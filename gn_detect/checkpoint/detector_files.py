@@ -48,16 +48,15 @@ class NotADetectorError(DetectorWeightsError):
     """The file holds weights, but no whole detector this reader knows."""
 
 
+# Settings that say where weights come from: never a file's conventions.
+_NOT_FROM_A_FILE = ("name", "weights", "weights_classes", "backbone.weights", "backbone.weights_strict")
+
 # A gn-detect checkpoint's model settings that do not make its weights (where the run's weights came
 # from, how it trained or post-processes): not conventions.
-_NOT_CONVENTIONS = ("name", "weights", "weights_classes", "backbone.weights", "backbone.weights_strict",
-                    "backbone.freeze_at", "backbone.zero_init_residual", "head.prior_prob", "loss.", "test.",
-                    "norm_opts.impl", "norm_opts.bn_group_size", "backbone.norm_opts.impl",
-                    "backbone.norm_opts.bn_group_size", "fpn.norm_opts.impl", "fpn.norm_opts.bn_group_size",
-                    "head.norm_opts.impl", "head.norm_opts.bn_group_size")
-
-
-_NOT_FROM_A_FILE = ("name", "weights", "weights_classes", "backbone.weights", "backbone.weights_strict")
+_NOT_CONVENTIONS = _NOT_FROM_A_FILE + (
+    "backbone.freeze_at", "backbone.zero_init_residual", "head.prior_prob", "loss.", "test.", "norm_opts.impl",
+    "norm_opts.bn_group_size", *(f"{part}.norm_opts.{k}" for part in ("backbone", "fpn", "head")
+                                 for k in ("impl", "bn_group_size")))
 
 
 def _conventions_of(settings: dict[str, Any], drop: tuple[str, ...] = _NOT_CONVENTIONS) -> dict[str, Any]:

@@ -36,7 +36,7 @@ _TOWER_OLD = re.compile(r"^head\.(classification|regression)_head\.conv\.(\d+)\.
 _LAST = {"head.classification_head.cls_logits": "head.cls_score", "head.regression_head.bbox_reg": "head.bbox_pred"}
 _TOWER = {"classification": "cls_subnet", "regression": "bbox_subnet"}
 _FPN_PART = {"inner": "lateral", "layer": "output"}
-_ANCHORS_PER_CELL = 9  # 3 sizes x 3 ratios (torchvision's _default_anchorgen)
+_ANCHORS_PER_CELL = len(RETINANET_ANCHORS["anchors.scales"]) * len(RETINANET_ANCHORS["anchors.ratios"])
 _P6 = "backbone.fpn.extra_blocks.p6.weight"
 _LOGITS = "head.classification_head.cls_logits.weight"
 

@@ -34,6 +34,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log.progress": ("auto", "bar", "log"),
 }
 
+# eval.criterion -> the key of its target (f1 has none); evaluation/thresholds.py and validate.py read it
+CRITERION_TARGETS: dict[str, str] = {"precision": "target_precision", "recall": "target_recall"}
+
 
 @dataclass
 class NormOpts:

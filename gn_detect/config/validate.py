@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from gn_detect.norms import component_norm_opts, norm_names, norm_spec, resolve_norm
 
 from .errors import ConfigError
-from .schema import CHOICES
+from .schema import CHOICES, CRITERION_TARGETS
 from gn_detect.runs.layout import final_checkpoint_example
 
 PARTS = ("backbone", "fpn", "head")
@@ -140,7 +140,7 @@ def _check_criteria(section: DictConfig, targets_required: bool = True) -> None:
             continue
         if criterion not in CHOICES["eval.criterion"]:
             raise ConfigError(f"{where}.criterion", f"{criterion!r} is not one of {', '.join(CHOICES['eval.criterion'])}")
-        key = {"precision": "target_precision", "recall": "target_recall"}.get(criterion)
+        key = CRITERION_TARGETS.get(criterion)
         if key is not None and (entry[key] is None and targets_required or entry[key] is not None
                                 and not 0 < entry[key] <= 1):
             raise ConfigError(f"{where}.{key}", f"{entry[key]} with {where}.criterion={criterion}: needs a value in (0, 1]",

@@ -124,9 +124,9 @@ def file_key(path: str | Path) -> FileKey | None:
 
 
 def too_deep(path: str | Path) -> AnnotationFileError:
-    """The one line for a json nested too deeply to parse or to copy (about 1,000 levels: Python's
-    recursion limit)."""
-    return AnnotationFileError(f"{path}: JSON nested too deeply (about 1,000 levels or more); a COCO instances "
+    """The one line for a json nested too deeply to parse or to copy (some hundreds of levels: Python's
+    recursion limit, which pickling a value reaches at about half the depth parsing does)."""
+    return AnnotationFileError(f"{path}: JSON nested too deeply (hundreds of levels); a COCO instances "
                                "file is a few levels deep. Fix: re-generate the file")
 
 

@@ -127,7 +127,7 @@ class CocoDetection(torch.utils.data.Dataset):
         # flat arrays and one serialized buffer (detectron2's DatasetFromList(serialize=True)):
         # DataLoader workers read them without touching Python objects' reference counts, so the
         # pages stay shared instead of being copied into every worker
-        try:  # pickling recurses: a value nested ~1,000 deep that the parser took is refused here
+        try:  # pickling recurses: a value nested some hundreds deep that the parser took is refused here
             self._records = SerializedList(images)  # the image entries
             self._coco_other: bytes | None = pickle.dumps(  # info, licenses
                 {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")})

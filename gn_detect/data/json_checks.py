@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from gn_detect import io as _io
-from gn_detect.io import atomic_open, parse_json, remember_fingerprint, stat_key
+from gn_detect.io import atomic_open, content_digest, fingerprint_bytes, parse_json, stat_key
 
 from . import checks
 from .checks import (AnnotationColumns, CheckedCoco, FileKey, SkipLog, cache_dir, file_key, parse_coco_json,
@@ -50,8 +50,8 @@ KEEP_RECORDS = 8  # records kept in cache_dir()/checked/, the least recently use
 class JsonChecks:
     """An annotation file with ``data.classes`` selected, and the checks' result on the json alone.
 
-    ``data``: the json, without its ``annotations`` list when it came from a record (``complete``
-    False); :meth:`annotations` reads the list when a build needs it (its images differ from
+    ``data``: the json, without its ``annotations`` list when it came from a record (not
+    ``complete``); :meth:`annotations` reads the list when a build needs it (its images differ from
     what the json lists). ``other``: the ids of the annotations ``classes`` left out; ``listed``:
     how many annotations the selection lists."""
 
@@ -59,11 +59,15 @@ class JsonChecks:
     key: FileKey  # the file's stat key when it was read
     classes: Classes
     data: dict[str, Any]
-    complete: bool
     checked: CheckedCoco
     other: list[Any]
     listed: int
     digest: str
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``data`` holds the annotation list (parsed here, not taken from a record)."""
+        return "annotations" in self.data
 
     def annotations(self) -> list[Any]:
         """The selected annotation list, read from the file again when ``data`` leaves it out; a file
@@ -71,15 +75,10 @@ class JsonChecks:
         if self.complete:
             return self.data["annotations"]
         raw, _ = read_json_bytes(self.path)
-        if _digest(raw) != self.digest:
+        if content_digest(raw) != self.digest:
             raise checks.DataError(f"{self.path} changed while the run was starting. Fix: start the run again once "
                                    "the file is no longer being written")
         return select_categories(parse_coco_json(self.path, raw), self.classes, str(self.path))[0]["annotations"]
-
-
-def _digest(raw: bytes) -> str:
-    """BLAKE2b-128 of the bytes, as gn_detect/io.py:file_fingerprint computes it."""
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def read_json_checks(path: str | Path, classes: Sequence[str] | None) -> JsonChecks:
@@ -88,16 +87,15 @@ def read_json_checks(path: str | Path, classes: Sequence[str] | None) -> JsonChe
     path = Path(path)
     classes = classes_key(classes)
     raw, st = read_json_bytes(path)
-    digest = _digest(raw)
-    remember_fingerprint(path, st, digest)  # the run description's fingerprint: not hashed again
+    key, digest = stat_key(path, st), fingerprint_bytes(path, st, raw)  # the run description's: not hashed again
     record = _record_path(digest, classes)
-    found = None if record is None else _load(record, path, stat_key(path, st), classes, digest)
+    found = None if record is None else _load(record, path, key, classes, digest)
     if found is not None:
         return found
     data, other = select_categories(parse_coco_json(path, raw), classes, str(path))
     del raw
     checked = validate_coco(data, path.parent, verify_images=False, source=str(path), open_images=False)
-    out = JsonChecks(path, stat_key(path, st), classes, data, True, checked, other, len(data["annotations"]), digest)
+    out = JsonChecks(path, key, classes, data, checked, other, len(data["annotations"]), digest)
     if record is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # one writer per node under torchrun
         _save(record, out)
     return out
@@ -193,7 +191,7 @@ def _load(record: Path, path: Path, key: FileKey, classes: Classes, digest: str)
         os.utime(record)  # recently used: kept by _prune
     except OSError:
         pass
-    return JsonChecks(path, key, classes, head, False, checked, meta["other"], int(meta["listed"]), digest)
+    return JsonChecks(path, key, classes, head, checked, meta["other"], int(meta["listed"]), digest)
 
 
 def _prune(folder: Path) -> None:

@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from gn_detect.config.schema import CHOICES, CRITERION_TARGETS
 from gn_detect.evaluation.events import Events, safe_div
 
 __all__ = ["CRITERIA", "LEVELS", "Criterion", "Thresholds", "class_criteria_of", "tune_thresholds"]
 
-CRITERIA = ("f1", "precision", "recall")
-LEVELS = ("label", "box")
-_TARGET_OF = {"precision": "target_precision", "recall": "target_recall"}  # the criterion's target key
+CRITERIA = CHOICES["eval.criterion"]
+LEVELS = CHOICES["eval.level"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Criterion:
             raise ValueError(f"{where}: {criterion!r} is not one of {', '.join(CRITERIA)}")
         if criterion == "f1":
             return cls()
-        key = _TARGET_OF[criterion]
+        key = CRITERION_TARGETS[criterion]
         target = target_precision if criterion == "precision" else target_recall
         if target is None or not 0 < target <= 1:
             raise ValueError(f"{where}: criterion {criterion} needs 0 < {key} <= 1, got {target}; e.g. {key}=0.9")
@@ -75,7 +75,7 @@ class Criterion:
 
     def record(self) -> dict:
         """What report.json says (``criterion`` and its target key)."""
-        return {"criterion": self.name} | ({_TARGET_OF[self.name]: self.target} if self.name != "f1" else {})
+        return {"criterion": self.name} | ({CRITERION_TARGETS[self.name]: self.target} if self.name != "f1" else {})
 
 
 def class_criteria_of(spec: Mapping[str, Mapping[str, Any]] | None, names: Sequence[str]) -> dict[int, Criterion]:

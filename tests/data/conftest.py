@@ -33,6 +33,32 @@ def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     monkeypatch.setenv("GN_DETECT_CACHE", str(tmp_path_factory.mktemp("gn_detect_cache")))
 
 
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the annotation files parsed so far (checks.parse_json on a dict with images)."""
+    from gn_detect.data import checks
+
+    seen: list[int] = []
+    real = checks.parse_json
+
+    def counting(raw, *a, **k):
+        out = real(raw, *a, **k)
+        if isinstance(out, dict) and "images" in out:  # an annotation file, not some other json
+            seen.append(len(raw))
+        return out
+
+    monkeypatch.setattr(checks, "parse_json", counting)
+    return seen
+
+
+def no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gn-detect cache off (no verification or json check record read or written): its folder
+    cannot be made, a file is in the way."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("GN_DETECT_CACHE", str(blocker / "cache"))
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("GN_DETECT_SHARED_DATA", REPO.parent / "shared" / "data"))
 

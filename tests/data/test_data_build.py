@@ -14,6 +14,8 @@ from gn_detect.data import build_dataset
 from gn_detect.data.json_checks import ParsedFiles
 from gn_detect.data.build import build_transform, data_config
 
+from .conftest import no_cache
+
 REPO = Path(__file__).resolve().parents[2]
 DATA_PRESETS = REPO / "configs" / "data"
 
@@ -172,26 +174,16 @@ def test_convert_tool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, tiny_coco: Path, tmp_path: Path,
-                                                               monkeypatch) -> None:
+                                                               monkeypatch, parses: list[int]) -> None:
     """One process, pre-flight of a single run then its datasets: each annotation file is parsed
     once and handed over explicitly (``Parsed.files`` -> ``build_dataset(parsed=)``); a file that
     changed after the pre-flight is parsed again (its new content is what the dataset sees); a
     sweep's pre-flight hands nothing over (its runs build later or elsewhere); nothing is kept
     between pre-flights (no process-global cache)."""
-    from gn_detect.data import checks
     from gn_detect.preflight import Parsed, annotation_problems
 
-    parsed: list[int] = []
-    loads = checks.parse_json
-
-    def counting(raw, *a, **k):
-        out = loads(raw, *a, **k)
-        if isinstance(out, dict) and "images" in out:  # an annotation file, not some other json
-            parsed.append(len(raw))
-        return out
-
-    monkeypatch.setattr(checks, "parse_json", counting)
-    _no_check_records(tmp_path, monkeypatch)  # every read parses (records: tests/data/test_json_checks.py)
+    parsed = parses
+    no_cache(tmp_path, monkeypatch)  # every read parses (records: tests/data/test_json_checks.py)
     val_ann = tmp_path / "instances_val2017.json"
     val_ann.write_bytes((tiny_coco / "annotations" / "instances_val2017.json").read_bytes())
     cfg = {"name": "coco", "root": str(coco128.parent), "verify_images": False, "filter_empty": False,
@@ -202,7 +194,7 @@ def test_preflight_hands_each_parsed_file_to_the_dataset_build(coco128: Path, ti
     assert problems == [] and train is not None and len(parsed) == 2 and len(single.files) == 2
     assert len(build_dataset(cfg, "train", parsed=single.files)) == 128 and len(parsed) == 2  # taken, not parsed
     assert len(build_dataset(cfg, "train")) == 128 and len(parsed) == 3  # nothing handed over: parsed
-    data = loads(val_ann.read_text())  # the unpatched parser: not counted
+    data = json.loads(val_ann.read_text())  # not the counted parser
     data["images"] = data["images"][:10]
     val_ann.write_text(json.dumps(data))  # changed between the pre-flight and the build
     assert len(build_dataset(cfg, "val", parsed=single.files)) == 10 and len(parsed) == 4
@@ -243,7 +235,6 @@ def test_a_handed_over_json_check_gives_the_dataset_a_fresh_build_gives(break_it
     from gn_detect.data.build import build_dataset
     from gn_detect.preflight import Parsed, annotation_problems
 
-    monkeypatch.setenv("GN_DETECT_CACHE", str(tmp_path / "cache"))
     images = tmp_path / "train2017"
     images.mkdir()
     for p in sorted((coco128 / "train2017").iterdir())[:40]:
@@ -266,7 +257,7 @@ def test_a_handed_over_json_check_gives_the_dataset_a_fresh_build_gives(break_it
     assert len(passes) == (2 if break_it else 1)
     recorded = build_dataset(cfg, "train")  # the pre-flight's record: the annotations are read again only if needed
     assert len(passes) == (3 if break_it else 1)
-    _no_check_records(tmp_path, monkeypatch)
+    no_cache(tmp_path, monkeypatch)
     fresh = build_dataset(cfg, "train")
     assert len(passes) == (5 if break_it else 2)  # its json-only pass, then (break_it) the one over the images kept
     for other in (handed, recorded):
@@ -276,9 +267,3 @@ def test_a_handed_over_json_check_gives_the_dataset_a_fresh_build_gives(break_it
             (other.annotations(i)[0] == fresh.annotations(i)[0]).all() for i in range(len(fresh)))
         assert other.coco.dataset == fresh.coco.dataset
 
-
-def _no_check_records(tmp_path: Path, monkeypatch) -> None:
-    """The json checks' records off: their folder cannot be made (a file is in the way)."""
-    blocker = tmp_path / "not_a_folder"
-    blocker.write_text("")
-    monkeypatch.setenv("GN_DETECT_CACHE", str(blocker / "cache"))

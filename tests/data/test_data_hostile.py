@@ -248,3 +248,6 @@ def test_ids_at_int64s_end_and_unusable_areas_build_and_evaluate(tmp_path: Path)
     got = [(a["id"], a["area"]) for a in ds.coco.dataset["annotations"]]
     assert got == [(2**63 - 1, 100.0), (2**63 - 3, 50.0)]
     assert len(set(ds.coco.anns)) == 2
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in ds.coco.dataset["annotations"]]
+    assert _ap(ds.coco, dets) == pytest.approx(1.0)  # the ground truth as detections: COCOeval reads these ids

@@ -11,6 +11,7 @@ from gn_detect.data import CocoDetection
 from gn_detect.data import checks
 from gn_detect.data.transforms import DetectionTransform
 
+from .conftest import no_cache
 from .test_data_checks import ann, img
 
 
@@ -79,7 +80,6 @@ def test_foreign_or_broken_record_is_not_trusted(make_coco, monkeypatch) -> None
 
 
 def test_unwritable_cache_only_costs_time(make_coco, monkeypatch, tmp_path: Path) -> None:
-    (tmp_path / "a_file").write_text("")
-    monkeypatch.setenv("GN_DETECT_CACHE", str(tmp_path / "a_file"))
+    no_cache(tmp_path, monkeypatch)
     d, f = make_coco([img(1)], [ann(1, 1, [1, 1, 5, 5])])
     assert _build(d, f).image_ids == [1] and _build(d, f).image_ids == [1]

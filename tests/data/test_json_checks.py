@@ -20,31 +20,15 @@ from gn_detect.data.checks import AnnotationFileError, DataError
 from gn_detect.data.json_checks import read_json_checks
 from gn_detect.data.transforms import DetectionTransform
 
+from .conftest import no_cache
+
 T = DetectionTransform(32, 10_000)
 
 
 @pytest.fixture
-def records(tmp_path: Path, monkeypatch) -> Path:
-    """A cache folder of this test's own: what it holds is what the test wrote."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("GN_DETECT_CACHE", str(folder))
-    return folder / "checked"
-
-
-@pytest.fixture
-def parses(monkeypatch) -> list[int]:
-    """How many annotation files were parsed (checks.parse_json on a dict with images)."""
-    seen: list[int] = []
-    real = checks.parse_json
-
-    def counting(raw, *a, **k):
-        out = real(raw, *a, **k)
-        if isinstance(out, dict) and "images" in out:
-            seen.append(len(raw))
-        return out
-
-    monkeypatch.setattr(checks, "parse_json", counting)
-    return seen
+def records() -> Path:
+    """Where the json check records go: this test's own cache folder (conftest.py: _own_cache)."""
+    return checks.cache_dir() / "checked"
 
 
 def hostile(make_coco, missing: bool = False) -> tuple[Path, Path]:
@@ -105,8 +89,7 @@ def test_a_record_gives_the_dataset_a_fresh_check_gives(classes, missing: bool, 
     assert len(parses) == 1 and len(list(records.glob("*.npz"))) == 1
     again = CocoDetection(image_dir, ann, transform=T, classes=classes, verify_images=True)  # from the record
     assert len(parses) == (2 if missing else 1)
-    (tmp_path / "blocked").write_text("")
-    monkeypatch.setenv("GN_DETECT_CACHE", str(tmp_path / "blocked" / "cache"))  # no record can be read or made
+    no_cache(tmp_path, monkeypatch)  # no record can be read or made
     fresh = CocoDetection(image_dir, ann, transform=T, classes=classes, verify_images=True)
     assert len(parses) == (3 if missing else 2)
     for ds in (first, again):
@@ -168,10 +151,24 @@ def test_an_unreadable_record_is_checked_again(damage: str, make_coco, records: 
 def test_records_are_pruned_least_recently_used_first(make_coco, records: Path, tmp_path: Path) -> None:
     image_dir, ann = hostile(make_coco)
     text = ann.read_text()
-    for i in range(json_checks.KEEP_RECORDS + 3):
+    made: list[set[str]] = []  # the record each content wrote
+
+    def check(i: int) -> None:
+        before = {p.name for p in records.glob("*.npz")}
         ann.write_text(text.replace('"hostile"', f'"hostile {i}"'))
         read_json_checks(ann, None)
-    assert len(list(records.glob("*.npz"))) == json_checks.KEEP_RECORDS
+        made.append({p.name for p in records.glob("*.npz")} - before)
+
+    for i in range(json_checks.KEEP_RECORDS):
+        check(i)
+        os.utime(records / next(iter(made[-1])), ns=(10**18 + i * 10**9,) * 2)  # distinct times, in order
+    ann.write_text(text.replace('"hostile"', '"hostile 0"'))
+    assert not read_json_checks(ann, None).complete  # content 0's record read: now the most recently used
+    for i in range(json_checks.KEEP_RECORDS, json_checks.KEEP_RECORDS + 2):
+        check(i)
+    left = {p.name for p in records.glob("*.npz")}
+    assert len(left) == json_checks.KEEP_RECORDS
+    assert set().union(*made[:1], *made[3:]) == left  # contents 1 and 2, the least recently used, removed
 
 
 def test_the_file_is_hashed_once_and_again_when_it_changes(make_coco, records: Path, monkeypatch) -> None:
@@ -209,20 +206,29 @@ def test_an_annotation_file_that_is_a_fifo_is_one_line_not_a_hang(tmp_path: Path
         read_json_checks(fifo, None)
 
 
-@pytest.mark.parametrize("depth", [1000, 1015])
-def test_a_json_nested_near_the_parsers_limit_is_read_or_one_line(depth: int, make_coco, records: Path) -> None:
-    """Review: a value nested ~1,000 deep parsed, then its record's JSON text hit Python's
-    recursion limit (a traceback). Now such a file is read without a record, or refused in one line."""
+def _nested(make_coco, depth: int) -> tuple[Path, Path]:
     image_dir, ann = make_coco([{"id": 1, "file_name": "1.jpg", "width": 8, "height": 8}],
                                [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "iscrowd": 0}])
-    text = ann.read_text()
-    ann.write_text(text[:-1] + ', "info": ' + "[" * depth + "]" * depth + "}")
-    try:
-        ds = CocoDetection(image_dir, ann, transform=T)
-    except AnnotationFileError as e:
-        assert "\n" not in str(e) and "nested" in str(e)
-    else:
-        assert len(ds) == 1 and ds.num_annotations == 1
+    ann.write_text(ann.read_text()[:-1] + ', "info": ' + "[" * depth + "]" * depth + "}")
+    return image_dir, ann
+
+
+@pytest.mark.parametrize("depth", [1000, 1015])
+def test_a_json_nested_near_the_parsers_limit_is_one_line(depth: int, make_coco, records: Path) -> None:
+    """Review: a value nested ~1,000 deep parsed, then its record's JSON text and the dataset's
+    pickles hit Python's recursion limit (a traceback). Now it is refused in one line."""
+    image_dir, ann = _nested(make_coco, depth)
+    with pytest.raises(AnnotationFileError, match="nested too deeply") as info:
+        CocoDetection(image_dir, ann, transform=T)
+    assert "\n" not in str(info.value)
+
+
+def test_a_json_nested_a_few_hundred_deep_is_read_and_recorded(make_coco, records: Path, parses: list[int]) -> None:
+    image_dir, ann = _nested(make_coco, 300)
+    first = CocoDetection(image_dir, ann, transform=T)
+    again = CocoDetection(image_dir, ann, transform=T)  # from its record
+    assert len(parses) == 1 and len(list(records.glob("*.npz"))) == 1
+    assert len(first) == len(again) == 1 and first.num_annotations == again.num_annotations == 1
 
 
 def test_a_folder_as_the_json_and_unhashable_ids_are_one_line_or_counted(make_coco, tmp_path: Path,

@@ -45,7 +45,8 @@ def test_labels_of_stacked_boxes_do_not_overlap_and_stay_inside(tmp_path):
     for d, s in zip(by_score, spots):  # each label's background corner has its class's colour
         x, y = int(np.ceil(s[0])), int(np.ceil(s[1]))
         assert tuple(px[y, x]) == class_color(d["category_id"] - 1), (d, s)
-    assert LABEL_PAD >= 1
+        row = px[y, x:int(s[2])]  # the padding row above the text: background only, no text pixel
+        assert (row == class_color(d["category_id"] - 1)).all() and LABEL_PAD >= 1, (d, s)
 
 
 def test_a_label_without_room_is_left_out():
@@ -53,6 +54,7 @@ def test_a_label_without_room_is_left_out():
     dets = [{"category_id": 1, "bbox": [10 + k, 14, 50, 10], "score": 0.9 - 0.1 * k} for k in range(5)]
     spots = place_labels(ImageDraw.Draw(small), dets, [f"label {k}" for k in range(5)], _font(10), small.size)
     placed = [s for s in spots if s is not None]
-    assert 0 < len(placed) < 5 and spots[0] is not None  # a 30 px tall image holds two rows of labels
+    # labels 10 px tall kept 1 px apart: a row below the first touches it, one more leaves the 30 px image
+    assert placed == [spots[0]] and (spots[0][0], spots[0][3]) == (10, 14)  # the first: right above its box
     for a, b in itertools.combinations(placed, 2):
         assert _disjoint(a, b)

@@ -529,10 +529,11 @@ def small_disk(tmp_path: Path) -> Callable[[str], Path]:
         subprocess.run(["umount", str(point)], check=False)
 
 
-@pytest.mark.parametrize("size", ["8k", "64k", "2m"])
-def test_a_sweep_on_a_full_disk_ends_in_one_line_exit_1(size: str, tmp_path: Path, small_disk) -> None:
+@pytest.mark.parametrize("size, writing", [("8k", "/sw/multirun.yaml"), ("64k", "/.hydra/"), ("2m", "/sw/seed=")])
+def test_a_sweep_on_a_full_disk_ends_in_one_line_exit_1(size: str, writing: str, tmp_path: Path, small_disk) -> None:
     """Round four: a sweep folder on a disk that fills up (a real tmpfs of 8k: Hydra's multirun.yaml;
-    64k: a job's .hydra/ record; 2m: a checkpoint). Whoever wrote, the command exits 1, its last line
+    64k: a job's .hydra/ record; 2m: a run's own file, usually its checkpoint, which one depends on
+    timing). Whoever wrote, the command exits 1, its last line
     names the full disk and a file, a one-line message gives the fix; no traceback (was: Hydra's stack)."""
     root = _coco(tmp_path / "coco")
     disk = small_disk(size)
@@ -542,4 +543,5 @@ def test_a_sweep_on_a_full_disk_ends_in_one_line_exit_1(size: str, tmp_path: Pat
     assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output[-3000:]
     said = [ln for ln in output.splitlines() if ln.startswith(("gn-detect:", "[gn-detect]"))]
     assert "no space left on device" in said[-1] and str(disk) in said[-1], said  # the last line: the cause
+    assert writing in said[-1], said  # the writer this disk size stops
     assert any("no space left on device" in ln and "Fix: free space" in ln for ln in said), said  # and the fix

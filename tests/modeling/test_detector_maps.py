@@ -382,7 +382,6 @@ def test_a_detectron_file_starts_a_model_and_round_trips_convert_weights(source,
     names) and backbone convolutions with its values; tools/convert_weights.py's output starts the
     same model."""
     import pickle
-    import sys
 
     from gn_detect.checkpoint.detector_files import read_detector
 
@@ -400,8 +399,7 @@ def test_a_detectron_file_starts_a_model_and_round_trips_convert_weights(source,
         if k.startswith(("fpn.", "head.")) or (k.startswith("backbone.") and v.dim() == 4):
             assert torch.equal(got[k], torch.as_tensor(v)), k
     assert not model.weights_report["class_rows"]["reinitialized"]
-    sys.path.insert(0, str(REPO / "tools"))
-    import convert_weights as convert_tool
+    from tests.modeling.test_weight_sources import convert_tool  # tools/convert_weights.py, imported once
 
     out = tmp_path / "converted.pth"
     assert convert_tool.main([str(path), str(out)]) == 0

@@ -196,12 +196,7 @@ def detector_files(v1_file) -> dict[str, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["torchvision_v1"])
 def test_convert_weights_round_trip_of_a_detector(detector_files, source, tmp_path, capsys):
-    import sys
-
-    from tests.conftest import REPO
-
-    sys.path.insert(0, str(REPO / "tools"))
-    import convert_weights as convert_tool
+    from tests.modeling.test_weight_sources import convert_tool  # tools/convert_weights.py, imported once
 
     original = detector_files[source]
     out = tmp_path / "converted.pth"
